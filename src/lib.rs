@@ -1,0 +1,2 @@
+//! sidb: an embedded vector-and-semantic-ID database server.
+#![warn(missing_docs)]
