@@ -1,2 +1,20 @@
 //! sidb: an embedded vector-and-semantic-ID database server.
+//!
+//! Layers, bottom up (docs/architecture.md tours them in the order data flows):
+//! - [`types`], [`error`], [`config`]: the vocabulary, the error classes, the settings.
+//! - [`storage`]: sled plus our write-ahead log; keyspaces, record formats, durability, recovery.
+//! - [`engine`]: the core facade: validation, then storage, off the async workers.
+//! - [`service`]: thin tonic handlers, proto <-> domain conversion, the one status mapping.
+//! - [`server`]: listener, health, reflection, startup and graceful shutdown.
+//! - [`loadgen`]: the ingest load client behind `sidb bench ingest`.
 #![warn(missing_docs)]
+
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod loadgen;
+pub mod proto;
+pub mod server;
+pub mod service;
+pub mod storage;
+pub mod types;

@@ -1,1 +1,167 @@
-fn main() {}
+//! The `sidb` command: `serve` runs the database; `bench ingest` loads a running one.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sidb::config::Config;
+use sidb::loadgen::{self, IngestOptions};
+use sidb::types::Durability;
+
+#[derive(Parser)]
+#[command(
+    name = "sidb",
+    version,
+    about = "Vector-and-semantic-ID database server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (embedded defaults: ./sidb-data, 127.0.0.1:7707).
+    Serve(ServeArgs),
+    /// Print the effective configuration (defaults <- file <- SIDB__* env <- flags) as TOML.
+    Config(ServeArgs),
+    /// Load generators against a running server.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML config file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory (storage.data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Listen address HOST:PORT (server.listen).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Log format (log.format).
+    #[arg(long, value_parser = ["text", "json"])]
+    log_format: Option<String>,
+    /// Log filter, RUST_LOG syntax (log.level).
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+impl ServeArgs {
+    fn load(&self) -> anyhow::Result<Config> {
+        let mut c = Config::load(self.config.as_deref(), std::env::vars())?;
+        if let Some(d) = &self.data_dir {
+            c.storage.data_dir = d.clone();
+        }
+        if let Some(l) = &self.listen {
+            c.server.listen = l.clone();
+        }
+        if let Some(f) = &self.log_format {
+            c.log.format = f.clone();
+        }
+        if let Some(l) = &self.log_level {
+            c.log.level = l.clone();
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Stream 256-d items from N concurrent clients; report items/s and latency percentiles.
+    Ingest(IngestArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DurabilityArg {
+    Durable,
+    Buffered,
+    Both,
+}
+
+#[derive(Args)]
+struct IngestArgs {
+    /// Server URL.
+    #[arg(long, default_value = "http://127.0.0.1:7707")]
+    addr: String,
+    /// Concurrent clients (one connection each).
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Items per run.
+    #[arg(long, default_value_t = 200_000)]
+    items: usize,
+    /// Vector dimension.
+    #[arg(long, default_value_t = 256)]
+    dim: u32,
+    /// Items per request.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Which durability to measure.
+    #[arg(long, value_enum, default_value = "both")]
+    durability: DurabilityArg,
+    /// Seed of the generated vectors.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+fn init_logging(c: &Config) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&c.log.level)
+        .with_context(|| format!("log.level: bad filter {:?}", c.log.level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if c.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Serve(args) => {
+            let config = args.load()?;
+            init_logging(&config)?;
+            rt.block_on(async {
+                let listener = sidb::server::bind(&config).await?;
+                sidb::server::serve(config, listener, sidb::server::shutdown_signal()).await
+            })?;
+        }
+        Command::Config(args) => print!("{}", toml::to_string_pretty(&args.load()?)?),
+        Command::Bench(BenchCommand::Ingest(a)) => rt.block_on(bench_ingest(a))?,
+    }
+    Ok(())
+}
+
+async fn bench_ingest(a: IngestArgs) -> anyhow::Result<()> {
+    let modes = match a.durability {
+        DurabilityArg::Durable => vec![Durability::Durable],
+        DurabilityArg::Buffered => vec![Durability::Buffered],
+        DurabilityArg::Both => vec![Durability::Durable, Durability::Buffered],
+    };
+    println!(
+        "ingest: {} items x {}-d, {} clients, {} items/request, server {}",
+        a.items, a.dim, a.clients, a.batch, a.addr
+    );
+    for durability in modes {
+        let opts = IngestOptions {
+            addr: a.addr.clone(),
+            clients: a.clients,
+            items: a.items,
+            dim: a.dim,
+            batch: a.batch,
+            durability,
+            seed: a.seed,
+        };
+        println!("{}", loadgen::ingest(&opts).await?);
+    }
+    Ok(())
+}

@@ -1,0 +1,308 @@
+//! Server configuration: one serde tree with documented defaults.
+//!
+//! Sources, later ones winning: built-in defaults -> TOML file (`--config`) -> environment
+//! variables `SIDB__SECTION__KEY` (e.g. `SIDB__SERVER__LISTEN=0.0.0.0:7707`) -> command-line
+//! flags. Unknown keys are errors, so a typo never silently falls back to a default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::storage::wal::WalOptions;
+use crate::storage::StoreOptions;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Network settings.
+    pub server: ServerConfig,
+    /// Disk settings.
+    pub storage: StorageConfig,
+    /// Request limits.
+    pub limits: Limits,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[server]`: the gRPC listener.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on. Default `127.0.0.1:7707` (loopback only; use `0.0.0.0:7707` to
+    /// serve other hosts).
+    pub listen: String,
+    /// Largest request message in bytes; larger ones get RESOURCE_EXHAUSTED. Default 64 MiB.
+    pub max_message_bytes: usize,
+    /// Seconds in-flight requests get to finish on shutdown. Default 30.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:7707".into(),
+            max_message_bytes: 64 << 20,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+/// `[storage]`: the data directory and durability tuning.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Data directory, created if missing. Default `./sidb-data`.
+    pub data_dir: PathBuf,
+    /// Longest time a BUFFERED write stays in memory before it is synced. Default 100 ms.
+    pub flush_interval_ms: u64,
+    /// WAL segment size before rotation. Default 64 MiB.
+    pub wal_segment_bytes: u64,
+    /// Writes are refused (RESOURCE_EXHAUSTED) while more than this many bytes wait for the disk.
+    /// Default 512 MiB.
+    pub max_pending_bytes: usize,
+    /// Seconds between checkpoints (sled made durable, old WAL segments deleted). Default 60.
+    pub checkpoint_interval_secs: u64,
+    /// sled page cache in bytes. Default 512 MiB.
+    pub cache_bytes: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            data_dir: PathBuf::from("./sidb-data"),
+            flush_interval_ms: 100,
+            wal_segment_bytes: 64 << 20,
+            max_pending_bytes: 512 << 20,
+            checkpoint_interval_secs: 60,
+            cache_bytes: 512 << 20,
+        }
+    }
+}
+
+impl StorageConfig {
+    /// The storage layer's options.
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            cache_bytes: self.cache_bytes,
+            wal: WalOptions {
+                flush_interval: Duration::from_millis(self.flush_interval_ms.max(1)),
+                segment_bytes: self.wal_segment_bytes.max(1 << 16),
+                max_pending_bytes: self.max_pending_bytes,
+            },
+            checkpoint_interval: Duration::from_secs(self.checkpoint_interval_secs.max(1)),
+        }
+    }
+}
+
+/// `[limits]`: per-request bounds (violations are INVALID_ARGUMENT).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Items or users per write request. Default 10,000.
+    pub max_batch: usize,
+    /// Interactions per write request. Default 100,000.
+    pub max_interactions: usize,
+    /// Ids per read or delete request. Default 10,000.
+    pub max_ids: usize,
+    /// Page size of paged reads. Default 10,000.
+    pub max_page: usize,
+    /// Largest `k` of a search. Default 1,000.
+    pub max_k: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_batch: 10_000,
+            max_interactions: 100_000,
+            max_ids: 10_000,
+            max_page: 10_000,
+            max_k: 1_000,
+        }
+    }
+}
+
+/// `[log]`: tracing output.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (human-readable, the default) or `json`.
+    pub format: String,
+    /// Filter in `RUST_LOG` syntax. Default `info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+/// A configuration that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML or a value in it is wrong.
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+const ENV_PREFIX: &str = "SIDB__";
+
+impl Config {
+    /// Defaults, then the file (if any), then the `SIDB__SECTION__KEY` variables among `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut tree = toml::Value::try_from(Config::default())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let from_file: toml::Value = toml::from_str(&text)
+                .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?;
+            merge(&mut tree, from_file);
+        }
+        for (key, value) in env {
+            if let Some(rest) = key.strip_prefix(ENV_PREFIX) {
+                set_path(&mut tree, &key, rest, &value)?;
+            }
+        }
+        let config: Config = tree
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that serde's types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(ConfigError::Invalid(format!(
+                "log.format: expected \"text\" or \"json\", got {:?}",
+                self.log.format
+            )));
+        }
+        if self.server.max_message_bytes < 1024 {
+            return Err(ConfigError::Invalid(format!(
+                "server.max_message_bytes: at least 1024, got {}",
+                self.server.max_message_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Overlays `over` onto `base`, table by table.
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+/// Sets `SECTION__KEY` (case-insensitive) to `value`, parsed as a TOML value when it is one
+/// (numbers, booleans) and taken as a string otherwise.
+fn set_path(tree: &mut toml::Value, var: &str, path: &str, value: &str) -> Result<(), ConfigError> {
+    let parts: Vec<String> = path.split("__").map(|p| p.to_ascii_lowercase()).collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(ConfigError::Invalid(format!(
+            "{var}: malformed variable name"
+        )));
+    }
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let mut node = tree;
+    for (i, part) in parts.iter().enumerate() {
+        let table = node
+            .as_table_mut()
+            .ok_or_else(|| ConfigError::Invalid(format!("{var}: {part} is not a section")))?;
+        if i + 1 == parts.len() {
+            table.insert(part.clone(), parsed);
+            return Ok(());
+        }
+        node = table
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_without_sources() {
+        assert_eq!(Config::load(None, []).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("sidb.toml");
+        std::fs::write(
+            &f,
+            "[server]\nlisten = \"127.0.0.1:1\"\n[storage]\nflush_interval_ms = 7\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&f),
+            env(&[
+                ("SIDB__SERVER__LISTEN", "127.0.0.1:2"),
+                ("SIDB__LOG__FORMAT", "json"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:2");
+        assert_eq!(c.storage.flush_interval_ms, 7);
+        assert_eq!(c.log.format, "json");
+        let c = Config::load(None, env(&[("SIDB__STORAGE__FLUSH_INTERVAL_MS", "9")])).unwrap();
+        assert_eq!(c.storage.flush_interval_ms, 9);
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_errors() {
+        let e = Config::load(None, env(&[("SIDB__SERVER__LISTN", "x")])).unwrap_err();
+        assert!(e.to_string().contains("listn"), "{e}");
+        let e =
+            Config::load(None, env(&[("SIDB__STORAGE__FLUSH_INTERVAL_MS", "soon")])).unwrap_err();
+        assert!(e.to_string().contains("flush_interval_ms"), "{e}");
+        let e = Config::load(None, env(&[("SIDB__LOG__FORMAT", "xml")])).unwrap_err();
+        assert!(e.to_string().contains("log.format"), "{e}");
+    }
+}

@@ -1,0 +1,500 @@
+//! Request validation: the INVALID_ARGUMENT rows of the API's error table.
+//!
+//! Every check names the field by its path in the request (`items[3].vectors["text"]`) and the
+//! offending value, so a client can find the problem without reading server logs. Validation
+//! runs over a whole batch before anything is written: one bad entity rejects the batch.
+
+use std::collections::{BTreeMap, HashSet};
+
+use crate::config::Limits;
+use crate::error::{Error, Result};
+use crate::types::{
+    CollectionConfig, InteractionRecord, ItemRecord, Modality, SemanticId, UserRecord,
+    DEFAULT_SID_LEVELS,
+};
+
+/// Longest entity id, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+/// Largest vector dimension.
+pub const MAX_DIM: u32 = 65_536;
+/// Most item modalities per collection.
+pub const MAX_MODALITIES: usize = 16;
+/// Most SID levels.
+pub const MAX_SID_LEVELS: u32 = 8;
+/// Largest codebook.
+pub const MAX_CODEBOOK: u32 = 65_536;
+/// Most attributes per entity.
+pub const MAX_ATTRIBUTES: usize = 64;
+/// Longest attribute key, in bytes.
+pub const MAX_ATTR_KEY: usize = 128;
+/// Longest attribute value, in bytes.
+pub const MAX_ATTR_VALUE: usize = 4096;
+/// Longest interaction kind, in bytes.
+pub const MAX_KIND: usize = 64;
+
+/// An item as a client sent it, before validation.
+#[derive(Debug, Clone, Default)]
+pub struct ItemInput {
+    /// Id.
+    pub id: String,
+    /// Vectors by modality name.
+    pub vectors: Vec<(String, Vec<f32>)>,
+    /// Attributes.
+    pub attributes: Vec<(String, String)>,
+    /// Client-computed SID, if any.
+    pub sid: Option<SemanticId>,
+}
+
+/// A user as a client sent it, before validation.
+#[derive(Debug, Clone, Default)]
+pub struct UserInput {
+    /// Id.
+    pub id: String,
+    /// Own vector, if any.
+    pub vector: Option<Vec<f32>>,
+    /// Attributes.
+    pub attributes: Vec<(String, String)>,
+    /// Client-computed SID, if any.
+    pub sid: Option<SemanticId>,
+}
+
+/// A collection name: `[A-Za-z0-9_-]{1,64}`.
+pub fn collection_name(field: &str, name: &str) -> Result<()> {
+    name_like(field, name, 64)
+}
+
+fn name_like(field: &str, name: &str, max: usize) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= max
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "{field}: {name:?} must be 1..={max} characters of [A-Za-z0-9_-]"
+        )))
+    }
+}
+
+/// Checks a collection config and fills in its defaults.
+pub fn collection_config(mut c: CollectionConfig) -> Result<CollectionConfig> {
+    if c.item_modalities.is_empty() || c.item_modalities.len() > MAX_MODALITIES {
+        return Err(Error::invalid(format!(
+            "config.item_modalities: {} given; declare 1..={MAX_MODALITIES}",
+            c.item_modalities.len()
+        )));
+    }
+    let mut names = HashSet::new();
+    for (i, Modality { name, dim }) in c.item_modalities.iter().enumerate() {
+        name_like(&format!("config.item_modalities[{i}].name"), name, 64)?;
+        if !names.insert(name) {
+            return Err(Error::invalid(format!(
+                "config.item_modalities[{i}].name: {name:?} is declared twice"
+            )));
+        }
+        if *dim == 0 || *dim > MAX_DIM {
+            return Err(Error::invalid(format!(
+                "config.item_modalities[{i}].dim: {dim} is outside 1..={MAX_DIM}"
+            )));
+        }
+    }
+    if c.user_dim > MAX_DIM {
+        return Err(Error::invalid(format!(
+            "config.user_dim: {} exceeds {MAX_DIM}",
+            c.user_dim
+        )));
+    }
+    if c.sid_levels == 0 {
+        c.sid_levels = DEFAULT_SID_LEVELS;
+    }
+    if c.sid_levels > MAX_SID_LEVELS {
+        return Err(Error::invalid(format!(
+            "config.sid_levels: {} exceeds {MAX_SID_LEVELS}",
+            c.sid_levels
+        )));
+    }
+    if c.sid_codebook_size == 1 || c.sid_codebook_size > MAX_CODEBOOK {
+        return Err(Error::invalid(format!(
+            "config.sid_codebook_size: {} is outside 2..={MAX_CODEBOOK} (0 = automatic)",
+            c.sid_codebook_size
+        )));
+    }
+    Ok(c)
+}
+
+/// An entity id: 1..=256 bytes.
+pub fn id(field: &str, id: &str) -> Result<()> {
+    if id.is_empty() {
+        return Err(Error::invalid(format!("{field}: must not be empty")));
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(Error::invalid(format!(
+            "{field}: {} bytes long, at most {MAX_ID_BYTES} allowed (id starts {:?})",
+            id.len(),
+            id.chars().take(32).collect::<String>()
+        )));
+    }
+    Ok(())
+}
+
+/// A vector of exactly `dim` finite values.
+pub fn vector(field: &str, values: &[f32], dim: u32) -> Result<()> {
+    if values.len() != dim as usize {
+        return Err(Error::invalid(format!(
+            "{field}: expected {dim} values, got {}",
+            values.len()
+        )));
+    }
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(Error::invalid(format!(
+            "{field}[{i}]: {} is not a finite number",
+            values[i]
+        )));
+    }
+    Ok(())
+}
+
+fn attributes(field: &str, attrs: Vec<(String, String)>) -> Result<BTreeMap<String, String>> {
+    if attrs.len() > MAX_ATTRIBUTES {
+        return Err(Error::invalid(format!(
+            "{field}: {} attributes, at most {MAX_ATTRIBUTES} allowed",
+            attrs.len()
+        )));
+    }
+    for (k, v) in &attrs {
+        if k.is_empty() || k.len() > MAX_ATTR_KEY {
+            return Err(Error::invalid(format!(
+                "{field}: key {k:?} must be 1..={MAX_ATTR_KEY} bytes"
+            )));
+        }
+        if v.len() > MAX_ATTR_VALUE {
+            return Err(Error::invalid(format!(
+                "{field}[{k:?}]: value is {} bytes, at most {MAX_ATTR_VALUE} allowed",
+                v.len()
+            )));
+        }
+    }
+    Ok(attrs.into_iter().collect())
+}
+
+/// A client-written SID: one code per level, each below the codebook size when that is set.
+pub fn sid(field: &str, sid: &SemanticId, config: &CollectionConfig) -> Result<()> {
+    if sid.codes.len() != config.sid_levels as usize {
+        return Err(Error::invalid(format!(
+            "{field}.codes: expected {} codes (the collection's sid_levels), got {}",
+            config.sid_levels,
+            sid.codes.len()
+        )));
+    }
+    sid_codes(&format!("{field}.codes"), &sid.codes, config)
+}
+
+/// SID codes or a prefix of them: at most `sid_levels` codes, each below the codebook size.
+pub fn sid_codes(field: &str, codes: &[u32], config: &CollectionConfig) -> Result<()> {
+    if codes.len() > config.sid_levels as usize {
+        return Err(Error::invalid(format!(
+            "{field}: {} codes, but the collection has {} levels",
+            codes.len(),
+            config.sid_levels
+        )));
+    }
+    let k = config.sid_codebook_size;
+    if let Some(i) = codes.iter().position(|&c| k > 0 && c >= k) {
+        return Err(Error::invalid(format!(
+            "{field}[{i}]: code {} >= codebook size {k}",
+            codes[i]
+        )));
+    }
+    Ok(())
+}
+
+/// Batch size within `1..=max`.
+pub fn batch_len(field: &str, len: usize, max: usize) -> Result<()> {
+    if len == 0 || len > max {
+        return Err(Error::invalid(format!(
+            "{field}: {len} entries; send 1..={max} per request"
+        )));
+    }
+    Ok(())
+}
+
+/// Validates items against the collection and orders their vectors by modality.
+pub fn items(
+    config: &CollectionConfig,
+    limits: &Limits,
+    items: Vec<ItemInput>,
+) -> Result<Vec<ItemRecord>> {
+    batch_len("items", items.len(), limits.max_batch)?;
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, it)| item(config, &format!("items[{i}]"), it))
+        .collect()
+}
+
+fn item(config: &CollectionConfig, field: &str, it: ItemInput) -> Result<ItemRecord> {
+    id(&format!("{field}.id"), &it.id)?;
+    let mut slots: Vec<Option<Vec<f32>>> = vec![None; config.item_modalities.len()];
+    for (name, values) in it.vectors {
+        let Some(m) = config.modality_index(&name) else {
+            let declared: Vec<&str> = config
+                .item_modalities
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect();
+            return Err(Error::invalid(format!(
+                "{field}.vectors[{name:?}]: unknown modality; the collection declares {declared:?}"
+            )));
+        };
+        vector(
+            &format!("{field}.vectors[{name:?}]"),
+            &values,
+            config.item_modalities[m].dim,
+        )?;
+        slots[m] = Some(values);
+    }
+    let vectors = slots
+        .into_iter()
+        .zip(&config.item_modalities)
+        .map(|(v, m)| {
+            v.ok_or_else(|| {
+                Error::invalid(format!(
+                    "{field}.vectors[{:?}]: missing ({} values required)",
+                    m.name, m.dim
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(s) = &it.sid {
+        sid(&format!("{field}.sid"), s, config)?;
+    }
+    Ok(ItemRecord {
+        id: it.id,
+        vectors,
+        attributes: attributes(&format!("{field}.attributes"), it.attributes)?,
+        sid: it.sid.map(|s| SemanticId {
+            model_version: 0,
+            ..s
+        }),
+    })
+}
+
+/// Validates users against the collection.
+pub fn users(
+    config: &CollectionConfig,
+    limits: &Limits,
+    users: Vec<UserInput>,
+) -> Result<Vec<UserRecord>> {
+    batch_len("users", users.len(), limits.max_batch)?;
+    users
+        .into_iter()
+        .enumerate()
+        .map(|(i, u)| user(config, &format!("users[{i}]"), u))
+        .collect()
+}
+
+fn user(config: &CollectionConfig, field: &str, u: UserInput) -> Result<UserRecord> {
+    id(&format!("{field}.id"), &u.id)?;
+    if let Some(v) = &u.vector {
+        if config.user_dim == 0 {
+            return Err(Error::invalid(format!(
+                "{field}.vector: the collection has user_dim 0 (users carry no vector), got {} values",
+                v.len()
+            )));
+        }
+        vector(&format!("{field}.vector"), v, config.user_dim)?;
+    }
+    if let Some(s) = &u.sid {
+        sid(&format!("{field}.sid"), s, config)?;
+    }
+    Ok(UserRecord {
+        id: u.id,
+        vector: u.vector,
+        attributes: attributes(&format!("{field}.attributes"), u.attributes)?,
+        sid: u.sid.map(|s| SemanticId {
+            model_version: 0,
+            ..s
+        }),
+    })
+}
+
+/// Validates interactions; a zero timestamp becomes `now_ms`.
+pub fn interactions(
+    limits: &Limits,
+    xs: Vec<InteractionRecord>,
+    now_ms: i64,
+) -> Result<Vec<InteractionRecord>> {
+    batch_len("interactions", xs.len(), limits.max_interactions)?;
+    xs.into_iter()
+        .enumerate()
+        .map(|(i, mut x)| {
+            id(&format!("interactions[{i}].user_id"), &x.user_id)?;
+            id(&format!("interactions[{i}].item_id"), &x.item_id)?;
+            if x.kind.len() > MAX_KIND {
+                return Err(Error::invalid(format!(
+                    "interactions[{i}].kind: {} bytes, at most {MAX_KIND} allowed",
+                    x.kind.len()
+                )));
+            }
+            if !x.weight.is_finite() {
+                return Err(Error::invalid(format!(
+                    "interactions[{i}].weight: {} is not a finite number",
+                    x.weight
+                )));
+            }
+            if x.timestamp_ms == 0 {
+                x.timestamp_ms = now_ms;
+            }
+            x.sequence = 0;
+            Ok(x)
+        })
+        .collect()
+}
+
+/// A list of ids for a read or delete.
+pub fn ids(field: &str, ids: &[String], limits: &Limits) -> Result<()> {
+    batch_len(field, ids.len(), limits.max_ids)?;
+    ids.iter()
+        .enumerate()
+        .try_for_each(|(i, x)| id(&format!("{field}[{i}]"), x))
+}
+
+/// A page size: 0 means `default`, at most `limits.max_page`.
+pub fn page_limit(field: &str, limit: u32, default: usize, limits: &Limits) -> Result<usize> {
+    match limit as usize {
+        0 => Ok(default),
+        n if n > limits.max_page => Err(Error::invalid(format!(
+            "{field}: {n} exceeds the maximum page size {}",
+            limits.max_page
+        ))),
+        n => Ok(n),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Metric;
+
+    fn cfg() -> CollectionConfig {
+        collection_config(CollectionConfig {
+            item_modalities: vec![Modality {
+                name: "text".into(),
+                dim: 3,
+            }],
+            user_dim: 2,
+            metric: Metric::Cosine,
+            sid_levels: 0,
+            sid_codebook_size: 16,
+        })
+        .unwrap()
+    }
+
+    fn item_in(id: &str, v: Vec<f32>) -> ItemInput {
+        ItemInput {
+            id: id.into(),
+            vectors: vec![("text".into(), v)],
+            ..Default::default()
+        }
+    }
+
+    fn err(r: Result<impl std::fmt::Debug>) -> String {
+        match r.unwrap_err() {
+            Error::InvalidArgument(m) => m,
+            e => panic!("expected InvalidArgument, got {e:?}"),
+        }
+    }
+
+    #[test]
+    fn item_errors_name_the_field_and_value() {
+        let l = Limits::default();
+        let ok = item_in("a", vec![1.0, 2.0, 3.0]);
+        let m = err(items(
+            &cfg(),
+            &l,
+            vec![ok.clone(), item_in("b", vec![1.0, 2.0])],
+        ));
+        assert_eq!(m, "items[1].vectors[\"text\"]: expected 3 values, got 2");
+        let m = err(items(
+            &cfg(),
+            &l,
+            vec![item_in("b", vec![1.0, f32::NAN, 0.0])],
+        ));
+        assert_eq!(
+            m,
+            "items[0].vectors[\"text\"][1]: NaN is not a finite number"
+        );
+        let m = err(items(&cfg(), &l, vec![item_in("", vec![1.0; 3])]));
+        assert_eq!(m, "items[0].id: must not be empty");
+        let m = err(items(
+            &cfg(),
+            &l,
+            vec![item_in(&"x".repeat(257), vec![1.0; 3])],
+        ));
+        assert!(m.starts_with("items[0].id: 257 bytes long"), "{m}");
+        let mut bad = ok.clone();
+        bad.vectors.push(("image".into(), vec![1.0]));
+        assert!(err(items(&cfg(), &l, vec![bad]))
+            .contains("items[0].vectors[\"image\"]: unknown modality"));
+        let mut missing = ok.clone();
+        missing.vectors.clear();
+        assert!(err(items(&cfg(), &l, vec![missing])).contains("missing"));
+        let mut s = ok.clone();
+        s.sid = Some(SemanticId {
+            codes: vec![1, 2, 16],
+            suffix: 0,
+            model_version: 0,
+        });
+        assert_eq!(
+            err(items(&cfg(), &l, vec![s])),
+            "items[0].sid.codes[2]: code 16 >= codebook size 16"
+        );
+        assert!(err(items(&cfg(), &l, vec![])).starts_with("items: 0 entries"));
+    }
+
+    #[test]
+    fn config_defaults_and_errors() {
+        assert_eq!(cfg().sid_levels, DEFAULT_SID_LEVELS);
+        let mut c = cfg();
+        c.item_modalities.push(Modality {
+            name: "text".into(),
+            dim: 3,
+        });
+        assert!(err(collection_config(c)).contains("declared twice"));
+        let mut c = cfg();
+        c.item_modalities[0].dim = 0;
+        assert!(err(collection_config(c)).starts_with("config.item_modalities[0].dim"));
+        assert!(collection_name("name", "ads-jp_1").is_ok());
+        assert!(err(collection_name("name", "a b")).starts_with("name: \"a b\""));
+    }
+
+    #[test]
+    fn users_and_interactions() {
+        let l = Limits::default();
+        let u = UserInput {
+            id: "u".into(),
+            vector: Some(vec![1.0]),
+            ..Default::default()
+        };
+        assert_eq!(
+            err(users(&cfg(), &l, vec![u])),
+            "users[0].vector: expected 2 values, got 1"
+        );
+        let x = InteractionRecord {
+            user_id: "u".into(),
+            item_id: "i".into(),
+            kind: "click".into(),
+            weight: f32::INFINITY,
+            timestamp_ms: 0,
+            sequence: 0,
+        };
+        assert_eq!(
+            err(interactions(&l, vec![x.clone()], 5)),
+            "interactions[0].weight: inf is not a finite number"
+        );
+        let ok = interactions(&l, vec![InteractionRecord { weight: 1.0, ..x }], 5).unwrap();
+        assert_eq!(ok[0].timestamp_ms, 5);
+    }
+}

@@ -1,0 +1,67 @@
+//! The crate's error type, classified by what the caller should do about it.
+//!
+//! Every layer below `service` returns [`Error`]; `service::status` maps it to a gRPC status in
+//! one exhaustive `match`, so the status code of every failure is decided in exactly one place.
+
+/// A failure, classified by what the caller should do. The message always names the field or the
+/// object and the offending value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed: fix it, do not retry it as is.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A collection, entity or model version that the request names does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The object the request would create exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The system is not in a state that allows the request (no model yet, training running...).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A size or capacity limit was hit (message too large, queue full, disk full).
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The server is starting up or shutting down: retry later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The server does not implement this yet.
+    #[error("{0}")]
+    Unimplemented(String),
+    /// Data on disk is corrupt.
+    #[error("{0}")]
+    DataLoss(String),
+    /// A bug or an unexpected I/O failure.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Shorthand for [`Error::InvalidArgument`] from anything printable.
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidArgument(msg.into())
+    }
+
+    /// An I/O failure, with what was being done. A full disk is a resource problem for the caller,
+    /// everything else is internal.
+    pub fn io(context: impl std::fmt::Display, e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::StorageFull {
+            Error::ResourceExhausted(format!("{context}: disk full: {e}"))
+        } else {
+            Error::Internal(format!("{context}: {e}"))
+        }
+    }
+}
+
+impl From<sled::Error> for Error {
+    fn from(e: sled::Error) -> Self {
+        match e {
+            sled::Error::Corruption { .. } => Error::DataLoss(format!("storage corruption: {e}")),
+            sled::Error::Io(io) => Error::io("storage", io),
+            other => Error::Internal(format!("storage: {other}")),
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The network side: the tonic server with health and reflection, startup, graceful shutdown.
+//!
+//! Startup order: the listener serves at once, with health NOT_SERVING and every sidb RPC
+//! answering UNAVAILABLE, while the store recovers on a blocking thread; then the engine is
+//! published and health turns SERVING. Shutdown is the mirror image: health NOT_SERVING, stop
+//! accepting, let in-flight requests finish (up to `server.shutdown_grace_secs`), then close the
+//! store (WAL synced, checkpoint taken).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::HeaderValue;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::proto as pb;
+use crate::service::{Api, EngineSlot};
+
+/// The gRPC service names that health reports on (besides the overall "").
+pub const SERVICE_NAMES: [&str; 6] = [
+    "sidb.v1.Collections",
+    "sidb.v1.Items",
+    "sidb.v1.Users",
+    "sidb.v1.Interactions",
+    "sidb.v1.Retrieval",
+    "sidb.v1.Training",
+];
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    for name in SERVICE_NAMES {
+        reporter.set_service_status(name, status).await;
+    }
+}
+
+/// tonic answers an oversized request with OUT_OF_RANGE in a trailers-only response; the API's
+/// contract is RESOURCE_EXHAUSTED. Our handlers never return OUT_OF_RANGE, so only tonic's
+/// size check is rewritten.
+fn rewrite_too_large(
+    mut resp: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let h = resp.headers_mut();
+    let out_of_range = h.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11");
+    let too_large = h.get("grpc-message").is_some_and(|m| {
+        let m = m.as_bytes();
+        m.windows(9).any(|w| w == b"too large") || m.windows(13).any(|w| w == b"too%20large")
+    });
+    if out_of_range && too_large {
+        h.insert("grpc-status", HeaderValue::from_static("8"));
+    }
+    resp
+}
+
+/// Serves sidb on `listener` until `shutdown` resolves, then shuts down gracefully.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::io("reading the listen address", e))?;
+    let slot = EngineSlot::default();
+    let (reporter, health) = tonic_health::server::health_reporter();
+    set_health(&reporter, ServingStatus::NotServing).await;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let reflection =
+        |e: tonic_reflection::server::Error| Error::Internal(format!("reflection: {e}"));
+    let reflect_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(reflection)?;
+    let reflect_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(reflection)?;
+    let max = config.server.max_message_bytes;
+    let api = Api::new(slot.clone());
+    let rewrite: fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> =
+        rewrite_too_large;
+    let router = Server::builder()
+        .trace_fn(|req| tracing::info_span!("rpc", path = %req.uri().path()))
+        .layer(tower::util::MapResponseLayer::new(rewrite))
+        .add_service(health)
+        .add_service(reflect_v1)
+        .add_service(reflect_v1alpha)
+        .add_service(
+            pb::collections_server::CollectionsServer::new(api.clone())
+                .max_decoding_message_size(max),
+        )
+        .add_service(pb::items_server::ItemsServer::new(api.clone()).max_decoding_message_size(max))
+        .add_service(pb::users_server::UsersServer::new(api.clone()).max_decoding_message_size(max))
+        .add_service(
+            pb::interactions_server::InteractionsServer::new(api.clone())
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::retrieval_server::RetrievalServer::new(api.clone()).max_decoding_message_size(max),
+        )
+        .add_service(pb::training_server::TrainingServer::new(api).max_decoding_message_size(max));
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(
+        TcpListenerStream::new(listener),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    tracing::info!(%addr, data_dir = %config.storage.data_dir.display(), "listening; recovering storage");
+
+    let open_config = config.clone();
+    let opened = tokio::task::spawn_blocking(move || Engine::open(&open_config))
+        .await
+        .map_err(|e| Error::Internal(format!("opening the store panicked: {e}")))
+        .and_then(|r| r);
+    let engine = match opened {
+        Ok(engine) => engine,
+        Err(e) => {
+            let _ = stop_tx.send(());
+            let _ = server.await;
+            return Err(e);
+        }
+    };
+    slot.set(engine.clone());
+    set_health(&reporter, ServingStatus::Serving).await;
+    tracing::info!(%addr, "ready");
+
+    shutdown.await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    set_health(&reporter, ServingStatus::NotServing).await;
+    slot.clear();
+    let _ = stop_tx.send(());
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    match tokio::time::timeout(grace, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server stopped with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
+        Err(_) => tracing::warn!(
+            ?grace,
+            "in-flight requests did not finish within the grace period"
+        ),
+    }
+    tokio::task::spawn_blocking(move || engine.close())
+        .await
+        .map_err(|e| Error::Internal(format!("closing the store panicked: {e}")))??;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Binds `config.server.listen`.
+pub async fn bind(config: &Config) -> Result<TcpListener> {
+    let addr: SocketAddr = config.server.listen.parse().map_err(|e| {
+        Error::invalid(format!(
+            "server.listen: {:?} is not HOST:PORT: {e}",
+            config.server.listen
+        ))
+    })?;
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::io(format!("binding {addr}"), e))
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("Ctrl-C received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}

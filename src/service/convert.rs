@@ -1,0 +1,185 @@
+//! Protobuf <-> domain conversion. Structural only: what a value means is checked by the engine's
+//! validation, which knows the collection.
+
+use crate::engine::{ItemInput, UserInput};
+use crate::proto as pb;
+use crate::types::{
+    CollectionConfig, CollectionInfo, Durability, InteractionRecord, ItemRecord, Metric, Modality,
+    SemanticId, UserRecord, WriteResult,
+};
+
+pub fn durability(v: i32) -> Durability {
+    match pb::Durability::try_from(v) {
+        Ok(pb::Durability::Buffered) => Durability::Buffered,
+        // Unspecified and unknown future values get the safe default.
+        _ => Durability::Durable,
+    }
+}
+
+pub fn checked_durability(v: i32) -> crate::error::Result<Durability> {
+    match pb::Durability::try_from(v) {
+        Ok(_) => Ok(durability(v)),
+        Err(_) => Err(crate::error::Error::invalid(format!(
+            "durability: unknown value {v}"
+        ))),
+    }
+}
+
+pub fn config_in(c: pb::CollectionConfig) -> crate::error::Result<CollectionConfig> {
+    let metric = match pb::Metric::try_from(c.metric) {
+        Ok(pb::Metric::Unspecified | pb::Metric::Cosine) => Metric::Cosine,
+        Ok(pb::Metric::Dot) => Metric::Dot,
+        Ok(pb::Metric::L2) => Metric::L2,
+        Err(_) => {
+            return Err(crate::error::Error::invalid(format!(
+                "config.metric: unknown value {}",
+                c.metric
+            )))
+        }
+    };
+    Ok(CollectionConfig {
+        item_modalities: c
+            .item_modalities
+            .into_iter()
+            .map(|m| Modality {
+                name: m.name,
+                dim: m.dim,
+            })
+            .collect(),
+        user_dim: c.user_dim,
+        metric,
+        sid_levels: c.sid_levels,
+        sid_codebook_size: c.sid_codebook_size,
+    })
+}
+
+fn config_out(c: CollectionConfig) -> pb::CollectionConfig {
+    let metric = match c.metric {
+        Metric::Cosine => pb::Metric::Cosine,
+        Metric::Dot => pb::Metric::Dot,
+        Metric::L2 => pb::Metric::L2,
+    };
+    pb::CollectionConfig {
+        item_modalities: c
+            .item_modalities
+            .into_iter()
+            .map(|m| pb::Modality {
+                name: m.name,
+                dim: m.dim,
+            })
+            .collect(),
+        user_dim: c.user_dim,
+        metric: metric as i32,
+        sid_levels: c.sid_levels,
+        sid_codebook_size: c.sid_codebook_size,
+    }
+}
+
+pub fn collection_out(c: CollectionInfo) -> pb::Collection {
+    pb::Collection {
+        name: c.name,
+        config: Some(config_out(c.config)),
+        item_count: c.stats.items,
+        user_count: c.stats.users,
+        interaction_count: c.stats.interactions,
+        active_model_version: c.active_model_version,
+        last_sequence: c.stats.last_sequence,
+        created_ms: c.created_ms,
+    }
+}
+
+pub fn sid_in(s: pb::SemanticId) -> SemanticId {
+    SemanticId {
+        codes: s.codes,
+        suffix: s.suffix,
+        model_version: s.model_version,
+    }
+}
+
+pub fn sid_out(s: SemanticId) -> pb::SemanticId {
+    pb::SemanticId {
+        codes: s.codes,
+        suffix: s.suffix,
+        model_version: s.model_version,
+    }
+}
+
+fn sorted<V>(m: std::collections::HashMap<String, V>) -> Vec<(String, V)> {
+    // Sorted so that "which field is wrong first" does not depend on hash order.
+    let mut v: Vec<_> = m.into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+pub fn item_in(it: pb::Item) -> ItemInput {
+    ItemInput {
+        id: it.id,
+        vectors: sorted(it.vectors)
+            .into_iter()
+            .map(|(k, v)| (k, v.values))
+            .collect(),
+        attributes: sorted(it.attributes),
+        sid: it.sid.map(sid_in),
+    }
+}
+
+pub fn item_out(config: &CollectionConfig, it: ItemRecord) -> pb::Item {
+    pb::Item {
+        id: it.id,
+        vectors: config
+            .item_modalities
+            .iter()
+            .zip(it.vectors)
+            .map(|(m, values)| (m.name.clone(), pb::Vector { values }))
+            .collect(),
+        attributes: it.attributes.into_iter().collect(),
+        sid: it.sid.map(sid_out),
+    }
+}
+
+pub fn user_in(u: pb::User) -> UserInput {
+    UserInput {
+        id: u.id,
+        vector: u.vector.map(|v| v.values),
+        attributes: sorted(u.attributes),
+        sid: u.sid.map(sid_in),
+    }
+}
+
+pub fn user_out(u: UserRecord) -> pb::User {
+    pb::User {
+        id: u.id,
+        vector: u.vector.map(|values| pb::Vector { values }),
+        attributes: u.attributes.into_iter().collect(),
+        sid: u.sid.map(sid_out),
+    }
+}
+
+pub fn interaction_in(x: pb::Interaction) -> InteractionRecord {
+    InteractionRecord {
+        user_id: x.user_id,
+        item_id: x.item_id,
+        kind: x.kind,
+        weight: x.weight,
+        timestamp_ms: x.timestamp_ms,
+        sequence: 0,
+    }
+}
+
+pub fn interaction_out(x: InteractionRecord) -> pb::Interaction {
+    pb::Interaction {
+        user_id: x.user_id,
+        item_id: x.item_id,
+        kind: x.kind,
+        weight: x.weight,
+        timestamp_ms: x.timestamp_ms,
+        sequence: x.sequence,
+    }
+}
+
+pub fn write_out(w: WriteResult) -> pb::WriteResponse {
+    pb::WriteResponse {
+        written: w.written,
+        sequence: w.sequence,
+    }
+}

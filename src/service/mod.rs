@@ -1,0 +1,323 @@
+//! The gRPC layer: thin tonic handlers over the [`Engine`].
+//!
+//! Every handler is: take the engine (UNAVAILABLE while starting or stopping) -> convert the
+//! request -> call the engine -> convert back. Status codes are decided in exactly one place,
+//! [`status`]. Only this module (and `proto`) knows protobuf.
+
+mod convert;
+mod unimplemented;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::engine::Engine;
+use crate::error::Error;
+use crate::proto as pb;
+use convert::*;
+
+/// Where the handlers find the engine: empty while the store is recovering and after shutdown
+/// began, so requests then get UNAVAILABLE instead of waiting.
+#[derive(Clone, Default)]
+pub struct EngineSlot(Arc<ArcSwapOption<Engine>>);
+
+impl EngineSlot {
+    /// Publishes the engine (recovery done).
+    pub fn set(&self, engine: Engine) {
+        self.0.store(Some(Arc::new(engine)));
+    }
+
+    /// Withdraws the engine (shutdown started); in-flight requests keep their reference.
+    pub fn clear(&self) -> Option<Arc<Engine>> {
+        self.0.swap(None)
+    }
+
+    fn get(&self) -> Result<Arc<Engine>, Status> {
+        self.0.load_full().ok_or_else(|| {
+            Status::unavailable("sidb is starting up (recovering) or shutting down; retry")
+        })
+    }
+}
+
+/// Maps every crate error to its status code: the one place where that is decided.
+pub fn status(e: Error) -> Status {
+    match e {
+        Error::InvalidArgument(m) => Status::invalid_argument(m),
+        Error::NotFound(m) => Status::not_found(m),
+        Error::AlreadyExists(m) => Status::already_exists(m),
+        Error::FailedPrecondition(m) => Status::failed_precondition(m),
+        Error::ResourceExhausted(m) => Status::resource_exhausted(m),
+        Error::Unavailable(m) => Status::unavailable(m),
+        Error::Unimplemented(m) => Status::unimplemented(m),
+        Error::DataLoss(m) => Status::data_loss(m),
+        Error::Internal(m) => {
+            tracing::error!(error = %m, "internal error");
+            Status::internal(m)
+        }
+    }
+}
+
+/// tonic reports a message over the size limit as OUT_OF_RANGE; the API says RESOURCE_EXHAUSTED.
+pub fn too_large_to_resource_exhausted(s: Status) -> Status {
+    if s.code() == tonic::Code::OutOfRange && s.message().contains("message length too large") {
+        Status::resource_exhausted(s.message().to_string())
+    } else {
+        s
+    }
+}
+
+/// The handlers of the six sidb services.
+#[derive(Clone)]
+pub struct Api {
+    slot: EngineSlot,
+}
+
+impl Api {
+    /// Handlers that find their engine in `slot`.
+    pub fn new(slot: EngineSlot) -> Self {
+        Api { slot }
+    }
+}
+
+type Res<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl pb::collections_server::Collections for Api {
+    async fn create_collection(
+        &self,
+        req: Request<pb::CreateCollectionRequest>,
+    ) -> Res<pb::Collection> {
+        let engine = self.slot.get()?;
+        let r = req.into_inner();
+        let config = r
+            .config
+            .ok_or_else(|| Status::invalid_argument("config: required"))?;
+        let config = config_in(config).map_err(status)?;
+        let info = engine
+            .create_collection(r.name, config)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(collection_out(info)))
+    }
+
+    async fn get_collection(&self, req: Request<pb::GetCollectionRequest>) -> Res<pb::Collection> {
+        let engine = self.slot.get()?;
+        let info = engine
+            .get_collection(&req.into_inner().name)
+            .map_err(status)?;
+        Ok(Response::new(collection_out(info)))
+    }
+
+    async fn list_collections(
+        &self,
+        _: Request<pb::ListCollectionsRequest>,
+    ) -> Res<pb::ListCollectionsResponse> {
+        let engine = self.slot.get()?;
+        let collections = engine
+            .list_collections()
+            .into_iter()
+            .map(collection_out)
+            .collect();
+        Ok(Response::new(pb::ListCollectionsResponse { collections }))
+    }
+
+    async fn delete_collection(
+        &self,
+        req: Request<pb::DeleteCollectionRequest>,
+    ) -> Res<pb::DeleteCollectionResponse> {
+        let engine = self.slot.get()?;
+        engine
+            .delete_collection(req.into_inner().name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::DeleteCollectionResponse {}))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::items_server::Items for Api {
+    async fn upsert_items(&self, req: Request<pb::UpsertItemsRequest>) -> Res<pb::WriteResponse> {
+        let engine = self.slot.get()?;
+        Ok(Response::new(
+            upsert_items(&engine, req.into_inner())
+                .await
+                .map_err(status)?,
+        ))
+    }
+
+    async fn upsert_items_stream(
+        &self,
+        req: Request<Streaming<pb::UpsertItemsRequest>>,
+    ) -> Res<pb::WriteResponse> {
+        let engine = self.slot.get()?;
+        let mut stream = req.into_inner();
+        drain_stream(&mut stream, |msg| {
+            let engine = engine.clone();
+            async move { upsert_items(&engine, msg).await }
+        })
+        .await
+    }
+
+    async fn get_items(&self, req: Request<pb::GetItemsRequest>) -> Res<pb::GetItemsResponse> {
+        let engine = self.slot.get()?;
+        let r = req.into_inner();
+        let got = engine
+            .get_items(&r.collection, r.ids, r.with_vectors)
+            .await
+            .map_err(status)?;
+        let items = got
+            .found
+            .into_iter()
+            .map(|it| item_out(&got.config, it))
+            .collect();
+        Ok(Response::new(pb::GetItemsResponse {
+            items,
+            missing_ids: got.missing,
+        }))
+    }
+
+    async fn delete_items(&self, req: Request<pb::DeleteItemsRequest>) -> Res<pb::WriteResponse> {
+        let engine = self.slot.get()?;
+        let r = req.into_inner();
+        let d = checked_durability(r.durability).map_err(status)?;
+        let w = engine
+            .delete_items(&r.collection, r.ids, d)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(write_out(w)))
+    }
+}
+
+async fn upsert_items(
+    engine: &Engine,
+    r: pb::UpsertItemsRequest,
+) -> crate::error::Result<pb::WriteResponse> {
+    let d = checked_durability(r.durability)?;
+    let items = r.items.into_iter().map(item_in).collect();
+    engine
+        .upsert_items(&r.collection, items, d)
+        .await
+        .map(write_out)
+}
+
+async fn write_interactions(
+    engine: &Engine,
+    r: pb::WriteInteractionsRequest,
+) -> crate::error::Result<pb::WriteResponse> {
+    let d = checked_durability(r.durability)?;
+    let xs = r.interactions.into_iter().map(interaction_in).collect();
+    engine
+        .write_interactions(&r.collection, xs, d)
+        .await
+        .map(write_out)
+}
+
+/// Applies each message of a client stream as one atomic write, in order; stops at the first
+/// failure, naming the message. Earlier messages stay written.
+async fn drain_stream<M, F, Fut>(stream: &mut Streaming<M>, mut write: F) -> Res<pb::WriteResponse>
+where
+    F: FnMut(M) -> Fut,
+    Fut: std::future::Future<Output = crate::error::Result<pb::WriteResponse>>,
+{
+    let mut total = pb::WriteResponse::default();
+    let mut n = 0usize;
+    while let Some(msg) = stream
+        .message()
+        .await
+        .map_err(too_large_to_resource_exhausted)?
+    {
+        let w = write(msg).await.map_err(|e| {
+            let s = status(e);
+            Status::new(s.code(), format!("messages[{n}]: {}", s.message()))
+        })?;
+        total.written += w.written;
+        total.sequence = w.sequence;
+        n += 1;
+    }
+    Ok(Response::new(total))
+}
+
+#[tonic::async_trait]
+impl pb::users_server::Users for Api {
+    async fn upsert_users(&self, req: Request<pb::UpsertUsersRequest>) -> Res<pb::WriteResponse> {
+        let engine = self.slot.get()?;
+        let r = req.into_inner();
+        let d = checked_durability(r.durability).map_err(status)?;
+        let users = r.users.into_iter().map(user_in).collect();
+        let w = engine
+            .upsert_users(&r.collection, users, d)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(write_out(w)))
+    }
+
+    async fn get_users(&self, req: Request<pb::GetUsersRequest>) -> Res<pb::GetUsersResponse> {
+        let engine = self.slot.get()?;
+        let r = req.into_inner();
+        let got = engine
+            .get_users(&r.collection, r.ids, r.with_vectors)
+            .await
+            .map_err(status)?;
+        let users = got.found.into_iter().map(user_out).collect();
+        Ok(Response::new(pb::GetUsersResponse {
+            users,
+            missing_ids: got.missing,
+        }))
+    }
+
+    async fn delete_users(&self, req: Request<pb::DeleteUsersRequest>) -> Res<pb::WriteResponse> {
+        let engine = self.slot.get()?;
+        let r = req.into_inner();
+        let d = checked_durability(r.durability).map_err(status)?;
+        let w = engine
+            .delete_users(&r.collection, r.ids, d)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(write_out(w)))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::interactions_server::Interactions for Api {
+    async fn write_interactions(
+        &self,
+        req: Request<pb::WriteInteractionsRequest>,
+    ) -> Res<pb::WriteResponse> {
+        let engine = self.slot.get()?;
+        Ok(Response::new(
+            write_interactions(&engine, req.into_inner())
+                .await
+                .map_err(status)?,
+        ))
+    }
+
+    async fn write_interactions_stream(
+        &self,
+        req: Request<Streaming<pb::WriteInteractionsRequest>>,
+    ) -> Res<pb::WriteResponse> {
+        let engine = self.slot.get()?;
+        let mut stream = req.into_inner();
+        drain_stream(&mut stream, |msg| {
+            let engine = engine.clone();
+            async move { write_interactions(&engine, msg).await }
+        })
+        .await
+    }
+
+    async fn get_user_history(
+        &self,
+        req: Request<pb::GetUserHistoryRequest>,
+    ) -> Res<pb::GetUserHistoryResponse> {
+        let engine = self.slot.get()?;
+        let r = req.into_inner();
+        let (page, next) = engine
+            .user_history(&r.collection, r.user_id, r.limit, &r.page_token)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::GetUserHistoryResponse {
+            interactions: page.into_iter().map(interaction_out).collect(),
+            next_page_token: next,
+        }))
+    }
+}

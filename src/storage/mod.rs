@@ -1,0 +1,587 @@
+//! Persistent storage: sled for the data, our own write-ahead log for durability.
+//!
+//! Layout under the data directory (see docs/architecture.md for the key diagrams):
+//! - `db/`: the sled database. Tree `catalog` maps collection name -> [`CatalogEntry`]; tree
+//!   `sys` holds counters; tree `c/<id>` holds one collection (keyspaces in [`keys::tag`]).
+//! - `wal/`: log segments `<id>.wal` (see [`wal`]).
+//!
+//! Write path: under the collection's writer lock, take the next sequence number, append the
+//! [`ops::LogEntry`] to the WAL (in memory), apply it to sled in one atomic batch that also
+//! stores the collection's applied sequence, release the lock; then, for DURABLE writes, wait for
+//! the WAL sync covering the entry. The lock makes sequence order = log order = apply order.
+//!
+//! Recovery: open sled, load the catalogue, replay every WAL entry whose sequence is above its
+//! collection's applied sequence, then checkpoint (flush sled, fsync its files, delete the
+//! replayed segments) and start a new segment.
+//!
+//! Checkpoint: wait until every write appended before it has been applied (by taking each
+//! writer lock once), `flush()` sled, fsync every file of sled's directory ourselves (sled's
+//! flush only issues `sync_file_range`), then delete the closed segments.
+//!
+//! The storage layer knows no protobuf and no model.
+
+pub mod codec;
+pub mod keys;
+pub mod ops;
+pub mod wal;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::error::{Error, Result};
+use crate::types::{
+    CollectionConfig, CollectionInfo, Durability, InteractionRecord, ItemRecord, UserRecord,
+    WriteResult,
+};
+use codec::{Dec, Enc};
+use keys::{tag, HistoryPos};
+use ops::{LogEntry, Meta, WriteOp};
+use wal::{Wal, WalOptions};
+
+/// Storage settings.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// sled page cache size in bytes.
+    pub cache_bytes: u64,
+    /// WAL tuning.
+    pub wal: WalOptions,
+    /// How often the background checkpoint runs.
+    pub checkpoint_interval: Duration,
+}
+
+/// A catalogue record: a collection's identity and settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CatalogEntry {
+    /// Never-reused numeric id; names the sled tree and tags WAL entries.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// Settings.
+    pub config: CollectionConfig,
+    /// Creation time, ms since the epoch.
+    pub created_ms: i64,
+    /// Active model version (0 = none).
+    pub active_model_version: u64,
+}
+
+impl CatalogEntry {
+    fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::versioned();
+        e.u64(self.id);
+        e.str(&self.name);
+        codec::put_config(&mut e, &self.config);
+        e.i64(self.created_ms);
+        e.u64(self.active_model_version);
+        e.buf
+    }
+
+    fn decode(buf: &[u8]) -> Result<Self> {
+        let mut d = Dec::versioned(buf, "catalogue entry")?;
+        let entry = CatalogEntry {
+            id: d.u64()?,
+            name: d.str()?,
+            config: codec::get_config(&mut d)?,
+            created_ms: d.i64()?,
+            active_model_version: d.u64()?,
+        };
+        d.finish()?;
+        Ok(entry)
+    }
+}
+
+/// One open collection.
+pub struct Collection {
+    /// Identity and settings.
+    pub entry: CatalogEntry,
+    tree: sled::Tree,
+    /// Held while a write takes its sequence, logs and applies: see the module docs.
+    writer: Mutex<Meta>,
+    deleted: AtomicBool,
+    /// Set when a logged write failed to apply: later writes would reuse its sequence number, so
+    /// the collection takes no more writes until a restart replays the log.
+    poisoned: AtomicBool,
+}
+
+impl Collection {
+    /// The collection's settings.
+    pub fn config(&self) -> &CollectionConfig {
+        &self.entry.config
+    }
+
+    /// Name, settings, counts.
+    pub fn info(&self) -> CollectionInfo {
+        let meta = *self.writer.lock();
+        CollectionInfo {
+            name: self.entry.name.clone(),
+            config: self.entry.config.clone(),
+            stats: meta.stats,
+            active_model_version: self.entry.active_model_version,
+            created_ms: self.entry.created_ms,
+        }
+    }
+
+    fn tree_name(id: u64) -> String {
+        format!("c/{id}")
+    }
+}
+
+struct Inner {
+    dir: PathBuf,
+    db: sled::Db,
+    catalog: sled::Tree,
+    sys: sled::Tree,
+    wal: Wal,
+    collections: RwLock<BTreeMap<String, Arc<Collection>>>,
+    /// Serialises catalogue changes (create/delete) with each other and with checkpoints.
+    catalog_lock: Mutex<()>,
+    closed: AtomicBool,
+    stop_checkpoints: (std::sync::Mutex<bool>, std::sync::Condvar),
+}
+
+/// The storage engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+const NEXT_ID_KEY: &[u8] = b"next_collection_id";
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir` and recovers it from the WAL.
+    pub fn open(dir: &Path, opts: StoreOptions) -> Result<Store> {
+        let db_dir = dir.join("db");
+        let wal_dir = dir.join("wal");
+        for d in [dir, &db_dir, &wal_dir] {
+            std::fs::create_dir_all(d)
+                .map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
+        }
+        let db = sled::Config::new()
+            .path(&db_dir)
+            .cache_capacity(opts.cache_bytes)
+            .flush_every_ms(Some(1000))
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) => Error::io(format!("opening {}", db_dir.display()), io),
+                other => Error::DataLoss(format!("opening {}: {other}", db_dir.display())),
+            })?;
+        let catalog = db.open_tree("catalog")?;
+        let sys = db.open_tree("sys")?;
+        let collections = load_collections(&db, &catalog)?;
+        let segments = wal::list_segments(&wal_dir)?;
+        let replayed = replay(&collections, &segments)?;
+        // Make what was replayed durable in sled before its segments go.
+        db.flush()?;
+        sync_tree_files(&db_dir)?;
+        for (_, path) in &segments {
+            std::fs::remove_file(path)
+                .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+        }
+        wal::sync_dir(&wal_dir)?;
+        let next_segment = segments.last().map_or(1, |(id, _)| id + 1);
+        tracing::info!(
+            collections = collections.len(),
+            segments = segments.len(),
+            replayed,
+            "storage recovered"
+        );
+        let wal = Wal::start(&wal_dir, next_segment, opts.wal.clone())?;
+        let store = Store {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                db,
+                catalog,
+                sys,
+                wal,
+                collections: RwLock::new(collections),
+                catalog_lock: Mutex::new(()),
+                closed: AtomicBool::new(false),
+                stop_checkpoints: (std::sync::Mutex::new(false), std::sync::Condvar::new()),
+            }),
+        };
+        store.spawn_checkpointer(opts.checkpoint_interval)?;
+        Ok(store)
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Creates a collection; the catalogue change is durable when this returns.
+    pub fn create_collection(
+        &self,
+        name: &str,
+        config: CollectionConfig,
+        created_ms: i64,
+    ) -> Result<CollectionInfo> {
+        self.check_open()?;
+        let _g = self.inner.catalog_lock.lock();
+        if self.inner.collections.read().contains_key(name) {
+            return Err(Error::AlreadyExists(format!(
+                "collection {name:?} already exists"
+            )));
+        }
+        let id = self.next_collection_id()?;
+        let entry = CatalogEntry {
+            id,
+            name: name.to_string(),
+            config,
+            created_ms,
+            active_model_version: 0,
+        };
+        let tree = self.inner.db.open_tree(Collection::tree_name(id))?;
+        tree.insert(ops::META_KEY, Meta::default().encode())?;
+        self.inner.catalog.insert(name.as_bytes(), entry.encode())?;
+        self.sync_sled()?;
+        let coll = Arc::new(Collection {
+            entry,
+            tree,
+            writer: Mutex::new(Meta::default()),
+            deleted: AtomicBool::new(false),
+            poisoned: AtomicBool::new(false),
+        });
+        let info = coll.info();
+        self.inner
+            .collections
+            .write()
+            .insert(name.to_string(), coll);
+        Ok(info)
+    }
+
+    fn next_collection_id(&self) -> Result<u64> {
+        let cur = match self.inner.sys.get(NEXT_ID_KEY)? {
+            Some(v) => u64::from_le_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| Error::DataLoss("sys/next_collection_id: not 8 bytes".into()))?,
+            ),
+            None => 1,
+        };
+        self.inner
+            .sys
+            .insert(NEXT_ID_KEY, &(cur + 1).to_le_bytes())?;
+        Ok(cur)
+    }
+
+    /// Deletes a collection and all its data; durable when this returns.
+    pub fn delete_collection(&self, name: &str) -> Result<()> {
+        self.check_open()?;
+        let _g = self.inner.catalog_lock.lock();
+        let coll = self.collection(name)?;
+        // Wait for in-flight writes, and stop new ones from applying.
+        let _w = coll.writer.lock();
+        coll.deleted.store(true, Ordering::SeqCst);
+        self.inner.catalog.remove(name.as_bytes())?;
+        self.inner
+            .db
+            .drop_tree(Collection::tree_name(coll.entry.id))?;
+        self.sync_sled()?;
+        self.inner.collections.write().remove(name);
+        Ok(())
+    }
+
+    /// A collection by name.
+    pub fn collection(&self, name: &str) -> Result<Arc<Collection>> {
+        self.inner
+            .collections
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("collection {name:?} not found")))
+    }
+
+    /// Every collection, by name.
+    pub fn list_collections(&self) -> Vec<CollectionInfo> {
+        self.inner
+            .collections
+            .read()
+            .values()
+            .map(|c| c.info())
+            .collect()
+    }
+
+    /// Logs and applies one write. Returns the result and the WAL position to wait for; a DURABLE
+    /// write is acknowledged only after [`Store::wait_durable`] on that position.
+    pub fn write(
+        &self,
+        coll: &Collection,
+        op: WriteOp,
+        durability: Durability,
+    ) -> Result<(WriteResult, u64)> {
+        self.check_open()?;
+        let mut meta = coll.writer.lock();
+        if coll.deleted.load(Ordering::SeqCst) {
+            return Err(Error::NotFound(format!(
+                "collection {:?} not found",
+                coll.entry.name
+            )));
+        }
+        if coll.poisoned.load(Ordering::SeqCst) {
+            return Err(Error::Internal(format!(
+                "collection {:?} takes no writes after a failed write; restart the server",
+                coll.entry.name
+            )));
+        }
+        let seq = meta.stats.last_sequence + 1;
+        let entry = LogEntry {
+            collection: coll.entry.id,
+            seq,
+            op,
+        };
+        let lsn = self
+            .inner
+            .wal
+            .append(&entry.encode(), durability == Durability::Durable)?;
+        let written = ops::apply(&coll.tree, &mut meta, seq, &entry.op).inspect_err(|e| {
+            tracing::error!(collection = %coll.entry.name, error = %e, "logged write failed to apply");
+            coll.poisoned.store(true, Ordering::SeqCst);
+        })?;
+        Ok((
+            WriteResult {
+                written,
+                sequence: seq,
+            },
+            lsn,
+        ))
+    }
+
+    /// Waits until the WAL is on disk up to `lsn`.
+    pub async fn wait_durable(&self, lsn: u64) -> Result<()> {
+        self.inner.wal.wait_durable(lsn).await
+    }
+
+    /// Blocking form of [`Store::wait_durable`].
+    pub fn wait_durable_blocking(&self, lsn: u64) -> Result<()> {
+        self.inner.wal.wait_durable_blocking(lsn)
+    }
+
+    /// Items by id, in the order asked; `None` where missing.
+    pub fn get_items(&self, coll: &Collection, ids: &[String]) -> Result<Vec<Option<ItemRecord>>> {
+        self.get_entities(coll, tag::ITEM, ids, "item record", codec::get_item)
+    }
+
+    /// Users by id, in the order asked; `None` where missing.
+    pub fn get_users(&self, coll: &Collection, ids: &[String]) -> Result<Vec<Option<UserRecord>>> {
+        self.get_entities(coll, tag::USER, ids, "user record", codec::get_user)
+    }
+
+    fn get_entities<T>(
+        &self,
+        coll: &Collection,
+        tag: u8,
+        ids: &[String],
+        what: &'static str,
+        get: fn(&mut Dec) -> Result<T>,
+    ) -> Result<Vec<Option<T>>> {
+        ids.iter()
+            .map(|id| match coll.tree.get(keys::entity_key(tag, id))? {
+                Some(v) => codec::decode_value(&v, what, get).map(Some),
+                None => Ok(None),
+            })
+            .collect()
+    }
+
+    /// Up to `limit` interactions of a user, newest first, strictly older than `before` when
+    /// given. Returns them and the position to continue from when more exist.
+    pub fn user_history(
+        &self,
+        coll: &Collection,
+        user_id: &str,
+        limit: usize,
+        before: Option<HistoryPos>,
+    ) -> Result<(Vec<InteractionRecord>, Option<HistoryPos>)> {
+        let prefix = keys::history_prefix(user_id);
+        let mut end = prefix.clone();
+        match before {
+            Some(pos) => pos.append_to(&mut end),
+            // Every history key of this user sorts below prefix + 0xFF (a position starts with
+            // the i64 timestamp, whose first byte is at most 0xFF, followed by more bytes).
+            None => end.extend_from_slice(&[0xFF; 21]),
+        }
+        let mut out = Vec::with_capacity(limit.min(1024));
+        let mut last = None;
+        for kv in coll.tree.range(prefix.clone()..end).rev() {
+            let (k, v) = kv?;
+            if out.len() == limit {
+                return Ok((out, last));
+            }
+            last = Some(HistoryPos::read(&k[prefix.len()..])?);
+            out.push(codec::decode_value(
+                &v,
+                "interaction record",
+                codec::get_interaction,
+            )?);
+        }
+        Ok((out, None))
+    }
+
+    /// Makes everything applied so far durable in sled and deletes the WAL segments it covers.
+    pub fn checkpoint(&self) -> Result<()> {
+        let _g = self.inner.catalog_lock.lock();
+        let closed = self.inner.wal.closed_segments();
+        if closed.is_empty() {
+            return Ok(());
+        }
+        self.checkpoint_segments(&closed)?;
+        self.inner.wal.forget_segments(&closed);
+        Ok(())
+    }
+
+    fn checkpoint_segments(&self, segments: &[PathBuf]) -> Result<()> {
+        // Every entry in `segments` was appended under some writer lock and is applied by the
+        // time that lock is released: taking each lock once is the barrier.
+        for coll in self.inner.collections.read().values() {
+            drop(coll.writer.lock());
+        }
+        self.sync_sled()?;
+        for path in segments {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(format!("removing {}", path.display()), e)),
+            }
+        }
+        wal::sync_dir(&self.inner.dir.join("wal"))
+    }
+
+    fn sync_sled(&self) -> Result<()> {
+        self.inner.db.flush()?;
+        sync_tree_files(&self.inner.dir.join("db"))
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(Error::Unavailable("server is shutting down".into()));
+        }
+        Ok(())
+    }
+
+    /// Stops writes, syncs the WAL, checkpoints everything and leaves an empty log: the next start
+    /// replays nothing.
+    pub fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        {
+            let (lock, cv) = &self.inner.stop_checkpoints;
+            *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            cv.notify_all();
+        }
+        let segments = self.inner.wal.close()?;
+        let _g = self.inner.catalog_lock.lock();
+        self.checkpoint_segments(&segments)
+    }
+
+    fn spawn_checkpointer(&self, every: Duration) -> Result<()> {
+        let weak = Arc::downgrade(&self.inner);
+        std::thread::Builder::new()
+            .name("sidb-checkpoint".into())
+            .spawn(move || loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let (lock, cv) = &inner.stop_checkpoints;
+                let stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+                let (stopped, _) = cv
+                    .wait_timeout_while(stopped, every, |s| !*s)
+                    .unwrap_or_else(|e| e.into_inner());
+                if *stopped {
+                    return;
+                }
+                drop(stopped);
+                let store = Store { inner };
+                if let Err(e) = store.checkpoint() {
+                    tracing::error!(error = %e, "checkpoint failed; the log keeps its segments");
+                }
+            })
+            .map(|_| ())
+            .map_err(|e| Error::io("starting the checkpoint thread", e))
+    }
+}
+
+fn load_collections(
+    db: &sled::Db,
+    catalog: &sled::Tree,
+) -> Result<BTreeMap<String, Arc<Collection>>> {
+    let mut out = BTreeMap::new();
+    for kv in catalog.iter() {
+        let (_, v) = kv?;
+        let entry = CatalogEntry::decode(&v)?;
+        let tree = db.open_tree(Collection::tree_name(entry.id))?;
+        let meta = Meta::load(&tree)?;
+        out.insert(
+            entry.name.clone(),
+            Arc::new(Collection {
+                entry,
+                tree,
+                writer: Mutex::new(meta),
+                deleted: AtomicBool::new(false),
+                poisoned: AtomicBool::new(false),
+            }),
+        );
+    }
+    Ok(out)
+}
+
+/// Replays WAL segments into the collections; returns the number of entries applied.
+fn replay(
+    collections: &BTreeMap<String, Arc<Collection>>,
+    segments: &[(u64, PathBuf)],
+) -> Result<u64> {
+    let by_id: BTreeMap<u64, &Arc<Collection>> =
+        collections.values().map(|c| (c.entry.id, c)).collect();
+    let mut applied = 0;
+    for (i, (_, path)) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        let torn = wal::replay_segment(path, last, |payload| {
+            let entry = LogEntry::decode(payload)?;
+            // Entries of deleted collections are skipped: ids are never reused.
+            let Some(coll) = by_id.get(&entry.collection) else {
+                return Ok(());
+            };
+            let mut meta = coll.writer.lock();
+            let have = meta.stats.last_sequence;
+            if entry.seq <= have {
+                return Ok(());
+            }
+            if entry.seq != have + 1 {
+                return Err(Error::DataLoss(format!(
+                    "{}: collection {:?} jumps from sequence {have} to {}: entries are missing",
+                    path.display(),
+                    coll.entry.name,
+                    entry.seq
+                )));
+            }
+            ops::apply(&coll.tree, &mut meta, entry.seq, &entry.op)?;
+            applied += 1;
+            Ok(())
+        })?;
+        if torn > 0 {
+            tracing::warn!(segment = %path.display(), bytes = torn, "ignored a torn log tail (writes never acknowledged)");
+        }
+    }
+    Ok(applied)
+}
+
+/// fsyncs every file and directory under `dir`: sled's own flush does not (see module docs).
+fn sync_tree_files(dir: &Path) -> Result<()> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+    for entry in entries {
+        let path = entry
+            .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?
+            .path();
+        if path.is_dir() {
+            sync_tree_files(&path)?;
+        } else if let Err(e) = std::fs::File::open(&path).and_then(|f| f.sync_all()) {
+            // sled may remove a file (an old snapshot) while we walk: that one needs no sync.
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(Error::io(format!("syncing {}", path.display()), e));
+            }
+        }
+    }
+    wal::sync_dir(dir)
+}
