@@ -49,8 +49,8 @@ fn rewrite_too_large(
     let h = resp.headers_mut();
     let out_of_range = h.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11");
     let too_large = h.get("grpc-message").is_some_and(|m| {
-        let m = m.as_bytes();
-        m.windows(9).any(|w| w == b"too large") || m.windows(13).any(|w| w == b"too%20large")
+        let has = |needle: &[u8]| m.as_bytes().windows(needle.len()).any(|w| w == needle);
+        has(b"too large") || has(b"too%20large")
     });
     if out_of_range && too_large {
         h.insert("grpc-status", HeaderValue::from_static("8"));

@@ -1,0 +1,219 @@
+//! The test harness: an in-process server on 127.0.0.1:0 over a temporary data directory, and
+//! typed clients for it.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sidb::config::Config;
+use sidb::proto as pb;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+pub use pb::collections_client::CollectionsClient;
+pub use pb::interactions_client::InteractionsClient;
+pub use pb::items_client::ItemsClient;
+pub use pb::users_client::UsersClient;
+
+/// A running in-process server.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<sidb::error::Result<()>>>,
+}
+
+impl TestServer {
+    /// A server on a fresh temporary directory with default settings.
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A server on a fresh temporary directory, with settings changed by `tweak`.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut s = Self::start_in(tmp.path(), tweak).await;
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// A server over an existing data directory (for restarts).
+    pub async fn start_in(dir: &Path, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = Config::default();
+        config.storage.data_dir = dir.to_path_buf();
+        config.server.listen = "127.0.0.1:0".into();
+        config.storage.cache_bytes = 16 << 20;
+        tweak(&mut config);
+        let listener = sidb::server::bind(&config).await.expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(sidb::server::serve(config, listener, async {
+            let _ = stopped.await;
+        }));
+        let server = TestServer {
+            addr,
+            dir: dir.to_path_buf(),
+            _tmp: None,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        wait_serving(&server.url()).await;
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    pub async fn collections(&self) -> CollectionsClient<Channel> {
+        CollectionsClient::new(self.channel().await)
+    }
+    pub async fn items(&self) -> ItemsClient<Channel> {
+        ItemsClient::new(self.channel().await).max_decoding_message_size(64 << 20)
+    }
+    pub async fn users(&self) -> UsersClient<Channel> {
+        UsersClient::new(self.channel().await)
+    }
+    pub async fn interactions(&self) -> InteractionsClient<Channel> {
+        InteractionsClient::new(self.channel().await)
+    }
+
+    /// Graceful shutdown; returns what `serve` returned. Keeps the temporary directory alive.
+    pub async fn stop(mut self) -> (sidb::error::Result<()>, Option<tempfile::TempDir>) {
+        let _ = self.stop.take().expect("running").send(());
+        let r = self
+            .task
+            .take()
+            .expect("running")
+            .await
+            .expect("server task");
+        (r, self._tmp.take())
+    }
+}
+
+/// Polls the health service until the server reports SERVING (recovery finished).
+pub async fn wait_serving(url: &str) {
+    for _ in 0..400 {
+        if let Ok(ch) = Channel::from_shared(url.to_string())
+            .expect("url")
+            .connect()
+            .await
+        {
+            let req = HealthCheckRequest {
+                service: String::new(),
+            };
+            if let Ok(r) = HealthClient::new(ch).check(req).await {
+                if r.into_inner().status == ServingStatus::Serving as i32 {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("server at {url} did not become SERVING");
+}
+
+/// A collection config with one modality "text" of `dim` and users of `user_dim`.
+pub fn config(dim: u32, user_dim: u32) -> pb::CollectionConfig {
+    pb::CollectionConfig {
+        item_modalities: vec![pb::Modality {
+            name: "text".into(),
+            dim,
+        }],
+        user_dim,
+        ..Default::default()
+    }
+}
+
+/// Creates collection `name` (text: 4-d, users: 2-d) and returns a client for it.
+pub async fn create(server: &TestServer, name: &str) -> pb::Collection {
+    server
+        .collections()
+        .await
+        .create_collection(pb::CreateCollectionRequest {
+            name: name.into(),
+            config: Some(config(4, 2)),
+        })
+        .await
+        .expect("create collection")
+        .into_inner()
+}
+
+/// An item with a 4-d "text" vector derived from `seed`.
+pub fn item(id: &str, seed: f32) -> pb::Item {
+    pb::Item {
+        id: id.into(),
+        vectors: [("text".to_string(), vec4(seed))].into(),
+        attributes: [("k".to_string(), format!("v{seed}"))].into(),
+        sid: None,
+    }
+}
+
+pub fn vec4(seed: f32) -> pb::Vector {
+    pb::Vector {
+        values: vec![seed, seed + 1.0, -seed, 0.5],
+    }
+}
+
+pub fn upsert(collection: &str, items: Vec<pb::Item>) -> pb::UpsertItemsRequest {
+    pb::UpsertItemsRequest {
+        collection: collection.into(),
+        items,
+        durability: 0,
+    }
+}
+
+pub fn interaction(user: &str, item: &str, ts: i64) -> pb::Interaction {
+    pb::Interaction {
+        user_id: user.into(),
+        item_id: item.into(),
+        kind: "click".into(),
+        weight: 1.0,
+        timestamp_ms: ts,
+        sequence: 0,
+    }
+}
+
+/// Asserts a call failed with `code` and a message containing `needle`.
+pub fn assert_status<T: std::fmt::Debug>(
+    r: Result<T, tonic::Status>,
+    code: tonic::Code,
+    needle: &str,
+) {
+    match r {
+        Ok(v) => panic!("expected {code:?} ({needle}), got Ok({v:?})"),
+        Err(s) => {
+            assert_eq!(s.code(), code, "message: {}", s.message());
+            assert!(
+                s.message().contains(needle),
+                "{:?} does not contain {needle:?}",
+                s.message()
+            );
+        }
+    }
+}
+
+pub async fn get_collection(server: &TestServer, name: &str) -> pb::Collection {
+    server
+        .collections()
+        .await
+        .get_collection(pb::GetCollectionRequest { name: name.into() })
+        .await
+        .expect("get collection")
+        .into_inner()
+}

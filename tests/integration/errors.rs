@@ -1,0 +1,217 @@
+//! The error table of the API, row by row, for the item write path (users and interactions have
+//! their rows in their own modules).
+
+use sidb::proto as pb;
+use tokio_stream::iter as stream_of;
+use tonic::Code;
+
+use crate::common::*;
+
+async fn server_with_items() -> TestServer {
+    let s = TestServer::start_with(|c| {
+        c.limits.max_batch = 3;
+        c.limits.max_ids = 3;
+        c.server.max_message_bytes = 64 << 10;
+    })
+    .await;
+    let mut cfg = config(4, 2);
+    cfg.sid_codebook_size = 8;
+    cfg.sid_levels = 2;
+    s.collections()
+        .await
+        .create_collection(pb::CreateCollectionRequest {
+            name: "c".into(),
+            config: Some(cfg),
+        })
+        .await
+        .unwrap();
+    s
+}
+
+#[tokio::test]
+async fn invalid_argument_rows() {
+    let s = server_with_items().await;
+    let mut items = s.items().await;
+    let with_vec = |values: Vec<f32>| {
+        let mut it = item("x", 0.0);
+        it.vectors.insert("text".into(), pb::Vector { values });
+        upsert("c", vec![it])
+    };
+    assert_status(
+        items.upsert_items(with_vec(vec![1.0; 3])).await,
+        Code::InvalidArgument,
+        "items[0].vectors[\"text\"]: expected 4 values, got 3",
+    );
+    assert_status(
+        items
+            .upsert_items(with_vec(vec![1.0, 1.0, f32::NEG_INFINITY, 1.0]))
+            .await,
+        Code::InvalidArgument,
+        "items[0].vectors[\"text\"][2]: -inf is not a finite number",
+    );
+    assert_status(
+        items.upsert_items(upsert("c", vec![item("", 0.0)])).await,
+        Code::InvalidArgument,
+        "items[0].id: must not be empty",
+    );
+    assert_status(
+        items
+            .upsert_items(upsert("c", vec![item(&"é".repeat(129), 0.0)]))
+            .await,
+        Code::InvalidArgument,
+        "items[0].id: 258 bytes long",
+    );
+    let mut unknown = item("u", 0.0);
+    unknown.vectors.insert("audio".into(), vec4(0.0));
+    assert_status(
+        items.upsert_items(upsert("c", vec![unknown])).await,
+        Code::InvalidArgument,
+        "items[0].vectors[\"audio\"]: unknown modality; the collection declares [\"text\"]",
+    );
+    let mut none = item("n", 0.0);
+    none.vectors.clear();
+    assert_status(
+        items.upsert_items(upsert("c", vec![none])).await,
+        Code::InvalidArgument,
+        "items[0].vectors[\"text\"]: missing",
+    );
+    let many: Vec<_> = (0..4).map(|i| item(&format!("m{i}"), 0.0)).collect();
+    assert_status(
+        items.upsert_items(upsert("c", many)).await,
+        Code::InvalidArgument,
+        "items: 4 entries; send 1..=3",
+    );
+    let mut long_sid = item("s", 0.0);
+    long_sid.sid = Some(pb::SemanticId {
+        codes: vec![1, 2, 3],
+        suffix: 0,
+        model_version: 0,
+    });
+    assert_status(
+        items.upsert_items(upsert("c", vec![long_sid])).await,
+        Code::InvalidArgument,
+        "items[0].sid.codes: expected 2 codes",
+    );
+    let mut big_code = item("s", 0.0);
+    big_code.sid = Some(pb::SemanticId {
+        codes: vec![1, 8],
+        suffix: 0,
+        model_version: 0,
+    });
+    assert_status(
+        items.upsert_items(upsert("c", vec![big_code])).await,
+        Code::InvalidArgument,
+        "items[0].sid.codes[1]: code 8 >= codebook size 8",
+    );
+    let mut attrs = item("a", 0.0);
+    attrs.attributes.insert("".into(), "v".into());
+    assert_status(
+        items.upsert_items(upsert("c", vec![attrs])).await,
+        Code::InvalidArgument,
+        "items[0].attributes: key \"\" must be 1..=128 bytes",
+    );
+    let mut durability = upsert("c", vec![item("d", 0.0)]);
+    durability.durability = 7;
+    assert_status(
+        items.upsert_items(durability).await,
+        Code::InvalidArgument,
+        "durability: unknown value 7",
+    );
+    let ids = |n: usize| (0..n).map(|i| i.to_string()).collect::<Vec<_>>();
+    assert_status(
+        items
+            .get_items(pb::GetItemsRequest {
+                collection: "c".into(),
+                ids: ids(4),
+                with_vectors: false,
+            })
+            .await,
+        Code::InvalidArgument,
+        "ids: 4 entries",
+    );
+    assert_status(
+        items
+            .delete_items(pb::DeleteItemsRequest {
+                collection: "c".into(),
+                ids: vec!["".into()],
+                durability: 0,
+            })
+            .await,
+        Code::InvalidArgument,
+        "ids[0]: must not be empty",
+    );
+    assert_eq!(
+        get_collection(&s, "c").await.last_sequence,
+        0,
+        "no rejected request wrote anything"
+    );
+}
+
+#[tokio::test]
+async fn not_found_rows() {
+    let s = server_with_items().await;
+    let mut items = s.items().await;
+    assert_status(
+        items
+            .upsert_items(upsert("nope", vec![item("a", 0.0)]))
+            .await,
+        Code::NotFound,
+        "collection \"nope\" not found",
+    );
+    assert_status(
+        items
+            .get_items(pb::GetItemsRequest {
+                collection: "nope".into(),
+                ids: vec!["a".into()],
+                with_vectors: false,
+            })
+            .await,
+        Code::NotFound,
+        "\"nope\"",
+    );
+    assert_status(
+        items
+            .delete_items(pb::DeleteItemsRequest {
+                collection: "nope".into(),
+                ids: vec!["a".into()],
+                durability: 0,
+            })
+            .await,
+        Code::NotFound,
+        "\"nope\"",
+    );
+}
+
+#[tokio::test]
+async fn oversized_messages_are_resource_exhausted() {
+    let s = server_with_items().await;
+    let mut items = s.items().await;
+    let mut big = item("big", 0.0);
+    big.attributes.insert("blob".into(), "x".repeat(100 << 10));
+    assert_status(
+        items.upsert_items(upsert("c", vec![big.clone()])).await,
+        Code::ResourceExhausted,
+        "too large",
+    );
+    assert_status(
+        items
+            .upsert_items_stream(stream_of(vec![
+                upsert("c", vec![item("ok", 0.0)]),
+                upsert("c", vec![big]),
+            ]))
+            .await,
+        Code::ResourceExhausted,
+        "too large",
+    );
+    // The stream's first message was within bounds and stays written.
+    let got = items
+        .get_items(pb::GetItemsRequest {
+            collection: "c".into(),
+            ids: vec!["ok".into(), "big".into()],
+            with_vectors: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.missing_ids, ["big"]);
+}

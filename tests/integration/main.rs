@@ -1,0 +1,13 @@
+//! Integration tests: a real sidb server on 127.0.0.1, real gRPC clients.
+//!
+//! One binary (faster to link than one per file); modules by service.
+
+mod common;
+
+mod collections;
+mod durability;
+mod errors;
+mod interactions;
+mod items;
+mod lifecycle;
+mod users;
