@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::auth::AuthConfig;
 use crate::storage::wal::WalOptions;
 use crate::storage::StoreOptions;
 
@@ -24,6 +25,8 @@ pub struct Config {
     pub limits: Limits,
     /// Logging.
     pub log: LogConfig,
+    /// API keys.
+    pub auth: AuthConfig,
 }
 
 /// `[server]`: the gRPC listener.

@@ -5,10 +5,11 @@
 //! - [`storage`]: sled plus our write-ahead log; keyspaces, record formats, durability, recovery.
 //! - [`engine`]: the core facade: validation, then storage, off the async workers.
 //! - [`service`]: thin tonic handlers, proto <-> domain conversion, the one status mapping.
-//! - [`server`]: listener, health, reflection, startup and graceful shutdown.
+//! - [`server`], [`auth`]: listener, API keys, health, reflection, startup and graceful shutdown.
 //! - [`loadgen`]: the ingest load client behind `sidb bench ingest`.
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod error;

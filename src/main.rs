@@ -1,5 +1,6 @@
 //! The `sidb` command: `serve` runs the database; `bench ingest` loads a running one.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -112,6 +113,7 @@ fn init_logging(c: &Config) -> anyhow::Result<()> {
         .with_context(|| format!("log.level: bad filter {:?}", c.log.level))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if c.log.format == "json" {
         builder.json().init();

@@ -90,6 +90,7 @@ pub async fn serve(
     let router = Server::builder()
         .trace_fn(|req| tracing::info_span!("rpc", path = %req.uri().path()))
         .layer(tower::util::MapResponseLayer::new(rewrite))
+        .layer(crate::auth::AuthLayer::new(config.auth.clone()))
         .add_service(health)
         .add_service(reflect_v1)
         .add_service(reflect_v1alpha)

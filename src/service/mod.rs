@@ -321,3 +321,56 @@ impl pb::interactions_server::Interactions for Api {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::collections_server::Collections;
+
+    #[tokio::test]
+    async fn requests_before_the_engine_is_ready_are_unavailable() {
+        // The slot is empty while the store recovers and after shutdown began.
+        let api = Api::new(EngineSlot::default());
+        let r = api
+            .list_collections(Request::new(pb::ListCollectionsRequest {}))
+            .await;
+        let s = r.unwrap_err();
+        assert_eq!(s.code(), tonic::Code::Unavailable);
+        assert!(s.message().contains("starting up"));
+    }
+
+    #[test]
+    fn tonic_size_errors_become_resource_exhausted() {
+        let s = Status::out_of_range(
+            "Error, decoded message length too large: found 9 bytes, the limit is: 1 bytes",
+        );
+        assert_eq!(
+            too_large_to_resource_exhausted(s).code(),
+            tonic::Code::ResourceExhausted
+        );
+        let other = Status::out_of_range("something else");
+        assert_eq!(
+            too_large_to_resource_exhausted(other).code(),
+            tonic::Code::OutOfRange
+        );
+    }
+
+    #[test]
+    fn every_error_class_has_its_status_code() {
+        use tonic::Code::*;
+        let cases = [
+            (Error::InvalidArgument("m".into()), InvalidArgument),
+            (Error::NotFound("m".into()), NotFound),
+            (Error::AlreadyExists("m".into()), AlreadyExists),
+            (Error::FailedPrecondition("m".into()), FailedPrecondition),
+            (Error::ResourceExhausted("m".into()), ResourceExhausted),
+            (Error::Unavailable("m".into()), Unavailable),
+            (Error::Unimplemented("m".into()), Unimplemented),
+            (Error::DataLoss("m".into()), DataLoss),
+            (Error::Internal("m".into()), Internal),
+        ];
+        for (e, code) in cases {
+            assert_eq!(status(e).code(), code);
+        }
+    }
+}

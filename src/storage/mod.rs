@@ -25,6 +25,9 @@ pub mod keys;
 pub mod ops;
 pub mod wal;
 
+#[cfg(test)]
+mod model_tests;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -140,7 +143,8 @@ struct Inner {
     /// Serialises catalogue changes (create/delete) with each other and with checkpoints.
     catalog_lock: Mutex<()>,
     closed: AtomicBool,
-    stop_checkpoints: (std::sync::Mutex<bool>, std::sync::Condvar),
+    /// Set by `close`; the checkpoint thread waits on it between runs.
+    stop_checkpoints: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
 }
 
 /// The storage engine. Cheap to clone.
@@ -200,7 +204,10 @@ impl Store {
                 collections: RwLock::new(collections),
                 catalog_lock: Mutex::new(()),
                 closed: AtomicBool::new(false),
-                stop_checkpoints: (std::sync::Mutex::new(false), std::sync::Condvar::new()),
+                stop_checkpoints: Arc::new((
+                    std::sync::Mutex::new(false),
+                    std::sync::Condvar::new(),
+                )),
             }),
         };
         store.spawn_checkpointer(opts.checkpoint_interval)?;
@@ -468,7 +475,7 @@ impl Store {
             return Ok(());
         }
         {
-            let (lock, cv) = &self.inner.stop_checkpoints;
+            let (lock, cv) = &*self.inner.stop_checkpoints;
             *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
             cv.notify_all();
         }
@@ -478,12 +485,14 @@ impl Store {
     }
 
     fn spawn_checkpointer(&self, every: Duration) -> Result<()> {
+        // The thread holds only a weak reference while it sleeps, so dropping the last `Store`
+        // releases sled (and its file lock) at once.
         let weak = Arc::downgrade(&self.inner);
+        let stop = self.inner.stop_checkpoints.clone();
         std::thread::Builder::new()
             .name("sidb-checkpoint".into())
             .spawn(move || loop {
-                let Some(inner) = weak.upgrade() else { return };
-                let (lock, cv) = &inner.stop_checkpoints;
+                let (lock, cv) = &*stop;
                 let stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
                 let (stopped, _) = cv
                     .wait_timeout_while(stopped, every, |s| !*s)
@@ -492,8 +501,8 @@ impl Store {
                     return;
                 }
                 drop(stopped);
-                let store = Store { inner };
-                if let Err(e) = store.checkpoint() {
+                let Some(inner) = weak.upgrade() else { return };
+                if let Err(e) = (Store { inner }).checkpoint() {
                     tracing::error!(error = %e, "checkpoint failed; the log keeps its segments");
                 }
             })

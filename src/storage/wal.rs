@@ -61,12 +61,14 @@ struct Pending {
     closing: bool,
     failed: Option<Arc<str>>,
     closed_segments: Vec<PathBuf>,
+    /// The LSN up to which the log is on disk (for blocking waiters; async ones use `durable`).
+    durable_lsn: u64,
 }
 
 struct Shared {
     pending: Mutex<Pending>,
     wake: Condvar,
-    /// Notified (under `pending`) after every publication of `durable`, for blocking waiters.
+    /// Notified after every publication of `Pending::durable_lsn`, for blocking waiters.
     synced: Condvar,
     durable: watch::Sender<DurableState>,
     opts: WalOptions,
@@ -202,6 +204,7 @@ impl Wal {
                 closing: false,
                 failed: None,
                 closed_segments: Vec::new(),
+                durable_lsn: 0,
             }),
             wake: Condvar::new(),
             synced: Condvar::new(),
@@ -248,14 +251,17 @@ impl Wal {
                 p.buf.len()
             )));
         }
+        // The sync thread sleeps without a deadline while nothing is pending: the first bytes
+        // must wake it, or a BUFFERED write could wait for the next DURABLE one indefinitely.
+        let was_empty = p.buf.is_empty();
         p.buf
             .extend_from_slice(&(payload.len() as u32).to_le_bytes());
         p.buf
             .extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
         p.buf.extend_from_slice(payload);
         p.next_lsn += (FRAME_HEADER + payload.len()) as u64;
-        if urgent {
-            p.urgent = true;
+        p.urgent |= urgent;
+        if urgent || was_empty {
             self.shared.wake.notify_one();
         }
         Ok(p.next_lsn)
@@ -279,20 +285,13 @@ impl Wal {
 
     /// The same wait, for threads outside the async runtime.
     pub fn wait_durable_blocking(&self, lsn: u64) -> Result<()> {
-        let mut rx = self.shared.durable.subscribe();
+        let mut p = self.shared.pending.lock();
         loop {
-            let d = rx.borrow_and_update().clone();
-            if d.lsn >= lsn {
+            if p.durable_lsn >= lsn {
                 return Ok(());
             }
-            if let Some(e) = d.failed {
+            if let Some(e) = &p.failed {
                 return Err(Error::Internal(format!("the write-ahead log failed: {e}")));
-            }
-            let mut p = self.shared.pending.lock();
-            // Re-check under the lock: the sync thread publishes, then notifies under this lock,
-            // so a change between the check above and this wait cannot be missed.
-            if rx.has_changed().unwrap_or(true) || p.failed.is_some() {
-                continue;
             }
             self.shared.synced.wait(&mut p);
         }
@@ -373,20 +372,22 @@ impl SyncThread {
                     break;
                 }
             }
-            self.publish(|d| d.lsn = end_lsn);
+            self.publish(end_lsn);
         }
         self.path
     }
 
-    fn publish(&self, f: impl FnOnce(&mut DurableState)) {
-        self.shared.durable.send_modify(f);
-        let _p = self.shared.pending.lock();
+    /// Publishes the durable LSN to async waiters (the watch) and blocking ones (the condvar).
+    fn publish(&self, lsn: u64) {
+        self.shared.pending.lock().durable_lsn = lsn;
+        self.shared.durable.send_modify(|d| d.lsn = lsn);
         self.shared.synced.notify_all();
     }
 
     fn fail(&self, msg: Arc<str>) {
         self.shared.pending.lock().failed = Some(msg.clone());
-        self.publish(|d| d.failed = Some(msg));
+        self.shared.durable.send_modify(|d| d.failed = Some(msg));
+        self.shared.synced.notify_all();
     }
 
     /// Waits for work and swaps the pending bytes into `out`; `None` once closed and drained.
@@ -539,6 +540,41 @@ mod tests {
         })
         .unwrap();
         assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn buffered_write_after_an_idle_period_is_synced() {
+        // Regression: the sync thread slept without a deadline when idle, and a BUFFERED append
+        // did not wake it, so the write stayed in memory until the next DURABLE one.
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::start(dir.path(), 1, opts()).unwrap();
+        let first = wal.append(b"one", true).unwrap();
+        wal.wait_durable_blocking(first).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let second = wal.append(b"two", false).unwrap();
+        wal.wait_durable_blocking(second).unwrap();
+    }
+
+    #[test]
+    fn a_full_queue_is_resource_exhausted() {
+        let dir = tempfile::tempdir().unwrap();
+        // Buffered writes wait 10 s for their sync, so the first one is still pending.
+        let o = WalOptions {
+            flush_interval: Duration::from_secs(10),
+            max_pending_bytes: 16,
+            ..opts()
+        };
+        let wal = Wal::start(dir.path(), 1, o).unwrap();
+        wal.append(&[0; 32], false).unwrap();
+        let err = wal.append(&[0; 8], false).unwrap_err();
+        assert!(
+            matches!(&err, Error::ResourceExhausted(m) if m.contains("write queue full")),
+            "{err:?}"
+        );
+        // A durable write drains the queue, after which writes are accepted again.
+        let lsn = wal.append(&[], true);
+        assert!(lsn.is_err(), "still full until the sync thread runs");
+        drop(wal);
     }
 
     #[test]

@@ -107,6 +107,10 @@ async fn assert_history_present(url: &str, acked: &[(String, String)]) {
     }
 }
 
+fn snapshot<T: Clone>(m: &Mutex<Vec<T>>) -> Vec<T> {
+    m.lock().unwrap().clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_durable_writes_survive_kill_9() {
     let tmp = tempfile::tempdir().unwrap();
@@ -125,8 +129,9 @@ async fn acknowledged_durable_writes_survive_kill_9() {
                 .unwrap();
         }
         // What earlier rounds had acknowledged is all there after their kill -9.
-        assert_items_present(&proc.url, &acked_items.lock().unwrap().clone()).await;
-        assert_history_present(&proc.url, &acked_ix.lock().unwrap().clone()).await;
+        let (items_so_far, ix_so_far) = (snapshot(&acked_items), snapshot(&acked_ix));
+        assert_items_present(&proc.url, &items_so_far).await;
+        assert_history_present(&proc.url, &ix_so_far).await;
 
         let mut writers = Vec::new();
         for w in 0..4 {
@@ -171,8 +176,9 @@ async fn acknowledged_durable_writes_survive_kill_9() {
         "the test must have acknowledged real work, got {total}"
     );
     let mut proc = spawn_sidb(tmp.path()).await;
-    assert_items_present(&proc.url, &acked_items.lock().unwrap().clone()).await;
-    assert_history_present(&proc.url, &acked_ix.lock().unwrap().clone()).await;
+    let (items_acked, ix_acked) = (snapshot(&acked_items), snapshot(&acked_ix));
+    assert_items_present(&proc.url, &items_acked).await;
+    assert_history_present(&proc.url, &ix_acked).await;
     let c = CollectionsClient::new(connect(&proc.url).await)
         .get_collection(pb::GetCollectionRequest { name: "d".into() })
         .await

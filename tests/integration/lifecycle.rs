@@ -215,3 +215,72 @@ async fn a_damaged_log_is_a_clear_startup_error() {
     assert!(matches!(err, sidb::error::Error::DataLoss(_)), "{err:?}");
     assert!(err.to_string().contains("damaged log frame"), "{err}");
 }
+
+#[tokio::test]
+async fn api_keys_authenticate_and_read_only_keys_cannot_write() {
+    use tonic::metadata::MetadataValue;
+    let s = TestServer::start_with(|c| {
+        c.auth.api_keys = vec!["rw-secret".into()];
+        c.auth.read_only_keys = vec!["ro-secret".into()];
+    })
+    .await;
+    let with_key = |key: &'static str| {
+        move |mut req: tonic::Request<()>| {
+            req.metadata_mut()
+                .insert("authorization", MetadataValue::from_static(key));
+            Ok(req)
+        }
+    };
+    let ch = s.channel().await;
+    let mut anon = CollectionsClient::new(ch.clone());
+    assert_status(
+        anon.list_collections(pb::ListCollectionsRequest {}).await,
+        Code::Unauthenticated,
+        "missing API key",
+    );
+    let mut wrong = CollectionsClient::with_interceptor(ch.clone(), with_key("Bearer guess"));
+    assert_status(
+        wrong.list_collections(pb::ListCollectionsRequest {}).await,
+        Code::Unauthenticated,
+        "unknown API key",
+    );
+    let mut rw = CollectionsClient::with_interceptor(ch.clone(), with_key("Bearer rw-secret"));
+    rw.create_collection(pb::CreateCollectionRequest {
+        name: "c".into(),
+        config: Some(config(4, 0)),
+    })
+    .await
+    .unwrap();
+    let mut ro = CollectionsClient::with_interceptor(ch.clone(), with_key("Bearer ro-secret"));
+    assert_eq!(
+        ro.list_collections(pb::ListCollectionsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .collections
+            .len(),
+        1
+    );
+    assert_status(
+        ro.delete_collection(pb::DeleteCollectionRequest { name: "c".into() })
+            .await,
+        Code::PermissionDenied,
+        "DeleteCollection: the API key is read-only",
+    );
+    let mut ro_items = ItemsClient::with_interceptor(ch.clone(), with_key("Bearer ro-secret"));
+    assert_status(
+        ro_items
+            .upsert_items(upsert("c", vec![item("a", 1.0)]))
+            .await,
+        Code::PermissionDenied,
+        "read-only",
+    );
+    // Health stays open for load balancers.
+    let r = HealthClient::new(ch)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.into_inner().status, 1);
+}

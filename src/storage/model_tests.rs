@@ -1,0 +1,123 @@
+//! Model-based test of the store against a `BTreeMap` oracle, with a "reopen" operation (clean
+//! close and recovery) in the sequence, in the manner of sled's own model tests.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::ops::WriteOp;
+use super::wal::WalOptions;
+use super::{Store, StoreOptions};
+use crate::types::{CollectionConfig, Durability, InteractionRecord, ItemRecord, Metric, Modality};
+
+#[derive(Debug, Clone)]
+enum Op {
+    Upsert(Vec<(u8, i8)>),
+    Delete(Vec<u8>),
+    Interact(u8, i64),
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => prop::collection::vec((0u8..12, any::<i8>()), 1..4).prop_map(Op::Upsert),
+        2 => prop::collection::vec(0u8..12, 1..3).prop_map(Op::Delete),
+        3 => (0u8..3, -5i64..5).prop_map(|(u, t)| Op::Interact(u, t)),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+fn options() -> StoreOptions {
+    StoreOptions {
+        cache_bytes: 4 << 20,
+        wal: WalOptions {
+            flush_interval: Duration::from_millis(5),
+            // Tiny segments, so rotation and checkpoints happen within a test case.
+            segment_bytes: 512,
+            max_pending_bytes: 1 << 20,
+        },
+        checkpoint_interval: Duration::from_millis(20),
+    }
+}
+
+fn item(id: u8, v: i8) -> ItemRecord {
+    ItemRecord {
+        id: format!("i{id}"),
+        vectors: vec![vec![v as f32]],
+        attributes: Default::default(),
+        sid: None,
+    }
+}
+
+fn check(store: &Store, items: &BTreeMap<u8, i8>, history: &BTreeMap<u8, Vec<(i64, u64)>>) {
+    let coll = store.collection("m").unwrap();
+    let ids: Vec<String> = (0..12).map(|i| format!("i{i}")).collect();
+    let got = store.get_items(&coll, &ids).unwrap();
+    for (i, g) in got.iter().enumerate() {
+        let want = items.get(&(i as u8)).map(|v| item(i as u8, *v));
+        assert_eq!(g.as_ref(), want.as_ref(), "item i{i}");
+    }
+    let info = coll.info();
+    assert_eq!(info.stats.items, items.len() as u64);
+    for u in 0..3u8 {
+        let (page, _) = store
+            .user_history(&coll, &format!("u{u}"), 1000, None)
+            .unwrap();
+        let got: Vec<(i64, u64)> = page.iter().map(|x| (x.timestamp_ms, x.sequence)).collect();
+        let mut want = history.get(&u).cloned().unwrap_or_default();
+        want.sort_by(|a, b| b.cmp(a));
+        assert_eq!(got, want, "history of u{u}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #[test]
+    fn store_matches_oracle_across_reopens(ops in prop::collection::vec(op(), 1..40)) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), options()).unwrap();
+        let config = CollectionConfig {
+            item_modalities: vec![Modality { name: "t".into(), dim: 1 }],
+            user_dim: 0, metric: Metric::Cosine, sid_levels: 3, sid_codebook_size: 0,
+        };
+        store.create_collection("m", config, 1).unwrap();
+        let mut items = BTreeMap::new();
+        let mut history: BTreeMap<u8, Vec<(i64, u64)>> = BTreeMap::new();
+        let mut seq = 0;
+        for op in ops {
+            let durability = if seq % 2 == 0 { Durability::Durable } else { Durability::Buffered };
+            let write = match op {
+                Op::Upsert(xs) => {
+                    for (id, v) in &xs { items.insert(*id, *v); }
+                    WriteOp::UpsertItems(xs.into_iter().map(|(id, v)| item(id, v)).collect())
+                }
+                Op::Delete(ids) => {
+                    for id in &ids { items.remove(id); }
+                    WriteOp::DeleteItems(ids.into_iter().map(|i| format!("i{i}")).collect())
+                }
+                Op::Interact(u, ts) => {
+                    history.entry(u).or_default().push((ts, seq + 1));
+                    WriteOp::Interactions(vec![InteractionRecord {
+                        user_id: format!("u{u}"), item_id: "x".into(), kind: String::new(),
+                        weight: 1.0, timestamp_ms: ts, sequence: 0,
+                    }])
+                }
+                Op::Reopen => {
+                    store.close().unwrap();
+                    drop(store);
+                    store = Store::open(dir.path(), options()).unwrap();
+                    check(&store, &items, &history);
+                    continue;
+                }
+            };
+            seq += 1;
+            let coll = store.collection("m").unwrap();
+            let (w, lsn) = store.write(&coll, write, durability).unwrap();
+            prop_assert_eq!(w.sequence, seq);
+            store.wait_durable_blocking(lsn).unwrap();
+        }
+        check(&store, &items, &history);
+        store.close().unwrap();
+    }
+}
