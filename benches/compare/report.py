@@ -30,6 +30,9 @@ def main():
     build_ratio = ours[0]["build_per_s"] / theirs[0]["build_per_s"]
     qps_ratio = ours[1]["qps"] / theirs[1]["qps"] if ours[1] and theirs[1] else float("nan")
     print(f"\nratio ours/hnswlib: build {build_ratio:.2f}x, QPS@0.95 {qps_ratio:.2f}x\n")
+    for r in rows:
+        if "dump_s" in r:
+            print(f"sidb dump {r['dump_s']:.2f} s, checked reload {r['load_s']:.2f} s (the sweep below runs on the reloaded index)\n")
     print("ef sweep (recall / QPS):\n")
     print("| ef | sidb recall | sidb QPS | hnswlib recall | hnswlib QPS |")
     print("|---|---|---|---|---|")
