@@ -47,6 +47,9 @@ use super::{prepare, Hit, PointId, TopK};
 use crate::error::Result;
 use crate::types::Metric;
 
+/// Over-fetching plain searches [`HnswIndex::search_filtered`] tries before the filtered walk.
+pub const FILTER_ROUNDS: usize = 3;
+
 /// Graph construction parameters and the rebuild policy.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HnswParams {
@@ -373,9 +376,13 @@ impl HnswIndex {
         }
     }
 
-    /// The approximate top `k` live points passing `filter`, best first, using hnsw_rs's
-    /// filtered graph walk. Slow for restrictive filters (the walk cannot stop early): scan small
-    /// candidate sets with the flat index instead.
+    /// The approximate top `k` live points passing `filter`, best first.
+    ///
+    /// First tries up to [`FILTER_ROUNDS`] ordinary (early-stopping) searches, over-fetching 2x
+    /// then 8x then 32x and keeping the passing hits: cheap when the filter passes a good share
+    /// of the points. Only when that does not yield `k` hits does it fall back to hnsw_rs's
+    /// filtered graph walk, which cannot stop early and is 5-20x slower than a plain search;
+    /// scan small candidate sets with the flat index instead.
     pub fn search_filtered(
         &self,
         query: &[f32],
@@ -384,6 +391,24 @@ impl HnswIndex {
         filter: &(dyn Fn(PointId) -> bool + Sync),
     ) -> Result<Vec<Hit>> {
         let (q, factor) = self.encode_query(prepare(self.metric, self.dim, query)?);
+        let (live, slots) = {
+            let b = self.book.read();
+            (b.live.len(), b.slots.len())
+        };
+        if k == 0 || live == 0 {
+            return Ok(Vec::new());
+        }
+        let scale = |x: usize| (x * slots).div_ceil(live);
+        let (mut want, mut ef) = (scale(2 * k) + 8, 2 * scale(ef));
+        for _ in 0..FILTER_ROUNDS {
+            let want_now = want.min(slots);
+            let found = self.graph.search(&q, want_now, ef.max(want_now), None);
+            let hits = self.live_hits(&found, k, factor, filter);
+            if hits.len() >= k || want_now == slots {
+                return Ok(hits);
+            }
+            (want, ef) = (want * 4, ef * 4);
+        }
         let b = self.book.read();
         let pass = |slot: &usize| b.is_live(*slot) && filter(b.slots[*slot]);
         let found = self
