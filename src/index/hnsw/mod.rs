@@ -35,6 +35,18 @@
 //! were `phi`, with its true `norm / phi` kept aside so its score stays exact; the graph ranks it
 //! too low until a rebuild, so such points count towards [`HnswIndex::needs_rebuild`].
 //! Scores come back as [`Hit::score`], higher = closer.
+//!
+//! # Speed: why raw hnsw_rs built at ~600 inserts/s, and what is left
+//! Measured with `ann_compare buildspeed 10000 256` (M 16, ef_construction 200, 1 thread free):
+//! - anndists' `DistCosine` has no SIMD path: 873-965 inserts/s. Normalising once and using a
+//!   SIMD dot product (ours or anndists' `DistDot`) gives 2,040-2,570/s: 2.4-2.7x.
+//! - `parallel_insert` only helps with an idle second core (on this shared box it had none).
+//! - The rest is hnsw_rs's own layout: every visited node costs a SipHash `HashMap` insert,
+//!   `Arc` clones and two heap-allocated heap entries, and vectors live in separate allocations.
+//!   `perf` of a search sweep: 36 % in the dot kernel (mostly cache misses on scattered
+//!   vectors), 30 % `search_layer`, ~15 % heap/hash/`Arc` work. A faster allocator (mimalloc)
+//!   gave +40 % build and +48 % search; closing the rest of the gap to hnswlib needs a graph
+//!   with contiguous vectors and an epoch-tagged visited array, i.e. replacing hnsw_rs.
 
 use std::collections::HashMap;
 
