@@ -114,3 +114,15 @@ impl TopK {
         v
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The engine shares indexes across threads behind an `Arc`.
+    #[test]
+    fn indexes_and_trie_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<super::hnsw::HnswIndex>();
+        check::<super::flat::FlatIndex>();
+        check::<crate::trie::SidTrie>();
+    }
+}
