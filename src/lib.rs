@@ -3,6 +3,8 @@
 //! Layers, bottom up (docs/architecture.md tours them in the order data flows):
 //! - [`types`], [`error`], [`config`]: the vocabulary, the error classes, the settings.
 //! - [`storage`]: sled plus our write-ahead log; keyspaces, record formats, durability, recovery.
+//! - [`trie`], [`index`]: the semantic-ID prefix trie and the vector indexes (HNSW + exact flat);
+//!   pure in-memory structures with no I/O but the index dump files.
 //! - [`engine`]: the core facade: validation, then storage, off the async workers.
 //! - [`service`]: thin tonic handlers, proto <-> domain conversion, the one status mapping.
 //! - [`server`], [`auth`]: listener, API keys, health, reflection, startup and graceful shutdown.
@@ -13,9 +15,11 @@ pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod index;
 pub mod loadgen;
 pub mod proto;
 pub mod server;
 pub mod service;
 pub mod storage;
+pub mod trie;
 pub mod types;

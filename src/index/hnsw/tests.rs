@@ -1,0 +1,315 @@
+//! Recall against the flat index (thresholds, never equality), churn, rebuild and persistence.
+
+use std::collections::HashSet;
+
+use super::*;
+use crate::error::Error;
+use crate::index::flat::FlatIndex;
+use crate::index::synth::clustered;
+
+const DIM: usize = 32;
+const N: usize = 2000;
+const QUERIES: usize = 60;
+const K: usize = 10;
+/// Isotropic Gaussian blobs in 32-d are hard (locally like random data): ef 64 gives ~0.93-0.96.
+const EF: usize = 128;
+
+fn params() -> HnswParams {
+    HnswParams {
+        ef_construction: 100,
+        ..HnswParams::default()
+    }
+}
+
+/// Builds both indexes over `N` clustered points with ids `0..N`.
+fn build(metric: Metric, seed: u64) -> (HnswIndex, FlatIndex) {
+    let data = clustered(N, DIM, 20, 0.15, seed);
+    let hnsw = HnswIndex::new(metric, DIM, params(), N);
+    let mut flat = FlatIndex::new(metric, DIM);
+    let points: Vec<(PointId, &[f32])> = data
+        .chunks_exact(DIM)
+        .enumerate()
+        .map(|(i, v)| (i as PointId, v))
+        .collect();
+    hnsw.upsert_batch(&points).expect("valid");
+    for (id, v) in &points {
+        flat.upsert(*id, v).expect("valid");
+    }
+    (hnsw, flat)
+}
+
+fn queries(seed: u64) -> Vec<Vec<f32>> {
+    clustered(QUERIES, DIM, 20, 0.15, seed)
+        .chunks_exact(DIM)
+        .map(|q| q.to_vec())
+        .collect()
+}
+
+/// Mean recall@K of `search` against the flat oracle.
+fn recall(flat: &FlatIndex, qs: &[Vec<f32>], search: impl Fn(&[f32]) -> Vec<Hit>) -> f64 {
+    let mut found = 0usize;
+    let mut wanted = 0usize;
+    for q in qs {
+        let truth: HashSet<PointId> = flat
+            .search(q, K, None, None)
+            .expect("ok")
+            .iter()
+            .map(|h| h.id)
+            .collect();
+        let got = search(q);
+        assert!(
+            got.windows(2).all(|w| w[0].score >= w[1].score),
+            "best first"
+        );
+        found += got.iter().filter(|h| truth.contains(&h.id)).count();
+        wanted += truth.len();
+    }
+    found as f64 / wanted.max(1) as f64
+}
+
+#[test]
+fn recall_at_10_against_flat_for_every_metric() {
+    for metric in [Metric::Cosine, Metric::Dot, Metric::L2] {
+        let (hnsw, flat) = build(metric, 1);
+        let r = recall(&flat, &queries(2), |q| hnsw.search(q, K, EF).expect("ok"));
+        assert!(r >= 0.95, "{metric:?}: recall {r}");
+        // Scores are the metric's, not graph distances.
+        let q = &queries(3)[0];
+        let exact = flat.search(q, 1, None, None).expect("ok")[0];
+        let approx = hnsw.search(q, 1, EF).expect("ok")[0];
+        assert!(
+            (exact.score - approx.score).abs() < 1e-3 * exact.score.abs().max(1.0),
+            "{metric:?}"
+        );
+    }
+}
+
+/// Replaces half the points and removes a fifth, three times over, mirroring into the flat index.
+fn churn(hnsw: &HnswIndex, flat: &mut FlatIndex) {
+    for round in 0..3u64 {
+        let fresh = clustered(N / 2, DIM, 20, 0.15, 100 + round);
+        let ups: Vec<(PointId, &[f32])> = fresh
+            .chunks_exact(DIM)
+            .enumerate()
+            .map(|(i, v)| ((i * 2 + round as usize % 2) as PointId, v))
+            .collect();
+        hnsw.upsert_batch(&ups).expect("valid");
+        for (id, v) in &ups {
+            flat.upsert(*id, v).expect("valid");
+        }
+        for id in (round as usize..N).step_by(5) {
+            assert_eq!(hnsw.remove(id as PointId), flat.remove(id as PointId));
+        }
+    }
+}
+
+#[test]
+fn recall_does_not_decay_after_heavy_churn_and_rebuild() {
+    for metric in [Metric::Cosine, Metric::Dot] {
+        churn_then_rebuild(metric);
+    }
+}
+
+fn churn_then_rebuild(metric: Metric) {
+    let (hnsw, mut flat) = build(metric, 4);
+    churn(&hnsw, &mut flat);
+    assert_eq!(hnsw.len(), flat.len());
+    assert!(hnsw.needs_rebuild(), "{} tombstones", hnsw.tombstones());
+    let qs = queries(5);
+    let r = recall(&flat, &qs, |q| hnsw.search(q, K, EF).expect("ok"));
+    assert!(r >= 0.95, "after churn: recall {r}");
+
+    // Rebuild off to the side while writes keep landing on the old index.
+    let job = hnsw.start_rebuild();
+    hnsw.upsert(7, &qs[0]).expect("valid");
+    flat.upsert(7, &qs[0]).expect("valid");
+    let fresh = job.run(&hnsw).expect("rebuild");
+    assert!(hnsw.remove(8) && flat.remove(8));
+    hnsw.finish_rebuild(&fresh).expect("catch up");
+    assert_eq!(fresh.tombstones(), 1, "only the journaled replace of 7");
+    assert_eq!(fresh.len(), flat.len());
+    assert!(!fresh.contains(8) && fresh.contains(7));
+    let r = recall(&flat, &qs, |q| fresh.search(q, K, EF).expect("ok"));
+    assert!(r >= 0.95, "after rebuild: recall {r}");
+}
+
+#[test]
+fn removed_and_replaced_points_never_come_back() {
+    let hnsw = HnswIndex::new(Metric::L2, 2, params(), 16);
+    for i in 0..50u64 {
+        hnsw.upsert(i, &[i as f32, 0.0]).expect("valid");
+    }
+    hnsw.upsert(3, &[1000.0, 0.0]).expect("replace");
+    assert!(hnsw.remove(4));
+    let hits = hnsw.search(&[3.0, 0.0], 50, 64).expect("ok");
+    let ids: Vec<PointId> = hits.iter().map(|h| h.id).collect();
+    assert_eq!(ids.len(), 49, "every live point once: {ids:?}");
+    assert!(!ids.contains(&4));
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 49);
+    assert_eq!(
+        hits.last().map(|h| h.id),
+        Some(3),
+        "the replaced vector is the one scored"
+    );
+}
+
+#[test]
+fn filtered_search_returns_only_passing_points_with_good_recall() {
+    let (hnsw, flat) = build(Metric::Dot, 6);
+    // Half passes: served by over-fetching; one in 200 passes: by hnsw_rs's filtered walk.
+    filtered_recall(&hnsw, &flat, 2);
+    filtered_recall(&hnsw, &flat, 200);
+}
+
+fn filtered_recall(hnsw: &HnswIndex, flat: &FlatIndex, modulo: u64) {
+    let keep = |id: PointId| id.is_multiple_of(modulo);
+    let qs = queries(7);
+    let mut found = 0;
+    for q in &qs {
+        let truth: HashSet<PointId> = flat
+            .search(q, K, Some(&keep), None)
+            .expect("ok")
+            .iter()
+            .map(|h| h.id)
+            .collect();
+        let got = hnsw.search_filtered(q, K, EF, &keep).expect("ok");
+        assert!(got.iter().all(|h| keep(h.id)));
+        found += got.iter().filter(|h| truth.contains(&h.id)).count();
+    }
+    let r = found as f64 / (qs.len() * K) as f64;
+    assert!(r >= 0.9, "filtered recall {r} for 1 in {modulo}");
+}
+
+#[test]
+fn dump_and_reload_keeps_results_and_recall() {
+    let (hnsw, mut flat) = build(Metric::Cosine, 8);
+    churn(&hnsw, &mut flat);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("idx");
+    hnsw.dump(&path, 42).expect("dump");
+    let stamp = DumpStamp {
+        metric: Metric::Cosine,
+        dim: DIM,
+        generation: 42,
+    };
+    let back = HnswIndex::load(&path, stamp).expect("load");
+    assert_eq!(
+        (back.len(), back.tombstones()),
+        (hnsw.len(), hnsw.tombstones())
+    );
+    let qs = queries(9);
+    for q in &qs[..5] {
+        assert_eq!(
+            back.search(q, K, EF).expect("ok"),
+            hnsw.search(q, K, EF).expect("ok")
+        );
+    }
+    let r = recall(&flat, &qs, |q| back.search(q, K, EF).expect("ok"));
+    assert!(r >= 0.95, "after reload: recall {r}");
+    // Still writable after a reload.
+    back.upsert(1, &qs[0]).expect("valid");
+    assert_eq!(back.search(&qs[0], 1, EF).expect("ok")[0].id, 1);
+}
+
+#[test]
+fn missing_stale_and_corrupt_dumps_are_refused() {
+    let (hnsw, _) = build(Metric::L2, 10);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("idx");
+    let stamp = DumpStamp {
+        metric: Metric::L2,
+        dim: DIM,
+        generation: 5,
+    };
+    assert!(matches!(
+        HnswIndex::load(&path, stamp),
+        Err(Error::NotFound(_))
+    ));
+    hnsw.dump(&path, 5).expect("dump");
+    for stale in [
+        DumpStamp {
+            generation: 6,
+            ..stamp
+        },
+        DumpStamp {
+            dim: DIM + 1,
+            ..stamp
+        },
+        DumpStamp {
+            metric: Metric::Dot,
+            ..stamp
+        },
+    ] {
+        assert!(
+            matches!(
+                HnswIndex::load(&path, stale),
+                Err(Error::FailedPrecondition(_))
+            ),
+            "{stale:?}"
+        );
+    }
+    // One flipped byte in the graph file.
+    let graph = path.join("graph.hnsw.graph");
+    let mut bytes = std::fs::read(&graph).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&graph, &bytes).expect("write");
+    assert!(matches!(
+        HnswIndex::load(&path, stamp),
+        Err(Error::DataLoss(_))
+    ));
+    // A truncated meta.
+    hnsw.dump(&path, 5).expect("dump again");
+    let meta = path.join("index.meta");
+    let bytes = std::fs::read(&meta).expect("read");
+    std::fs::write(&meta, &bytes[..bytes.len() - 9]).expect("write");
+    assert!(matches!(
+        HnswIndex::load(&path, stamp),
+        Err(Error::DataLoss(_))
+    ));
+    // A missing data file.
+    hnsw.dump(&path, 5).expect("dump again");
+    std::fs::remove_file(path.join("graph.hnsw.data")).expect("rm");
+    assert!(matches!(
+        HnswIndex::load(&path, stamp),
+        Err(Error::DataLoss(_))
+    ));
+}
+
+#[test]
+fn dot_points_beyond_the_norm_bound_are_scored_exactly_and_trigger_rebuild() {
+    let (hnsw, mut flat) = build(Metric::Dot, 11);
+    let big: Vec<f32> = queries(12)[0].iter().map(|x| x * 3.0).collect();
+    hnsw.upsert(0, &big).expect("valid");
+    flat.upsert(0, &big).expect("valid");
+    // Before a rebuild the graph ranks it as if its norm were phi, but its score is exact.
+    let q = &queries(12)[0];
+    let top = |idx: &HnswIndex, q: &[f32]| idx.search(q, 1, EF).expect("ok")[0];
+    let exact = flat.search(q, 1, None, None).expect("ok")[0];
+    assert_eq!((exact.id, top(&hnsw, q).id), (0, 0));
+    assert!((exact.score - top(&hnsw, q).score).abs() < 1e-3 * exact.score);
+    // After one it is ranked by its true inner product, for any query.
+    let fresh = hnsw.start_rebuild().run(&hnsw).expect("rebuild");
+    let q = &queries(12)[1];
+    let exact = flat.search(q, 1, None, None).expect("ok")[0];
+    // A lone point 3x longer than the rest skews the reduction: it is found at ef 512, not 128.
+    let wide = fresh.search(q, 1, 512).expect("ok")[0];
+    assert_eq!(exact.id, wide.id);
+    assert!((exact.score - wide.score).abs() < 1e-3 * exact.score.abs());
+    let strict = HnswIndex::new(
+        Metric::Dot,
+        2,
+        HnswParams {
+            rebuild_tombstone_ratio: 0.0,
+            ..params()
+        },
+        4,
+    );
+    strict.upsert(1, &[1.0, 0.0]).expect("valid");
+    assert!(!strict.needs_rebuild());
+    strict.upsert(2, &[10.0, 0.0]).expect("valid");
+    assert!(strict.needs_rebuild(), "a point above phi");
+    let fresh = strict.start_rebuild().run(&strict).expect("rebuild");
+    assert!(!fresh.needs_rebuild());
+    assert_eq!(fresh.search(&[1.0, 0.0], 2, 16).expect("ok")[0].id, 2);
+}
