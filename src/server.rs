@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
@@ -109,7 +108,9 @@ pub async fn serve(
         )
         .add_service(pb::training_server::TrainingServer::new(api).max_decoding_message_size(max));
     let server = tokio::spawn(router.serve_with_incoming_shutdown(
-        TcpListenerStream::new(listener),
+        // Our own listener bypasses tonic's socket setup: turn Nagle off here, or small replies
+        // wait for the peer's delayed ACK (a steady ~40 ms per request, measured).
+        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
         async {
             let _ = stop_rx.await;
         },
