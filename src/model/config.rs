@@ -24,11 +24,19 @@ pub struct DasConfig {
     pub kmeans_sample: usize,
     /// Initialise codebooks by k-means on encoder outputs (else small random). Default true.
     pub kmeans_init: bool,
+    /// Autoencoder-only steps (no quantization) before the k-means init. Default 0.
+    pub ae_warmup_steps: usize,
+    /// Re-run the k-means codebook init once when the alignment ramp ends (step
+    /// `warmup_steps + ramp_steps` of the quantizer stage), on the encoder as alignment has
+    /// shaped it: codes fitted to the content-only encoder would otherwise keep the content
+    /// clusters and only migrate slowly. Default false: measured on the planted synthetic data, the
+    /// refresh destroys the behaviour structure that alignment had written into the codes directly.
+    pub refresh_codebooks: bool,
     /// Lloyd iterations per level. Default 25.
     pub kmeans_iters: usize,
-    /// A code unused for this many steps is re-seeded from current residuals. Default 100.
+    /// A code unused for this many steps is re-seeded from current residuals. Default 20.
     pub dead_window: usize,
-    /// Check for dead codes every this many steps (0 = never re-seed). Default 50.
+    /// Check for dead codes every this many steps (0 = never re-seed). Default 10.
     pub reseed_every: usize,
     /// Dimension of the ICDM ID vectors; must equal `code_dim` (alignment compares them). Default 32.
     pub id_dim: usize,
@@ -63,6 +71,9 @@ pub struct DasConfig {
     pub hub_damping: f64,
     /// Largest per-entity partner list kept for co-occurrence sampling. Default 200.
     pub cooc_cap: usize,
+    /// Rows of the batch that enter the InfoNCE alignments (their cost is quadratic in this).
+    /// Default 512.
+    pub align_rows: usize,
     /// Interactions per training batch. Default 1024.
     pub batch: usize,
     /// Extra uniformly sampled entities per side in the semantic loss (covers cold items). Default 256.
@@ -94,9 +105,11 @@ impl Default for DasConfig {
             beta_commit: 0.25,
             kmeans_sample: 8192,
             kmeans_init: true,
+            ae_warmup_steps: 0,
+            refresh_codebooks: false,
             kmeans_iters: 25,
-            dead_window: 100,
-            reseed_every: 50,
+            dead_window: 20,
+            reseed_every: 10,
             id_dim: 32,
             bias_hidden: 16,
             tau_cf: 0.1,
@@ -112,6 +125,7 @@ impl Default for DasConfig {
             debias: true,
             hub_damping: 0.5,
             cooc_cap: 200,
+            align_rows: 512,
             batch: 1024,
             sem_uniform: 256,
             steps: 1500,

@@ -64,7 +64,8 @@ pub fn row_cos(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// In-batch softmax CF loss: user row `k` must pick item column `k`; columns with the same item
-/// id are masked; `log_q` (per column) is subtracted when given.
+/// id are masked; `log_q` (per column) is subtracted when given. Computed as log-sum-exp minus
+/// the row-wise positive logit (no `B x B` one-hot product).
 pub fn sampled_softmax(
     u: &Tensor,
     i: &Tensor,
@@ -73,9 +74,12 @@ pub fn sampled_softmax(
     tau: f64,
 ) -> Result<Tensor> {
     let b = items.len();
-    let mut logits = (l2n(u)?.matmul(&l2n(i)?.t()?)? / tau)?;
+    let (un, inn) = (l2n(u)?, l2n(i)?);
+    let mut logits = un.matmul(&inn.t()?)?.affine(1.0 / tau, 0.0)?;
+    let mut pos = (&un * &inn)?.sum(1)?.affine(1.0 / tau, 0.0)?;
     if let Some(q) = log_q {
         logits = logits.broadcast_sub(&q.unsqueeze(0)?)?;
+        pos = (pos - q)?;
     }
     let mut mask = vec![0.0f32; b * b];
     for r in 0..b {
@@ -85,10 +89,10 @@ pub fn sampled_softmax(
             }
         }
     }
-    let logits = logits.broadcast_add(&Tensor::from_vec(mask, (b, b), &Device::Cpu)?)?;
-    let logp = candle_nn::ops::log_softmax(&logits, 1)?;
-    let eye = Tensor::eye(b, candle_core::DType::F32, &Device::Cpu)?;
-    Ok((logp * eye)?.sum(1)?.mean(0)?.neg()?)
+    let lse = logits
+        .broadcast_add(&Tensor::from_vec(mask, (b, b), &Device::Cpu)?)?
+        .log_sum_exp(1)?;
+    Ok((lse - pos)?.mean(0)?)
 }
 
 /// Numerically stable softplus `log(1 + e^x)`.

@@ -30,25 +30,26 @@ fn negative_mask(ids: &[u32], weights: &[f32]) -> Result<Tensor> {
     Ok(Tensor::from_vec(m, (b, b), &Device::Cpu)?)
 }
 
-/// One direction: rows of `a` must pick their own row of `b` among all of `b`.
+/// One direction: rows of `a` must pick their own row of `b` among all of `b`. Computed as
+/// `logsumexp_j(logit_ij + mask_ij) - logit_ii`, with the positive logit taken row-wise, so the
+/// only `B x B` work is the score matrix and its log-sum-exp (the costly part on a CPU).
 fn nce_direction(
-    a: &Tensor,
-    b: &Tensor,
+    an: &Tensor,
+    bn: &Tensor,
     ids_b: &[u32],
     w: &Tensor,
     wv: &[f32],
     tau: f64,
 ) -> Result<Tensor> {
-    let n = ids_b.len();
-    let logits = (l2n(a)?.matmul(&l2n(b)?.t()?)? / tau)?;
-    let logits = logits.broadcast_add(&negative_mask(ids_b, wv)?)?;
-    let logp = candle_nn::ops::log_softmax(&logits, 1)?;
-    let eye = Tensor::eye(n, candle_core::DType::F32, &Device::Cpu)?;
-    let diag = (logp * eye)?.sum(1)?;
+    let logits = an.matmul(&bn.t()?)?.affine(1.0 / tau, 0.0)?;
+    let lse = logits
+        .broadcast_add(&negative_mask(ids_b, wv)?)?
+        .log_sum_exp(1)?;
+    let pos = (an * bn)?.sum(1)?.affine(1.0 / tau, 0.0)?;
     let total: f32 = wv.iter().sum();
-    Ok((diag * w)?
+    Ok(((lse - pos)? * w)?
         .sum_all()?
-        .affine(-1.0 / total.max(1e-6) as f64, 0.0)?)
+        .affine(1.0 / total.max(1e-6) as f64, 0.0)?)
 }
 
 /// Symmetric InfoNCE between paired rows of `a` and `b` (`B x D` each). `ids_a`, `ids_b` are the
@@ -65,8 +66,9 @@ pub fn info_nce(
         return Ok(Tensor::zeros((), candle_core::DType::F32, &Device::Cpu)?);
     }
     let w = Tensor::from_slice(weights, weights.len(), &Device::Cpu)?;
-    let ab = nce_direction(a, b, ids_b, &w, weights, tau)?;
-    let ba = nce_direction(b, a, ids_a, &w, weights, tau)?;
+    let (an, bn) = (l2n(a)?, l2n(b)?);
+    let ab = nce_direction(&an, &bn, ids_b, &w, weights, tau)?;
+    let ba = nce_direction(&bn, &an, ids_a, &w, weights, tau)?;
     Ok(((ab + ba)? * 0.5)?)
 }
 

@@ -102,8 +102,10 @@ impl RqVae {
         self.enc.forward(x)
     }
 
-    /// Training forward pass (see the module notes); `beta_c` weighs the commitment term.
-    pub fn forward(&self, x: &Tensor, beta_c: f64) -> Result<QuantOut> {
+    /// Training forward pass (see the module notes); `beta_c` weighs the commitment term. Only
+    /// the first `recon_rows` rows are decoded (the decoder is the costliest part; rows that
+    /// only serve the alignment need no reconstruction).
+    pub fn forward(&self, x: &Tensor, beta_c: f64, recon_rows: usize) -> Result<QuantOut> {
         let h = self.enc.forward(x)?;
         let n = h.dim(0)?;
         let mut r = h.clone();
@@ -129,8 +131,13 @@ impl RqVae {
             });
         }
         let z = z.expect("levels >= 1 is validated by DasConfig");
-        let z_st = (&h + (&z - &h)?.detach())?;
-        let recon = (self.dec.forward(&z_st)? - x)?.sqr()?.sum(1)?.mean(0)?;
+        let m = recon_rows.min(n);
+        let (hm, zm) = (h.narrow(0, 0, m)?, z.narrow(0, 0, m)?);
+        let z_st = (&hm + (&zm - &hm)?.detach())?;
+        let recon = (self.dec.forward(&z_st)? - x.narrow(0, 0, m)?)?
+            .sqr()?
+            .sum(1)?
+            .mean(0)?;
         let z_align = ((&z + &h)? - h.detach())?;
         Ok(QuantOut {
             z_align,
@@ -139,6 +146,14 @@ impl RqVae {
             code_loss,
             residuals,
         })
+    }
+
+    /// Plain autoencoder loss `||x - dec(enc(x))||^2` (summed over dimensions, mean over rows):
+    /// the warm-up before k-means, so codebooks are fitted to an encoder that has stopped
+    /// moving fast (fitted to a random encoder, they die within a few dozen steps).
+    pub fn ae_loss(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.dec.forward(&self.enc.forward(x)?)?;
+        Ok((y - x)?.sqr()?.sum(1)?.mean(0)?)
     }
 
     /// Inference: codes (`n x L`, row-major) and `z` (`n x D`) for `x` (`n x in_dim`), in chunks.
@@ -286,7 +301,7 @@ mod tests {
     #[test]
     fn forward_shapes_and_codebook_gradient_is_exact() {
         let (q, p, x) = setup();
-        let out = q.forward(&x, 0.25).expect("fwd");
+        let out = q.forward(&x, 0.25, 10).expect("fwd");
         assert_eq!(out.z_align.dims(), &[10, 4]);
         assert_eq!(out.codes.len(), 20);
         assert_eq!(out.residuals.len(), 2);
@@ -318,7 +333,7 @@ mod tests {
     #[test]
     fn alignment_gradient_reaches_codes_and_encoder_and_recon_reaches_encoder() {
         let (q, p, x) = setup();
-        let out = q.forward(&x, 0.25).expect("fwd");
+        let out = q.forward(&x, 0.25, 10).expect("fwd");
         let grads = out.z_align.sum_all().expect("sum").backward().expect("bw");
         let book = &p.vars_with_prefix("t.book1")[0];
         let g = grads
@@ -354,7 +369,7 @@ mod tests {
     #[test]
     fn encode_matches_training_codes() {
         let (q, _, x) = setup();
-        let out = q.forward(&x, 0.25).expect("fwd");
+        let out = q.forward(&x, 0.25, 10).expect("fwd");
         let flat = x.flatten_all().expect("f").to_vec1::<f32>().expect("v");
         let (codes, z) = q.encode(&flat).expect("enc");
         assert_eq!(codes, out.codes);

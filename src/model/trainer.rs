@@ -188,6 +188,14 @@ impl Trainer<'_> {
         if !self.cfg.kmeans_init {
             return Ok(());
         }
+        for _ in 0..self.cfg.ae_warmup_steps {
+            self.ae_step()?;
+        }
+        self.kmeans_codebooks()
+    }
+
+    /// k-means init of both quantizers on a fresh sample of encoder outputs.
+    fn kmeans_codebooks(&mut self) -> Result<()> {
         let (iters, prep) = (self.cfg.kmeans_iters, self.prep);
         let xi = self.sample_rows(&prep.x_item, prep.item_dim, prep.n_items);
         let xu = self.sample_rows(&prep.x_user, prep.user_dim, prep.n_users);
@@ -200,9 +208,65 @@ impl Trainer<'_> {
         Ok(())
     }
 
+    /// One autoencoder step on `batch` uniform entities per side.
+    fn ae_step(&mut self) -> Result<()> {
+        let (prep, b) = (self.prep, self.cfg.batch);
+        let t0 = Instant::now();
+        let mut loss = Tensor::zeros((), candle_core::DType::F32, &Device::Cpu)?;
+        for (q, x, d, n) in [
+            (
+                &self.model.item_q,
+                &prep.x_item,
+                prep.item_dim,
+                prep.n_items,
+            ),
+            (
+                &self.model.user_q,
+                &prep.x_user,
+                prep.user_dim,
+                prep.n_users,
+            ),
+        ] {
+            let Some(q) = q else { continue };
+            let ids: Vec<u32> = (0..b).map(|_| self.rng.random_range(0..n as u32)).collect();
+            let xt = Tensor::from_vec(Prepared::gather(x, d, &ids), (b, d), &Device::Cpu)?;
+            loss = (loss + q.ae_loss(&xt)?)?;
+        }
+        let t1 = Instant::now();
+        let grads = loss.backward()?;
+        let t2 = Instant::now();
+        self.opt.step(&grads)?;
+        self.stats.steps += 1;
+        self.stats.forward_s += (t1 - t0).as_secs_f64();
+        self.stats.backward_s += (t2 - t1).as_secs_f64();
+        self.stats.optim_s += t2.elapsed().as_secs_f64();
+        Ok(())
+    }
+
     fn stage(&mut self, plan: Plan, steps: usize) -> Result<()> {
+        let refresh_at = self.cfg.warmup_steps + self.cfg.ramp_steps;
+        let quantizes = plan.sem_item || plan.sem_user;
         for s in 0..steps {
+            if quantizes
+                && self.cfg.kmeans_init
+                && self.cfg.refresh_codebooks
+                && s == refresh_at
+                && s > 0
+            {
+                self.kmeans_codebooks()?;
+            }
             self.step(plan, s)?;
+            if s % 100 == 0 || s + 1 == steps {
+                let [sem, cf, align] = self.stats.last_losses;
+                tracing::debug!(
+                    step = s,
+                    sem,
+                    cf,
+                    align,
+                    reseeded = self.stats.reseeded,
+                    "train"
+                );
+            }
         }
         Ok(())
     }
@@ -348,9 +412,16 @@ impl Trainer<'_> {
     fn forward(&mut self, plan: Plan, b: &Batch, s: usize) -> Result<Forward> {
         let zero = || Tensor::zeros((), candle_core::DType::F32, &Device::Cpu);
         let beta_c = self.cfg.beta_commit;
+        // rows are [anchors, uniform, partners]: reconstruct all but the partners
+        let recon_rows = b.users.len()
+            + if b.users.is_empty() {
+                self.cfg.batch
+            } else {
+                self.cfg.sem_uniform
+            };
         let run = |q: &Option<RqVae>, x: &Option<Tensor>| -> Result<Option<QuantOut>> {
             match (q, x) {
-                (Some(q), Some(x)) => Ok(Some(q.forward(x, beta_c)?)),
+                (Some(q), Some(x)) => Ok(Some(q.forward(x, beta_c, recon_rows)?)),
                 _ => Ok(None),
             }
         };
@@ -443,11 +514,23 @@ impl Trainer<'_> {
                 "alignment needs both quantizers".into(),
             ));
         };
-        let n = b.users.len();
-        let (z_i, z_ip) = (qi.z_align.narrow(0, 0, n)?, qi.z_align.narrow(0, n, n)?);
-        let (z_u, z_up) = (qu.z_align.narrow(0, 0, n)?, qu.z_align.narrow(0, n, n)?);
+        // the first `n` anchors (the batch is a random sample) and their partners
+        let (n, p0) = (
+            b.users.len().min(self.cfg.align_rows.max(2)),
+            b.users.len() + self.cfg.sem_uniform,
+        );
+        let (z_i, z_ip) = (qi.z_align.narrow(0, 0, n)?, qi.z_align.narrow(0, p0, n)?);
+        let (z_u, z_up) = (qu.z_align.narrow(0, 0, n)?, qu.z_align.narrow(0, p0, n)?);
         let (u_cf, i_cf) = self.cf_side(plan, b, icdm)?;
-        let (us, is, tau, ones) = (&b.users, &b.items, self.cfg.tau_align, vec![1.0f32; n]);
+        let (u_cf, i_cf) = (u_cf.narrow(0, 0, n)?, i_cf.narrow(0, 0, n)?);
+        let (us, is, tau, ones) = (
+            &b.users[..n],
+            &b.items[..n],
+            self.cfg.tau_align,
+            vec![1.0f32; n],
+        );
+        let (up, ip) = (&b.users_plus[..n], &b.items_plus[..n]);
+        let (wup, wip) = (&b.w_users_plus[..n], &b.w_items_plus[..n]);
         let mut terms = Vec::new();
         if plan.align == Align::Frozen || self.cfg.align_self {
             terms.push(info_nce(&z_u, &u_cf, us, us, &ones, tau)?);
@@ -458,22 +541,8 @@ impl Trainer<'_> {
             terms.push(info_nce(&z_i, &u_cf, is, us, &ones, tau)?);
         }
         if plan.align == Align::Joint && self.cfg.align_co {
-            terms.push(info_nce(
-                &z_u,
-                &z_up,
-                us,
-                &b.users_plus,
-                &b.w_users_plus,
-                tau,
-            )?);
-            terms.push(info_nce(
-                &z_i,
-                &z_ip,
-                is,
-                &b.items_plus,
-                &b.w_items_plus,
-                tau,
-            )?);
+            terms.push(info_nce(&z_u, &z_up, us, up, wup, tau)?);
+            terms.push(info_nce(&z_i, &z_ip, is, ip, wip, tau)?);
         }
         let mut total = Tensor::zeros((), candle_core::DType::F32, &Device::Cpu)?;
         for t in terms {
@@ -518,13 +587,15 @@ mod tests {
             id_dim: 16,
             hidden: vec![32],
             batch: 128,
+            align_rows: 128,
+            ae_warmup_steps: 0,
             sem_uniform: 64,
             steps: 300,
             warmup_steps: 50,
             ramp_steps: 50,
             kmeans_iters: 10,
-            dead_window: 40,
-            reseed_every: 20,
+            dead_window: 20,
+            reseed_every: 10,
             lr: 3e-3,
             ..DasConfig::default()
         }
@@ -547,13 +618,28 @@ mod tests {
         let p_das = purity(&level1(&das, &s.data.item_emb), &s.item_group);
         let p_rq = purity(&level1(&rq, &s.data.item_emb), &s.item_group);
         let p_rq_content = purity(&level1(&rq, &s.data.item_emb), &s.item_content);
-        eprintln!("behaviour purity: das {p_das:.3} rqvae {p_rq:.3} (rqvae content purity {p_rq_content:.3})");
+        // negative control: the same DAS run with the alignment weight at zero
+        let (blind, _) = train(
+            &s.data,
+            Method::Das,
+            &DasConfig {
+                beta: 0.0,
+                ..cfg.clone()
+            },
+        )
+        .expect("das beta=0");
+        let p_blind = purity(&level1(&blind, &s.data.item_emb), &s.item_group);
+        eprintln!("behaviour purity: das {p_das:.3} rqvae {p_rq:.3} das(beta=0) {p_blind:.3} (rqvae content purity {p_rq_content:.3})");
         assert!(
             p_rq_content > p_rq + 0.2,
             "the planted content clusters dominate the embedding"
         );
         assert!(p_das > p_rq + 0.25, "das {p_das} vs rqvae {p_rq}");
         assert!(p_das > 0.75, "das {p_das}");
+        assert!(
+            p_das > p_blind + 0.25,
+            "alignment is what does it: das {p_das} vs beta=0 {p_blind}"
+        );
     }
 
     #[test]
