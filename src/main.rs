@@ -1,6 +1,6 @@
 //! The `sidb` binary: `train` and `eval` of the semantic-ID model (the server subcommands live
 //! beside them).
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -89,7 +89,7 @@ fn set_threads(n: usize) {
     }
 }
 
-fn train(args: &ModelArgs, method: &str, out: &PathBuf) -> anyhow::Result<()> {
+fn train(args: &ModelArgs, method: &str, out: &Path) -> anyhow::Result<()> {
     let cfg = config(args)?;
     let ds = load_dataset(&args.data)?;
     let ratings: Vec<_> = ds
@@ -130,7 +130,7 @@ fn train(args: &ModelArgs, method: &str, out: &PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn eval(args: &ModelArgs, methods: &str, out: &PathBuf) -> anyhow::Result<()> {
+fn eval(args: &ModelArgs, methods: &str, out: &Path) -> anyhow::Result<()> {
     let opts = EvalOptions {
         config: config(args)?,
         min_rating: args.min_rating,

@@ -63,7 +63,7 @@ pub fn rank_of(
 pub fn cosine_scores(u: &[f32], items: &[f32], d: usize, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
     let norm = |m: &[f32]| -> Result<Tensor> {
         let t = Tensor::from_slice(m, (m.len() / d, d), &Device::Cpu)?;
-        Ok(crate::model::nn::l2n(&t)?)
+        crate::model::nn::l2n(&t)
     };
     let rows = crate::model::data::Prepared::gather(u, d, ids);
     Ok(norm(&rows)?.matmul(&norm(items)?.t()?)?.to_vec2::<f32>()?)

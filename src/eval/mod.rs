@@ -129,6 +129,9 @@ fn parse_method(name: &str, base: &DasConfig) -> Result<Option<(Method, DasConfi
     Ok(Some((method, cfg)))
 }
 
+/// Scores of a chunk of users (one row per user id, or one shared row).
+type ScoreFn<'a> = dyn Fn(&[u32]) -> Result<Vec<Vec<f32>>> + 'a;
+
 /// Held-out data and lookups shared by all methods.
 struct Ctx<'a> {
     ds: &'a Dataset,
@@ -223,7 +226,7 @@ impl Ctx<'_> {
     fn fill_ranking(
         &self,
         r: &mut MethodResult,
-        scores: &dyn Fn(&[u32]) -> Result<Vec<Vec<f32>>>,
+        scores: &ScoreFn,
         sid: Option<(&PrefixIndex, &[u32], usize)>,
         shared: bool,
     ) -> Result<()> {

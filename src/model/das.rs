@@ -140,7 +140,7 @@ impl TrainedModel {
     }
 
     fn check_dim(x: &[f32], dim: usize) -> Result<usize> {
-        if dim == 0 || x.len() % dim != 0 {
+        if dim == 0 || !x.len().is_multiple_of(dim) {
             return Err(ModelError::DimMismatch {
                 expected: dim,
                 got: x.len(),

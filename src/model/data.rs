@@ -51,7 +51,7 @@ impl TrainingData {
         if self.item_dim == 0 || self.item_emb.is_empty() {
             return bad("no items (item_emb empty or item_dim 0)".into());
         }
-        if self.item_emb.len() % self.item_dim != 0 {
+        if !self.item_emb.len().is_multiple_of(self.item_dim) {
             return bad(format!(
                 "item_emb has {} values, not a multiple of item_dim {}",
                 self.item_emb.len(),

@@ -553,7 +553,7 @@ impl Trainer<'_> {
 
     /// Records code use and, every `reseed_every` steps, re-seeds dead codes.
     fn track_codes(&mut self, b: &Batch, outs: [Option<QuantOut>; 2], s: usize) -> Result<()> {
-        let reseed = self.cfg.reseed_every > 0 && s > 0 && s % self.cfg.reseed_every == 0;
+        let reseed = self.cfg.reseed_every > 0 && s > 0 && s.is_multiple_of(self.cfg.reseed_every);
         let window = self.cfg.dead_window;
         let [qi, qu] = outs;
         let sides = [
