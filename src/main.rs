@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sidb::eval::{evaluate, markdown_table, EvalOptions};
+use sidb::eval::{evaluate_with_progress, markdown_table, EvalOptions};
 use sidb::model::{data::load_dataset, sid::dedup_suffixes, DasConfig, Method, TrainingData};
 
 #[derive(Parser)]
@@ -142,7 +142,14 @@ fn eval(args: &ModelArgs, methods: &str, out: &Path) -> anyhow::Result<()> {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect();
-    let report = evaluate(&ds, &methods, &opts)?;
+    let mut write = |r: &sidb::eval::EvalReport| {
+        let json = serde_json::to_string_pretty(r).expect("report serialises: plain data");
+        if let Err(e) = std::fs::write(out, json) {
+            tracing::warn!(error = %e, "could not write the partial report");
+        }
+        eprintln!("{}", markdown_table(r));
+    };
+    let report = evaluate_with_progress(&ds, &methods, &opts, &mut write)?;
     std::fs::write(out, serde_json::to_string_pretty(&report)?)?;
     println!("{}", markdown_table(&report));
     Ok(())

@@ -76,6 +76,10 @@ pub struct MethodResult {
     pub recall10_cold: f64,
     /// Test users in the cold slice.
     pub cold_users: usize,
+    /// Recall@10 of the model's own ICDM vectors `u_int . i_pro` over all items (DAS and
+    /// two-stage: shows what the alignment target is worth, and whether joint training hurts it).
+    #[serde(rename = "recall@10_cf")]
+    pub recall10_cf: Option<f64>,
     /// Mean size of the candidate sets of retrieval (a).
     pub mean_candidates: f64,
     /// AUC of the code-cross CTR probe (None without SIDs).
@@ -143,6 +147,17 @@ struct Ctx<'a> {
 
 /// Runs every method in `methods` on `ds`.
 pub fn evaluate(ds: &Dataset, methods: &[String], opts: &EvalOptions) -> Result<EvalReport> {
+    evaluate_with_progress(ds, methods, opts, &mut |_| {})
+}
+
+/// Like [`evaluate`], calling `progress` with the report so far after every method (a long
+/// run keeps its finished results if it is stopped).
+pub fn evaluate_with_progress(
+    ds: &Dataset,
+    methods: &[String],
+    opts: &EvalOptions,
+    progress: &mut dyn FnMut(&EvalReport),
+) -> Result<EvalReport> {
     let split = split::split(&ds.ratings, ds.n_users, opts.min_rating, opts.config.seed);
     if split.test.is_empty() {
         return Err(ModelError::InvalidData(
@@ -165,15 +180,16 @@ pub fn evaluate(ds: &Dataset, methods: &[String], opts: &EvalOptions) -> Result<
         train_sets,
         opts,
     };
-    let mut results = Vec::new();
+    let mut report = EvalReport {
+        dataset: ds.name.clone(),
+        results: Vec::new(),
+    };
     for name in methods {
         tracing::info!(method = %name, "evaluating");
-        results.push(ctx.run(name)?);
+        report.results.push(ctx.run(name)?);
+        progress(&report);
     }
-    Ok(EvalReport {
-        dataset: ds.name.clone(),
-        results,
-    })
+    Ok(report)
 }
 
 impl Ctx<'_> {
@@ -218,6 +234,11 @@ impl Ctx<'_> {
         r.collision_rate = Some(q.collision_rate);
         r.quality = Some(q);
         r.auc_probe = Some(self.probe(&users.codes, &items.codes, levels, model.meta.codes));
+        if let Some((u, i, d)) = model.cf_vectors() {
+            let mut cf = MethodResult::default();
+            self.fill_ranking(&mut cf, &|ids| cosine_scores(u, i, d, ids), None, false)?;
+            r.recall10_cf = Some(cf.recall10);
+        }
         Ok(())
     }
 

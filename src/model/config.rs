@@ -10,6 +10,9 @@ use super::{ModelError, Result};
 pub struct DasConfig {
     /// Seed of every random choice (init, sampling, k-means). Default 42.
     pub seed: u64,
+    /// Centre the (L2-normalised) inputs on their training mean and re-normalise; the means are
+    /// part of the model. Default true.
+    pub center_inputs: bool,
     /// Residual levels per quantizer. Default 3.
     pub levels: usize,
     /// Codes per level; `None` picks from the catalogue size ([`default_codes`]). Default `None`.
@@ -98,6 +101,7 @@ impl Default for DasConfig {
     fn default() -> Self {
         Self {
             seed: 42,
+            center_inputs: true,
             levels: 3,
             codes: None,
             code_dim: 32,

@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::config::DasConfig;
-use super::data::l2_normalise_rows;
+use super::data::{center_rows, l2_normalise_rows};
 use super::icdm::Icdm;
 use super::kmeans;
 use super::nn::{rng_for, Params};
@@ -76,6 +76,9 @@ pub struct TrainedModel {
     pub(crate) user_q: Option<RqVae>,
     pub(crate) icdm: Option<Icdm>,
     pub(crate) rqk_books: Option<Vec<Vec<f32>>>,
+    /// Training means of the item / user inputs (empty = no centring).
+    pub(crate) item_mean: Vec<f32>,
+    pub(crate) user_mean: Vec<f32>,
 }
 
 /// Codes (`n x L`, row-major) and vectors (`n x dim`) of a batch of entities.
@@ -136,6 +139,8 @@ impl TrainedModel {
             user_q,
             icdm,
             rqk_books: None,
+            item_mean: Vec::new(),
+            user_mean: Vec::new(),
         })
     }
 
@@ -157,9 +162,14 @@ impl TrainedModel {
     /// Encodes item vectors (`n x item_dim`, normalised here) to item SIDs and `z`.
     pub fn encode_items(&self, x: &[f32]) -> Result<Encoded> {
         Self::check_dim(x, self.meta.item_dim)?;
+        self.encode_item_space(&self.item_inputs(x))
+    }
+
+    /// Raw item vectors -> quantizer inputs: L2-normalised, centred, re-normalised.
+    fn item_inputs(&self, x: &[f32]) -> Vec<f32> {
         let mut x = x.to_vec();
         l2_normalise_rows(&mut x, self.meta.item_dim);
-        self.encode_item_space(&x)
+        center_rows(&x, self.meta.item_dim, &self.item_mean)
     }
 
     fn encode_item_space(&self, x: &[f32]) -> Result<Encoded> {
@@ -192,14 +202,17 @@ impl TrainedModel {
         l2_normalise_rows(&mut x, self.meta.user_dim);
         match &self.user_q {
             Some(q) => {
-                let (codes, z) = q.encode(&x)?;
+                let (codes, z) = q.encode(&center_rows(&x, self.meta.user_dim, &self.user_mean))?;
                 Ok(Encoded {
                     codes,
                     z,
                     dim: q.shape.code_dim,
                 })
             }
-            None if self.meta.user_dim == self.meta.item_dim => self.encode_item_space(&x),
+            // profile means live in item space: centre them like items for the item quantizer
+            None if self.meta.user_dim == self.meta.item_dim => {
+                self.encode_item_space(&center_rows(&x, self.meta.user_dim, &self.item_mean))
+            }
             None => Err(ModelError::InvalidConfig(
                 "baseline needs item-space user profiles".into(),
             )),
@@ -255,6 +268,17 @@ impl TrainedModel {
             )?;
             tensors.insert(format!("rqkmeans.book{l}"), t);
         }
+        for (name, mean) in [
+            ("input.item_mean", &self.item_mean),
+            ("input.user_mean", &self.user_mean),
+        ] {
+            if !mean.is_empty() {
+                tensors.insert(
+                    name.into(),
+                    Tensor::from_slice(mean, mean.len(), &Device::Cpu)?,
+                );
+            }
+        }
         candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
         let json = serde_json::to_string_pretty(&self.meta).expect("meta serialises: plain data");
         std::fs::write(dir.join("model.json"), json).map_err(io)
@@ -277,6 +301,13 @@ impl TrainedModel {
             icdm.load_tables(&tensors)?;
         }
         m.params.load(&tensors)?;
+        let mean = |n: &str| -> Result<Vec<f32>> {
+            tensors
+                .get(n)
+                .map_or(Ok(Vec::new()), |t| Ok(t.to_vec1::<f32>()?))
+        };
+        m.item_mean = mean("input.item_mean")?;
+        m.user_mean = mean("input.user_mean")?;
         if m.meta.method == Method::RqKMeans {
             let books = (0..m.meta.config.levels)
                 .map(|l| {
@@ -299,8 +330,7 @@ impl TrainedModel {
     /// The SID quality report of the items `x` (`n x item_dim`, raw), with reconstruction R^2.
     pub fn item_quality(&self, x: &[f32]) -> Result<super::sid::QualityReport> {
         Self::check_dim(x, self.meta.item_dim)?;
-        let mut x = x.to_vec();
-        l2_normalise_rows(&mut x, self.meta.item_dim);
+        let x = self.item_inputs(x);
         let enc = self.encode_item_space(&x)?;
         let recon = match &self.item_q {
             Some(q) => q.reconstruct(&x)?,

@@ -119,6 +119,32 @@ pub fn l2_normalise_rows(m: &mut [f32], dim: usize) {
     }
 }
 
+/// Column means of a row-major matrix.
+pub fn col_mean(m: &[f32], dim: usize) -> Vec<f32> {
+    let n = (m.len() / dim).max(1) as f32;
+    let mut mean = vec![0.0f32; dim];
+    for row in m.chunks(dim) {
+        mean.iter_mut().zip(row).for_each(|(a, v)| *a += v / n);
+    }
+    mean
+}
+
+/// Subtracts `mean` from every row and L2-normalises again (no-op copy when `mean` is empty).
+/// Text-encoder embeddings share a large common direction (MiniLM on MovieLens: mean cosine
+/// 0.44 between items and 0.93 between users' profile means); centring removes it, so the
+/// encoder sees the differences between entities instead of their common part.
+pub fn center_rows(m: &[f32], dim: usize, mean: &[f32]) -> Vec<f32> {
+    let mut out = m.to_vec();
+    if mean.is_empty() {
+        return out;
+    }
+    for row in out.chunks_mut(dim) {
+        row.iter_mut().zip(mean).for_each(|(v, mu)| *v -= mu);
+    }
+    l2_normalise_rows(&mut out, dim);
+    out
+}
+
 /// Everything derived from [`TrainingData`] that training and evaluation index into.
 #[derive(Debug, Clone)]
 pub struct Prepared {
