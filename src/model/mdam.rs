@@ -88,15 +88,13 @@ pub fn sample_partners(
     let mut weights = Vec::with_capacity(keys.len());
     for (&k, &ex) in keys.iter().zip(exclude) {
         let list = &lists[k as usize];
-        let pick = (0..4).map(|_| {
-            list[rng
-                .random_range(0..list.len().max(1))
-                .min(list.len().saturating_sub(1))]
-        });
+        // up to 4 draws: a list of 2+ entries almost always yields a partner that is not `ex`
         let found = if list.len() < 2 {
             None
         } else {
-            pick.into_iter().find(|&p| p != ex)
+            (0..4)
+                .map(|_| list[rng.random_range(0..list.len())])
+                .find(|&p| p != ex)
         };
         match found {
             Some(p) => {
