@@ -8,6 +8,8 @@
 //! - [`engine`]: the core facade: validation, then storage, off the async workers.
 //! - [`service`]: thin tonic handlers, proto <-> domain conversion, the one status mapping.
 //! - [`server`], [`auth`]: listener, API keys, health, reflection, startup and graceful shutdown.
+//! - [`model`], [`eval`]: the DAS semantic-ID quantizer (candle) and its offline evaluation;
+//!   plain in-memory data in, no storage or tokio.
 //! - [`loadgen`]: the ingest load client behind `sidb bench ingest`.
 #![warn(missing_docs)]
 
@@ -15,8 +17,10 @@ pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod index;
 pub mod loadgen;
+pub mod model;
 pub mod proto;
 pub mod server;
 pub mod service;

@@ -1,4 +1,7 @@
-//! The `sidb` command: `serve` runs the database; `bench ingest` loads a running one.
+//! The `sidb` command: `serve` runs the database; `bench ingest` loads a running one;
+//! `train` and `eval` run the semantic-ID model on a dataset directory.
+
+mod model_cli;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -29,6 +32,10 @@ enum Command {
     /// Load generators against a running server.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Train one semantic-ID method on a dataset directory; write the checkpoint and SIDs.
+    Train(model_cli::TrainArgs),
+    /// Evaluate semantic-ID methods (leave-last-out) on a dataset directory; write a JSON report.
+    Eval(model_cli::EvalArgs),
 }
 
 #[derive(Args)]
@@ -108,6 +115,14 @@ struct IngestArgs {
     seed: u64,
 }
 
+fn with_plain_logging(f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    f()
+}
+
 fn init_logging(c: &Config) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&c.log.level)
         .with_context(|| format!("log.level: bad filter {:?}", c.log.level))?;
@@ -125,6 +140,13 @@ fn init_logging(c: &Config) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The model commands need no runtime, and must set candle's thread count before any thread
+    // pool exists.
+    match &cli.command {
+        Command::Train(a) => return with_plain_logging(|| model_cli::run_train(a)),
+        Command::Eval(a) => return with_plain_logging(|| model_cli::run_eval(a)),
+        _ => {}
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -139,6 +161,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Config(args) => print!("{}", toml::to_string_pretty(&args.load()?)?),
         Command::Bench(BenchCommand::Ingest(a)) => rt.block_on(bench_ingest(a))?,
+        Command::Train(_) | Command::Eval(_) => unreachable!("handled above"),
     }
     Ok(())
 }

@@ -1,0 +1,215 @@
+//! [`DasConfig`]: every size and weight of the DAS model, with the defaults of `docs/das-model.md`.
+use serde::{Deserialize, Serialize};
+
+use super::{ModelError, Result};
+
+/// Settings of the DAS model and its trainer. `serde(default)` lets a JSON file name only what it
+/// changes. Field docs give the default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DasConfig {
+    /// Seed of every random choice (init, sampling, k-means). Default 42.
+    pub seed: u64,
+    /// Centre the (L2-normalised) inputs on their training mean and re-normalise; the means are
+    /// part of the model. Default true.
+    pub center_inputs: bool,
+    /// Residual levels per quantizer. Default 3.
+    pub levels: usize,
+    /// Codes per level; `None` picks from the catalogue size ([`default_codes`]). Default `None`.
+    pub codes: Option<usize>,
+    /// Dimension of the quantized space `D`. Default 32.
+    pub code_dim: usize,
+    /// Hidden sizes of the encoder MLP (the decoder mirrors them). Default `[256, 128]`.
+    pub hidden: Vec<usize>,
+    /// Commitment weight `beta_c`. Default 0.25.
+    pub beta_commit: f64,
+    /// Entities sampled for the k-means codebook init (all if fewer). Default 8192.
+    pub kmeans_sample: usize,
+    /// Initialise codebooks by k-means on encoder outputs (else small random). Default true.
+    pub kmeans_init: bool,
+    /// Autoencoder-only steps (no quantization) before the k-means init. Default 0.
+    pub ae_warmup_steps: usize,
+    /// Re-run the k-means codebook init once when the alignment ramp ends (step
+    /// `warmup_steps + ramp_steps` of the quantizer stage), on the encoder as alignment has
+    /// shaped it: codes fitted to the content-only encoder would otherwise keep the content
+    /// clusters and only migrate slowly. Default false: measured on the planted synthetic data, the
+    /// refresh destroys the behaviour structure that alignment had written into the codes directly.
+    pub refresh_codebooks: bool,
+    /// Lloyd iterations per level. Default 25.
+    pub kmeans_iters: usize,
+    /// A code unused for this many steps is re-seeded from current residuals. Default 20.
+    pub dead_window: usize,
+    /// Check for dead codes every this many steps (0 = never re-seed). Default 10.
+    pub reseed_every: usize,
+    /// Dimension of the ICDM ID vectors; must equal `code_dim` (alignment compares them). Default 32.
+    pub id_dim: usize,
+    /// Hidden size of the bias-statistics MLPs. Default 16.
+    pub bias_hidden: usize,
+    /// Temperature of the CF softmax on cosine scores. Default 0.1.
+    pub tau_cf: f64,
+    /// Temperature of the MDAM InfoNCE. Default 0.1.
+    pub tau_align: f64,
+    /// Weight of the CF loss `alpha`. Default 1.0.
+    pub alpha: f64,
+    /// Weight of the alignment loss `beta`. Default 0.5.
+    pub beta: f64,
+    /// Weight of the bias-target similarity terms. Default 0.1.
+    pub w_bias: f64,
+    /// Weight of the orthogonality terms. Default 0.1.
+    pub w_orth: f64,
+    /// Apply the log-popularity (logQ) correction to the in-batch softmax. Default true.
+    pub logq_correction: bool,
+    /// Alignment families switched on (for ablations). Default all true.
+    pub align_u2i: bool,
+    /// Dual self alignment (z_u<->u_int, z_i<->i_pro). Default true.
+    pub align_self: bool,
+    /// Dual co-occurrence alignment (z_u<->z_u+, z_i<->z_i+). Default true.
+    pub align_co: bool,
+    /// Use the debiased vectors (`u_int`, `i_pro`) in the alignment; when false the fused full
+    /// vectors are used and the debiasing terms are off (ablation `das-no-debias`). Default true.
+    pub debias: bool,
+    /// Hub damping exponent: a co-occurrence partner is drawn from a list subsampled to at most
+    /// `cooc_cap` entries, and items/users with degree d are picked as anchor with weight
+    /// d^-`hub_damping`. Default 0.5.
+    pub hub_damping: f64,
+    /// Largest per-entity partner list kept for co-occurrence sampling. Default 200.
+    pub cooc_cap: usize,
+    /// Rows of the batch that enter the InfoNCE alignments (their cost is quadratic in this).
+    /// Default 512.
+    pub align_rows: usize,
+    /// Interactions per training batch. Default 1024.
+    pub batch: usize,
+    /// Extra uniformly sampled entities per side in the semantic loss (covers cold items). Default 256.
+    pub sem_uniform: usize,
+    /// Training steps. Default 1500.
+    pub steps: usize,
+    /// Steps of semantic (+ CF) loss only before alignment starts. Default 200.
+    pub warmup_steps: usize,
+    /// Steps over which alpha/beta ramp linearly to full after warm-up. Default 200.
+    pub ramp_steps: usize,
+    /// Learning rate of the dense parameters (MLPs, codebooks). Default 1e-3.
+    pub lr: f64,
+    /// Learning rate of the ID tables (row-wise Adam). Default 1e-2.
+    pub lr_id: f64,
+    /// Half-life (in days) of the recency weights of the user input. Default 180.
+    pub recency_half_life_days: f64,
+    /// Trainer threads (rayon pool for candle's CPU kernels). Default 1.
+    pub threads: usize,
+}
+
+impl Default for DasConfig {
+    fn default() -> Self {
+        Self {
+            seed: 42,
+            center_inputs: true,
+            levels: 3,
+            codes: None,
+            code_dim: 32,
+            hidden: vec![256, 128],
+            beta_commit: 0.25,
+            kmeans_sample: 8192,
+            kmeans_init: true,
+            ae_warmup_steps: 0,
+            refresh_codebooks: false,
+            kmeans_iters: 25,
+            dead_window: 20,
+            reseed_every: 10,
+            id_dim: 32,
+            bias_hidden: 16,
+            tau_cf: 0.1,
+            tau_align: 0.1,
+            alpha: 1.0,
+            beta: 0.5,
+            w_bias: 0.1,
+            w_orth: 0.1,
+            logq_correction: true,
+            align_u2i: true,
+            align_self: true,
+            align_co: true,
+            debias: true,
+            hub_damping: 0.5,
+            cooc_cap: 200,
+            align_rows: 512,
+            batch: 1024,
+            sem_uniform: 256,
+            steps: 1500,
+            warmup_steps: 200,
+            ramp_steps: 200,
+            lr: 1e-3,
+            lr_id: 1e-2,
+            recency_half_life_days: 180.0,
+            threads: 1,
+        }
+    }
+}
+
+/// Default codes per level from the catalogue size (das-model.md): <= 1e4: 64, <= 1e5: 128,
+/// <= 1e6: 256, else 512.
+pub fn default_codes(entities: usize) -> usize {
+    match entities {
+        0..=10_000 => 64,
+        10_001..=100_000 => 128,
+        100_001..=1_000_000 => 256,
+        _ => 512,
+    }
+}
+
+impl DasConfig {
+    /// Codes per level for a catalogue of `entities` (the explicit setting wins).
+    pub fn codes_for(&self, entities: usize) -> usize {
+        self.codes.unwrap_or_else(|| default_codes(entities))
+    }
+
+    /// Checks ranges and consistency; every trainer entry point calls it.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(ModelError::InvalidConfig(m.to_string()));
+        if self.levels == 0 || self.code_dim == 0 || self.batch < 2 {
+            return bad("levels, code_dim must be > 0 and batch >= 2");
+        }
+        if self.codes == Some(0) || self.codes == Some(1) {
+            return bad("codes must be >= 2");
+        }
+        if self.id_dim != self.code_dim {
+            return bad("id_dim must equal code_dim (alignment compares the two spaces)");
+        }
+        if self.tau_cf <= 0.0 || self.tau_align <= 0.0 || self.lr <= 0.0 || self.lr_id <= 0.0 {
+            return bad("temperatures and learning rates must be > 0");
+        }
+        if self.hidden.contains(&0) || self.threads == 0 {
+            return bad("hidden sizes and threads must be > 0");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_codes_follow_catalogue_size() {
+        assert_eq!(default_codes(3_706), 64);
+        assert_eq!(default_codes(100_000), 128);
+        assert_eq!(default_codes(1_000_000), 256);
+        assert_eq!(default_codes(5_000_000), 512);
+    }
+
+    #[test]
+    fn config_round_trips_and_partial_json_uses_defaults() {
+        let c: DasConfig = serde_json::from_str(r#"{"levels": 2}"#).expect("valid json");
+        assert_eq!(c.levels, 2);
+        assert_eq!(c.code_dim, 32);
+        let back: DasConfig =
+            serde_json::from_str(&serde_json::to_string(&c).expect("serialise")).expect("parse");
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn validate_rejects_inconsistent_dims() {
+        let c = DasConfig {
+            id_dim: 16,
+            ..DasConfig::default()
+        };
+        assert!(matches!(c.validate(), Err(ModelError::InvalidConfig(_))));
+    }
+}

@@ -1,0 +1,615 @@
+//! The model's input: embeddings and an interaction log in plain memory.
+//!
+//! [`TrainingData`] is what the server's background trainer fills from its store and what the
+//! dataset loader ([`load_dataset`]) fills from files. Everything derived from it (normalised
+//! inputs, user profiles, popularity statistics, adjacency lists) is computed once by
+//! [`Prepared::new`] so the training loop only indexes arrays.
+use std::path::Path;
+
+use super::{ModelError, Result};
+
+/// One logged interaction. `weight > 0` is a positive (its strength), `weight <= 0` an explicit
+/// negative (an impression without a click, a low rating).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Interaction {
+    /// User index, `< n_users`.
+    pub user: u32,
+    /// Item index, `< n_items`.
+    pub item: u32,
+    /// Positive strength, or `<= 0` for an explicit negative.
+    pub weight: f32,
+    /// Event time, milliseconds since the epoch (all equal when unknown).
+    pub ts_ms: i64,
+}
+
+/// Everything the trainer needs, in memory. Rows are row-major `f32`.
+#[derive(Debug, Clone, Default)]
+pub struct TrainingData {
+    /// `n_items x item_dim` item embeddings (several modalities concatenated in a fixed order).
+    pub item_emb: Vec<f32>,
+    /// Dimension of one item embedding.
+    pub item_dim: usize,
+    /// Optional `n_users x user_dim` user embeddings written by the client.
+    pub user_emb: Option<Vec<f32>>,
+    /// Dimension of one user embedding (ignored when `user_emb` is `None`).
+    pub user_dim: usize,
+    /// The interaction log.
+    pub interactions: Vec<Interaction>,
+    /// Number of users (ids are `0..n_users`).
+    pub n_users: usize,
+}
+
+impl TrainingData {
+    /// Number of items (rows of `item_emb`).
+    pub fn n_items(&self) -> usize {
+        self.item_emb.len().checked_div(self.item_dim).unwrap_or(0)
+    }
+
+    /// Rejects empty, inconsistent or non-finite data with a typed error.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(ModelError::InvalidData(m));
+        if self.item_dim == 0 || self.item_emb.is_empty() {
+            return bad("no items (item_emb empty or item_dim 0)".into());
+        }
+        if !self.item_emb.len().is_multiple_of(self.item_dim) {
+            return bad(format!(
+                "item_emb has {} values, not a multiple of item_dim {}",
+                self.item_emb.len(),
+                self.item_dim
+            ));
+        }
+        if let Some(p) = self.item_emb.iter().position(|v| !v.is_finite()) {
+            return bad(format!("item_emb value {p} is not finite"));
+        }
+        self.validate_users()?;
+        self.validate_log()
+    }
+
+    fn validate_users(&self) -> Result<()> {
+        let Some(u) = &self.user_emb else {
+            return Ok(());
+        };
+        if self.user_dim == 0 || u.len() != self.n_users * self.user_dim {
+            return Err(ModelError::InvalidData(format!(
+                "user_emb has {} values, expected n_users {} x user_dim {}",
+                u.len(),
+                self.n_users,
+                self.user_dim
+            )));
+        }
+        if u.iter().any(|v| !v.is_finite()) {
+            return Err(ModelError::InvalidData(
+                "user_emb holds a non-finite value".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_log(&self) -> Result<()> {
+        let n_items = self.n_items();
+        if self.n_users == 0 || !self.interactions.iter().any(|x| x.weight > 0.0) {
+            return Err(ModelError::InvalidData(
+                "no users or no positive interactions".into(),
+            ));
+        }
+        for (k, x) in self.interactions.iter().enumerate() {
+            if x.user as usize >= self.n_users || x.item as usize >= n_items {
+                return Err(ModelError::InvalidData(format!(
+                    "interaction {k}: user {} / item {} out of range ({} users, {n_items} items)",
+                    x.user, x.item, self.n_users
+                )));
+            }
+            if !x.weight.is_finite() {
+                return Err(ModelError::InvalidData(format!(
+                    "interaction {k}: weight not finite"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// L2-normalises every row of a row-major matrix in place (zero rows stay zero).
+pub fn l2_normalise_rows(m: &mut [f32], dim: usize) {
+    for row in m.chunks_mut(dim) {
+        let n = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if n > 1e-12 {
+            row.iter_mut().for_each(|v| *v /= n);
+        }
+    }
+}
+
+/// Column means of a row-major matrix.
+pub fn col_mean(m: &[f32], dim: usize) -> Vec<f32> {
+    let n = (m.len() / dim).max(1) as f32;
+    let mut mean = vec![0.0f32; dim];
+    for row in m.chunks(dim) {
+        mean.iter_mut().zip(row).for_each(|(a, v)| *a += v / n);
+    }
+    mean
+}
+
+/// Subtracts `mean` from every row and L2-normalises again (no-op copy when `mean` is empty).
+/// Text-encoder embeddings share a large common direction (MiniLM on MovieLens: mean cosine
+/// 0.44 between items and 0.93 between users' profile means); centring removes it, so the
+/// encoder sees the differences between entities instead of their common part.
+pub fn center_rows(m: &[f32], dim: usize, mean: &[f32]) -> Vec<f32> {
+    let mut out = m.to_vec();
+    if mean.is_empty() {
+        return out;
+    }
+    for row in out.chunks_mut(dim) {
+        row.iter_mut().zip(mean).for_each(|(v, mu)| *v -= mu);
+    }
+    l2_normalise_rows(&mut out, dim);
+    out
+}
+
+/// Everything derived from [`TrainingData`] that training and evaluation index into.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Number of items.
+    pub n_items: usize,
+    /// Number of users.
+    pub n_users: usize,
+    /// L2-normalised item inputs, `n_items x item_dim`.
+    pub x_item: Vec<f32>,
+    /// Item input dimension.
+    pub item_dim: usize,
+    /// L2-normalised user inputs, `n_users x user_dim`.
+    pub x_user: Vec<f32>,
+    /// User input dimension (the item dimension when users are item-profile means).
+    pub user_dim: usize,
+    /// Positive interactions as (user, item) pairs.
+    pub positives: Vec<(u32, u32)>,
+    /// Explicit negatives as (user, item) pairs.
+    pub negatives: Vec<(u32, u32)>,
+    /// Items of each user (positives, time order).
+    pub user_items: Vec<Vec<u32>>,
+    /// Users of each item (positives).
+    pub item_users: Vec<Vec<u32>>,
+    /// Positive count per item.
+    pub item_count: Vec<f32>,
+    /// Item popularity features: log(1+count), recent rate, age (all scaled to ~[0, 1]).
+    pub item_stats: Vec<[f32; 3]>,
+    /// User features: mean log-popularity of touched items, log(1+activity).
+    pub user_stats: Vec<[f32; 2]>,
+}
+
+impl Prepared {
+    /// Validates `data` and derives the training views; `half_life_days` sets recency weights.
+    pub fn new(data: &TrainingData, half_life_days: f64) -> Result<Self> {
+        data.validate()?;
+        let (n_items, n_users) = (data.n_items(), data.n_users);
+        let mut x_item = data.item_emb.clone();
+        l2_normalise_rows(&mut x_item, data.item_dim);
+        let mut log: Vec<Interaction> = data.interactions.clone();
+        log.sort_by_key(|x| (x.user, x.ts_ms, x.item));
+        let positives: Vec<(u32, u32)> = log
+            .iter()
+            .filter(|x| x.weight > 0.0)
+            .map(|x| (x.user, x.item))
+            .collect();
+        let negatives = log
+            .iter()
+            .filter(|x| x.weight <= 0.0)
+            .map(|x| (x.user, x.item))
+            .collect();
+        let mut user_items = vec![Vec::new(); n_users];
+        let mut item_users = vec![Vec::new(); n_items];
+        for &(u, i) in &positives {
+            user_items[u as usize].push(i);
+            item_users[i as usize].push(u);
+        }
+        let item_count: Vec<f32> = item_users.iter().map(|v| v.len() as f32).collect();
+        let (x_user, user_dim) = user_inputs(data, &log, &x_item, half_life_days);
+        let item_stats = item_features(&log, &item_count, n_items);
+        let user_stats = user_features(&user_items, &item_count);
+        Ok(Self {
+            n_items,
+            n_users,
+            x_item,
+            item_dim: data.item_dim,
+            x_user,
+            user_dim,
+            positives,
+            negatives,
+            user_items,
+            item_users,
+            item_count,
+            item_stats,
+            user_stats,
+        })
+    }
+
+    /// Copies the rows `ids` of a row-major matrix into one contiguous buffer.
+    pub fn gather(m: &[f32], dim: usize, ids: &[u32]) -> Vec<f32> {
+        let mut out = Vec::with_capacity(ids.len() * dim);
+        for &i in ids {
+            let i = i as usize;
+            out.extend_from_slice(&m[i * dim..(i + 1) * dim]);
+        }
+        out
+    }
+}
+
+/// User inputs: own embeddings when given, else the recency-weighted mean of the positives'
+/// item inputs. The weight halves every `half_life_days` before the user's latest event, so a
+/// profile follows the user's current taste; all-equal timestamps give a plain weighted mean.
+fn user_inputs(
+    data: &TrainingData,
+    log: &[Interaction],
+    x_item: &[f32],
+    half_life_days: f64,
+) -> (Vec<f32>, usize) {
+    if let Some(u) = &data.user_emb {
+        let mut x = u.clone();
+        l2_normalise_rows(&mut x, data.user_dim);
+        return (x, data.user_dim);
+    }
+    let d = data.item_dim;
+    let mut last = vec![i64::MIN; data.n_users];
+    for x in log.iter().filter(|x| x.weight > 0.0) {
+        last[x.user as usize] = last[x.user as usize].max(x.ts_ms);
+    }
+    let half_life_ms = (half_life_days * 86_400_000.0).max(1.0);
+    let mut out = vec![0.0f32; data.n_users * d];
+    for x in log.iter().filter(|x| x.weight > 0.0) {
+        let (u, i) = (x.user as usize, x.item as usize);
+        let age = (last[u] - x.ts_ms) as f64 / half_life_ms;
+        let w = x.weight * 0.5f64.powf(age) as f32;
+        let row = &mut out[u * d..(u + 1) * d];
+        row.iter_mut()
+            .zip(&x_item[i * d..(i + 1) * d])
+            .for_each(|(o, v)| *o += w * v);
+    }
+    l2_normalise_rows(&mut out, d);
+    (out, d)
+}
+
+/// Item popularity features: log(1+count) / max, share of the item's events in the last 10 % of
+/// the log's time span, and age (time since the item's first event) / span.
+fn item_features(log: &[Interaction], count: &[f32], n_items: usize) -> Vec<[f32; 3]> {
+    let pos = || log.iter().filter(|x| x.weight > 0.0);
+    let t_min = pos().map(|x| x.ts_ms).min().unwrap_or(0);
+    let t_max = pos().map(|x| x.ts_ms).max().unwrap_or(0);
+    let span = (t_max - t_min).max(1) as f32;
+    let recent_from = t_max - (span * 0.1) as i64;
+    let mut first = vec![t_max; n_items];
+    let mut recent = vec![0.0f32; n_items];
+    for x in pos() {
+        let i = x.item as usize;
+        first[i] = first[i].min(x.ts_ms);
+        if x.ts_ms >= recent_from {
+            recent[i] += 1.0;
+        }
+    }
+    let max_log = count.iter().map(|c| c.ln_1p()).fold(1e-6f32, f32::max);
+    (0..n_items)
+        .map(|i| {
+            let rate = recent[i] / count[i].max(1.0);
+            [
+                count[i].ln_1p() / max_log,
+                rate,
+                (t_max - first[i]) as f32 / span,
+            ]
+        })
+        .collect()
+}
+
+/// User features: mean scaled log-popularity of the user's items, and scaled log(1+activity).
+fn user_features(user_items: &[Vec<u32>], count: &[f32]) -> Vec<[f32; 2]> {
+    let max_log = count.iter().map(|c| c.ln_1p()).fold(1e-6f32, f32::max);
+    let max_act = user_items
+        .iter()
+        .map(|v| (v.len() as f32).ln_1p())
+        .fold(1e-6f32, f32::max);
+    user_items
+        .iter()
+        .map(|items| {
+            let pop: f32 = items
+                .iter()
+                .map(|&i| count[i as usize].ln_1p())
+                .sum::<f32>();
+            let mean = pop / items.len().max(1) as f32 / max_log;
+            [mean, (items.len() as f32).ln_1p() / max_act]
+        })
+        .collect()
+}
+
+/// A rated interaction as read from a dataset directory (before any split).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rating {
+    /// User index.
+    pub user: u32,
+    /// Item index.
+    pub item: u32,
+    /// Rating value (or 1 for implicit data).
+    pub rating: f32,
+    /// Event time in milliseconds.
+    pub ts_ms: i64,
+}
+
+/// A dataset directory in the layout of `shared/datasets` (see [`load_dataset`]).
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    /// Directory name, e.g. `ml-1m`.
+    pub name: String,
+    /// `n_items x item_dim` embeddings, row = `item_idx`.
+    pub item_emb: Vec<f32>,
+    /// Embedding dimension (from `item_emb.json`).
+    pub item_dim: usize,
+    /// External item keys, by `item_idx`.
+    pub item_keys: Vec<String>,
+    /// Number of users (max `user_idx` + 1).
+    pub n_users: usize,
+    /// All rated interactions.
+    pub ratings: Vec<Rating>,
+}
+
+impl Dataset {
+    /// Number of items.
+    pub fn n_items(&self) -> usize {
+        self.item_keys.len()
+    }
+
+    /// Training data from a subset of ratings (`weight` = 1 for each positive).
+    pub fn training_data(&self, ratings: &[Rating]) -> TrainingData {
+        TrainingData {
+            item_emb: self.item_emb.clone(),
+            item_dim: self.item_dim,
+            user_emb: None,
+            user_dim: 0,
+            interactions: ratings
+                .iter()
+                .map(|r| Interaction {
+                    user: r.user,
+                    item: r.item,
+                    weight: 1.0,
+                    ts_ms: r.ts_ms,
+                })
+                .collect(),
+            n_users: self.n_users,
+        }
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
+    move |source| ModelError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn format_err(path: &Path, reason: impl Into<String>) -> ModelError {
+    ModelError::Format {
+        path: path.display().to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Loads `items.tsv` (columns found by the header names `item_idx`, `item_key`),
+/// `interactions.tsv` (`user_idx item_idx rating timestamp`, timestamp in Unix seconds),
+/// `item_emb.f32` (little-endian f32, `rows x dim`) with `dim` from `item_emb.json`.
+pub fn load_dataset(dir: &Path) -> Result<Dataset> {
+    let item_keys = read_items(&dir.join("items.tsv"))?;
+    let (item_emb, item_dim) = read_embeddings(dir, item_keys.len())?;
+    let ratings = read_interactions(&dir.join("interactions.tsv"), item_keys.len())?;
+    let n_users = ratings
+        .iter()
+        .map(|r| r.user as usize + 1)
+        .max()
+        .unwrap_or(0);
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(Dataset {
+        name,
+        item_emb,
+        item_dim,
+        item_keys,
+        n_users,
+        ratings,
+    })
+}
+
+fn header_index(path: &Path, header: &[&str], name: &str) -> Result<usize> {
+    header
+        .iter()
+        .position(|h| *h == name)
+        .ok_or_else(|| format_err(path, format!("no column {name}")))
+}
+
+fn read_items(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split('\t').collect();
+    let (ci, ck) = (
+        header_index(path, &header, "item_idx")?,
+        header_index(path, &header, "item_key")?,
+    );
+    let mut keys: Vec<Option<String>> = Vec::new();
+    for (n, line) in lines.enumerate().filter(|(_, l)| !l.is_empty()) {
+        let cols: Vec<&str> = line.split('\t').collect();
+        let field = |c: usize| {
+            cols.get(c)
+                .ok_or_else(|| format_err(path, format!("line {}: short", n + 2)))
+        };
+        let idx: usize = field(ci)?
+            .parse()
+            .map_err(|_| format_err(path, format!("line {}: bad item_idx", n + 2)))?;
+        if idx >= keys.len() {
+            keys.resize(idx + 1, None);
+        }
+        keys[idx] = Some(field(ck)?.to_string());
+    }
+    keys.into_iter()
+        .enumerate()
+        .map(|(i, k)| k.ok_or_else(|| format_err(path, format!("item_idx {i} missing"))))
+        .collect()
+}
+
+fn read_embeddings(dir: &Path, n_items: usize) -> Result<(Vec<f32>, usize)> {
+    let meta_path = dir.join("item_emb.json");
+    let meta = std::fs::read_to_string(&meta_path).map_err(io_err(&meta_path))?;
+    let meta: serde_json::Value =
+        serde_json::from_str(&meta).map_err(|e| format_err(&meta_path, e.to_string()))?;
+    let dim = meta
+        .get("dim")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| format_err(&meta_path, "no dim"))? as usize;
+    let path = dir.join("item_emb.f32");
+    let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+    if dim == 0 || bytes.len() != n_items * dim * 4 {
+        return Err(format_err(
+            &path,
+            format!("{} bytes, expected {n_items} x {dim} x 4", bytes.len()),
+        ));
+    }
+    let emb: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    if emb.iter().any(|v| !v.is_finite()) {
+        return Err(format_err(&path, "non-finite value"));
+    }
+    Ok((emb, dim))
+}
+
+fn read_interactions(path: &Path, n_items: usize) -> Result<Vec<Rating>> {
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split('\t').collect();
+    let cols: Vec<usize> = ["user_idx", "item_idx", "rating", "timestamp"]
+        .iter()
+        .map(|c| header_index(path, &header, c))
+        .collect::<Result<_>>()?;
+    let mut out = Vec::new();
+    for (n, line) in lines.enumerate().filter(|(_, l)| !l.is_empty()) {
+        let f: Vec<&str> = line.split('\t').collect();
+        let bad = || format_err(path, format!("line {}: malformed", n + 2));
+        let get = |c: usize| f.get(cols[c]).copied().ok_or_else(bad);
+        let r = Rating {
+            user: get(0)?.parse().map_err(|_| bad())?,
+            item: get(1)?.parse().map_err(|_| bad())?,
+            rating: get(2)?.parse().map_err(|_| bad())?,
+            ts_ms: get(3)?.parse::<f64>().map_err(|_| bad())? as i64 * 1000,
+        };
+        if r.item as usize >= n_items || !r.rating.is_finite() {
+            return Err(bad());
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> TrainingData {
+        TrainingData {
+            item_emb: vec![1.0, 0.0, 0.0, 2.0, 1.0, 1.0],
+            item_dim: 2,
+            user_emb: None,
+            user_dim: 0,
+            interactions: vec![
+                Interaction {
+                    user: 0,
+                    item: 0,
+                    weight: 1.0,
+                    ts_ms: 0,
+                },
+                Interaction {
+                    user: 0,
+                    item: 1,
+                    weight: 1.0,
+                    ts_ms: 1_000,
+                },
+                Interaction {
+                    user: 1,
+                    item: 2,
+                    weight: 0.0,
+                    ts_ms: 5,
+                },
+            ],
+            n_users: 2,
+        }
+    }
+
+    #[test]
+    fn prepared_normalises_and_builds_profiles() {
+        let p = Prepared::new(&tiny(), 180.0).expect("valid data");
+        assert!((p.x_item[2] - 0.0).abs() < 1e-6 && (p.x_item[3] - 1.0).abs() < 1e-6);
+        let norm = (p.x_user[0].powi(2) + p.x_user[1].powi(2)).sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "user profile is normalised");
+        assert_eq!(p.negatives, vec![(1, 2)]);
+        assert_eq!(p.user_items[0], vec![0, 1]);
+        assert_eq!(
+            &p.x_user[2..4],
+            &[0.0, 0.0],
+            "a user without positives has a zero profile"
+        );
+    }
+
+    #[test]
+    fn bad_inputs_give_typed_errors() {
+        let mut d = tiny();
+        d.item_emb[1] = f32::NAN;
+        assert!(matches!(d.validate(), Err(ModelError::InvalidData(_))));
+        let mut d = tiny();
+        d.item_emb.pop();
+        assert!(matches!(d.validate(), Err(ModelError::InvalidData(_))));
+        let mut d = tiny();
+        d.interactions[0].item = 9;
+        assert!(matches!(d.validate(), Err(ModelError::InvalidData(_))));
+        assert!(matches!(
+            TrainingData::default().validate(),
+            Err(ModelError::InvalidData(_))
+        ));
+        let mut d = tiny();
+        d.user_emb = Some(vec![1.0; 3]);
+        d.user_dim = 2;
+        assert!(matches!(d.validate(), Err(ModelError::InvalidData(_))));
+    }
+
+    #[test]
+    fn loader_reads_layout_and_rejects_bad_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path();
+        std::fs::write(
+            p.join("items.tsv"),
+            "title\titem_idx\titem_key\nA\t0\ta\nB\t1\tb\n",
+        )
+        .expect("write");
+        std::fs::write(
+            p.join("interactions.tsv"),
+            "user_idx\titem_idx\trating\ttimestamp\n0\t1\t5\t10\n",
+        )
+        .expect("write");
+        std::fs::write(p.join("item_emb.json"), r#"{"dim": 2}"#).expect("write");
+        let emb: Vec<u8> = [1.0f32, 0.0, 0.0, 1.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        std::fs::write(p.join("item_emb.f32"), &emb).expect("write");
+        let ds = load_dataset(p).expect("loads");
+        assert_eq!(ds.item_keys, vec!["a", "b"]);
+        assert_eq!(
+            ds.ratings[0],
+            Rating {
+                user: 0,
+                item: 1,
+                rating: 5.0,
+                ts_ms: 10_000
+            }
+        );
+        std::fs::write(p.join("item_emb.f32"), &emb[..8]).expect("write");
+        assert!(matches!(load_dataset(p), Err(ModelError::Format { .. })));
+        assert!(matches!(
+            load_dataset(&p.join("nope")),
+            Err(ModelError::Io { .. })
+        ));
+    }
+}

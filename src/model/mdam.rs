@@ -1,0 +1,202 @@
+//! MDAM: InfoNCE alignments with in-batch negatives, and co-occurrence partner sampling.
+//!
+//! InfoNCE here is symmetric (a->b and b->a, averaged), on cosine / tau. Two rows of a batch can
+//! carry the same id (a popular item twice): its copy must not count as a negative, so those
+//! logits are masked out. Rows can be weighted (0 = no partner: the row is dropped from the loss
+//! *and* its column from the negatives; hub damping gives fractional weights).
+//!
+//! candle's `softmax_last_dim` has no backward pass; this uses `log_softmax`, which has one.
+use candle_core::{Device, Tensor};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use super::nn::l2n;
+use super::Result;
+
+const MASKED: f32 = -1e4;
+
+/// Additive logit mask: `-1e4` where column `j != i` has the same id as row `i`'s positive or
+/// where column `j`'s row is dropped (weight 0).
+fn negative_mask(ids: &[u32], weights: &[f32]) -> Result<Tensor> {
+    let b = ids.len();
+    let mut m = vec![0.0f32; b * b];
+    for i in 0..b {
+        for j in 0..b {
+            if j != i && (ids[j] == ids[i] || weights[j] <= 0.0) {
+                m[i * b + j] = MASKED;
+            }
+        }
+    }
+    Ok(Tensor::from_vec(m, (b, b), &Device::Cpu)?)
+}
+
+/// One direction: rows of `a` must pick their own row of `b` among all of `b`. Computed as
+/// `logsumexp_j(logit_ij + mask_ij) - logit_ii`, with the positive logit taken row-wise, so the
+/// only `B x B` work is the score matrix and its log-sum-exp (the costly part on a CPU).
+fn nce_direction(
+    an: &Tensor,
+    bn: &Tensor,
+    ids_b: &[u32],
+    w: &Tensor,
+    wv: &[f32],
+    tau: f64,
+) -> Result<Tensor> {
+    let logits = an.matmul(&bn.t()?)?.affine(1.0 / tau, 0.0)?;
+    let lse = logits
+        .broadcast_add(&negative_mask(ids_b, wv)?)?
+        .log_sum_exp(1)?;
+    let pos = (an * bn)?.sum(1)?.affine(1.0 / tau, 0.0)?;
+    let total: f32 = wv.iter().sum();
+    Ok(((lse - pos)? * w)?
+        .sum_all()?
+        .affine(1.0 / total.max(1e-6) as f64, 0.0)?)
+}
+
+/// Symmetric InfoNCE between paired rows of `a` and `b` (`B x D` each). `ids_a`, `ids_b` are the
+/// entity ids of the rows (for masking accidental positives); `weights` per row (0 = masked).
+pub fn info_nce(
+    a: &Tensor,
+    b: &Tensor,
+    ids_a: &[u32],
+    ids_b: &[u32],
+    weights: &[f32],
+    tau: f64,
+) -> Result<Tensor> {
+    if weights.iter().all(|&w| w <= 0.0) {
+        return Ok(Tensor::zeros((), candle_core::DType::F32, &Device::Cpu)?);
+    }
+    let w = Tensor::from_slice(weights, weights.len(), &Device::Cpu)?;
+    let (an, bn) = (l2n(a)?, l2n(b)?);
+    let ab = nce_direction(&an, &bn, ids_b, &w, weights, tau)?;
+    let ba = nce_direction(&bn, &an, ids_a, &w, weights, tau)?;
+    Ok(((ab + ba)? * 0.5)?)
+}
+
+/// Picks, for each anchor, another member of its neighbour list (`lists[anchor_key]`), not equal
+/// to `exclude`. Returns the partner (or the anchor's own id when none) and a weight: 0 without a
+/// partner, else `min(1, (cap / degree)^damping)`, so hubs (whose co-occurrences say little)
+/// count less.
+pub fn sample_partners(
+    keys: &[u32],
+    exclude: &[u32],
+    lists: &[Vec<u32>],
+    cap: usize,
+    damping: f64,
+    rng: &mut ChaCha8Rng,
+) -> (Vec<u32>, Vec<f32>) {
+    let mut partners = Vec::with_capacity(keys.len());
+    let mut weights = Vec::with_capacity(keys.len());
+    for (&k, &ex) in keys.iter().zip(exclude) {
+        let list = &lists[k as usize];
+        // up to 4 draws: a list of 2+ entries almost always yields a partner that is not `ex`
+        let found = if list.len() < 2 {
+            None
+        } else {
+            (0..4)
+                .map(|_| list[rng.random_range(0..list.len())])
+                .find(|&p| p != ex)
+        };
+        match found {
+            Some(p) => {
+                partners.push(p);
+                let w = (cap as f64 / list.len() as f64).powf(damping).min(1.0);
+                weights.push(w as f32);
+            }
+            None => {
+                partners.push(ex);
+                weights.push(0.0);
+            }
+        }
+    }
+    (partners, weights)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+    use rand::SeedableRng;
+
+    fn rand_t(rng: &mut ChaCha8Rng, b: usize, d: usize) -> Vec<f32> {
+        (0..b * d).map(|_| rng.random_range(-1.0..1.0)).collect()
+    }
+
+    #[test]
+    fn aligned_pairs_give_low_loss_and_masking_removes_duplicates() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let a = Tensor::from_vec(rand_t(&mut rng, 8, 4), (8, 4), &Device::Cpu).expect("t");
+        let r = Tensor::from_vec(rand_t(&mut rng, 8, 4), (8, 4), &Device::Cpu).expect("t");
+        let ids: Vec<u32> = (0..8).collect();
+        let w = vec![1.0; 8];
+        let same = info_nce(&a, &a, &ids, &ids, &w, 0.1)
+            .expect("nce")
+            .to_scalar::<f32>()
+            .expect("s");
+        let rnd = info_nce(&a, &r, &ids, &ids, &w, 0.1)
+            .expect("nce")
+            .to_scalar::<f32>()
+            .expect("s");
+        assert!(same < rnd, "aligned {same} vs random {rnd}");
+        // two rows with the same target id: without the mask the duplicate would be a negative
+        let dup = Tensor::cat(
+            &[a.narrow(0, 0, 1).expect("n"), a.narrow(0, 0, 1).expect("n")],
+            0,
+        )
+        .expect("cat");
+        let loss = info_nce(&dup, &dup, &[0, 0], &[5, 5], &[1.0, 1.0], 0.1).expect("nce");
+        assert!(
+            loss.to_scalar::<f32>().expect("s").abs() < 1e-4,
+            "duplicate masked: loss ~ 0"
+        );
+        let none = info_nce(&a, &r, &ids, &ids, &[0.0; 8], 0.1).expect("nce");
+        assert_eq!(none.to_scalar::<f32>().expect("s"), 0.0);
+    }
+
+    #[test]
+    fn info_nce_gradient_matches_finite_differences() {
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let av = rand_t(&mut rng, 5, 3);
+        let b = Tensor::from_vec(rand_t(&mut rng, 5, 3), (5, 3), &Device::Cpu).expect("t");
+        let ids: Vec<u32> = vec![0, 1, 2, 1, 3];
+        let w = vec![1.0, 0.5, 1.0, 0.0, 1.0];
+        let f = |v: &[f32]| -> f32 {
+            let a = Tensor::from_slice(v, (5, 3), &Device::Cpu).expect("t");
+            info_nce(&a, &b, &ids, &ids, &w, 0.5)
+                .expect("nce")
+                .to_scalar::<f32>()
+                .expect("s")
+        };
+        let var = Var::from_slice(&av, (5, 3), &Device::Cpu).expect("var");
+        let loss = info_nce(var.as_tensor(), &b, &ids, &ids, &w, 0.5).expect("nce");
+        let g = loss
+            .backward()
+            .expect("bw")
+            .get(var.as_tensor())
+            .expect("g")
+            .flatten_all()
+            .expect("f");
+        let g = g.to_vec1::<f32>().expect("v");
+        for k in 0..av.len() {
+            let (mut p, mut m) = (av.clone(), av.clone());
+            p[k] += 1e-2;
+            m[k] -= 1e-2;
+            let fd = (f(&p) - f(&m)) / 2e-2;
+            assert!(
+                (fd - g[k]).abs() < 2e-2,
+                "coord {k}: fd {fd} vs grad {}",
+                g[k]
+            );
+        }
+    }
+
+    #[test]
+    fn partners_exclude_anchor_and_damp_hubs() {
+        let lists = vec![vec![0, 1], vec![1], (0..100).collect()];
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let (p, w) = sample_partners(&[0, 1, 2], &[0, 1, 5], &lists, 25, 0.5, &mut rng);
+        assert_eq!(p[0], 1);
+        assert_eq!(w[1], 0.0, "single-member list has no partner");
+        assert_ne!(p[2], 5);
+        assert!((w[2] - 0.5).abs() < 1e-6, "(25/100)^0.5 = 0.5");
+    }
+}

@@ -1,0 +1,85 @@
+//! The DAS semantic-ID model: quantizers, collaborative model, alignment, training and inference.
+//!
+//! Layout, bottom-up:
+//! - [`data`]: the in-memory input ([`TrainingData`]), its validation, user inputs, the dataset
+//!   loader and a synthetic generator with planted structure (for tests).
+//! - [`config`]: [`DasConfig`], every size and weight of the model with documented defaults.
+//! - [`nn`]: the tiny parameter store and MLPs (seeded init, so runs are reproducible).
+//! - [`kmeans`]: k-means++ / Lloyd with candle matmul + argmin, and residual k-means (RQ-KMeans).
+//! - [`rqvae`]: one residual-quantized VAE (UISM side) with straight-through, code losses and
+//!   dead-code re-seeding.
+//! - [`sparse`]: ID tables with a row-wise (lazy) Adam: only the rows of a batch move.
+//! - [`icdm`]: the ID-based CF model with popularity debiasing.
+//! - [`mdam`]: InfoNCE with masked accidental positives and co-occurrence partner sampling.
+//! - [`das`]: the one-stage trainer, its baselines, checkpoints and batched inference.
+//! - [`sid`]: dedup suffixes and the SID quality report.
+//!
+//! **API boundary:** this module knows nothing about storage, gRPC or tokio. It takes plain
+//! vectors and interaction tuples and returns codes and vectors.
+
+pub mod config;
+pub mod das;
+pub mod data;
+pub mod icdm;
+pub mod kmeans;
+pub mod mdam;
+pub mod nn;
+pub mod rqvae;
+pub mod sid;
+pub mod sparse;
+pub mod synth;
+pub mod trainer;
+
+pub use config::DasConfig;
+pub use das::{Encoded, Method, TrainedModel};
+pub use data::{Interaction, TrainingData};
+pub use trainer::{train, TrainStats};
+
+/// Errors of the model layer, by what the caller should do about them.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The input data is malformed (wrong sizes, out-of-range ids, non-finite values, empty).
+    #[error("invalid training data: {0}")]
+    InvalidData(String),
+    /// A configuration value is out of range or inconsistent.
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
+    /// Vectors given to inference do not match the model's input dimension.
+    #[error("dimension mismatch: expected {expected}, got {got}")]
+    DimMismatch {
+        /// Dimension the model was trained with.
+        expected: usize,
+        /// Dimension of the vectors given.
+        got: usize,
+    },
+    /// A dataset or checkpoint file could not be read or written.
+    #[error("io error on {path}: {source}")]
+    Io {
+        /// The file concerned.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A dataset or checkpoint file is malformed.
+    #[error("malformed file {path}: {reason}")]
+    Format {
+        /// The file concerned.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Training diverged (a loss became NaN or infinite).
+    #[error("training diverged at step {step}: {what} is not finite")]
+    Diverged {
+        /// The step at which the problem was detected.
+        step: usize,
+        /// Which quantity.
+        what: String,
+    },
+    /// An error from the tensor library (a bug in this module, not in the input).
+    #[error("tensor error: {0}")]
+    Tensor(#[from] candle_core::Error),
+}
+
+/// Result type of the model layer.
+pub type Result<T> = std::result::Result<T, ModelError>;

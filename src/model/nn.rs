@@ -1,0 +1,140 @@
+//! A small named parameter store and MLPs with seeded initialisation.
+//!
+//! candle's `VarBuilder` initialises from an unseeded RNG on the CPU, which would break the
+//! "one seed, same SIDs" promise; so parameters are drawn here from a `ChaCha8Rng` and kept as
+//! named `Var`s, which also gives the checkpoint its tensor names.
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Module, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::Result;
+
+/// Named trainable parameters in a deterministic (sorted) order.
+#[derive(Debug, Default, Clone)]
+pub struct Params {
+    vars: BTreeMap<String, Var>,
+}
+
+impl Params {
+    /// Adds (or replaces) a parameter.
+    pub fn insert(&mut self, name: &str, var: Var) {
+        self.vars.insert(name.to_string(), var);
+    }
+
+    /// All parameters, sorted by name (the order the optimiser sees them).
+    pub fn vars(&self) -> Vec<Var> {
+        self.vars.values().cloned().collect()
+    }
+
+    /// Parameters whose name starts with `prefix`.
+    pub fn vars_with_prefix(&self, prefix: &str) -> Vec<Var> {
+        self.vars
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Name -> tensor copies, for saving.
+    pub fn tensors(&self) -> std::collections::HashMap<String, Tensor> {
+        self.vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_detached_tensor()))
+            .collect()
+    }
+
+    /// Overwrites every parameter from `loaded` (shapes must match; missing names are an error).
+    pub fn load(&self, loaded: &std::collections::HashMap<String, Tensor>) -> Result<()> {
+        for (name, var) in &self.vars {
+            let t = loaded.get(name).ok_or_else(|| super::ModelError::Format {
+                path: "checkpoint".into(),
+                reason: format!("tensor {name} missing"),
+            })?;
+            var.set(t)?;
+        }
+        Ok(())
+    }
+}
+
+/// Uniform(-a, a) matrix from a seeded RNG.
+pub fn uniform(rng: &mut ChaCha8Rng, rows: usize, cols: usize, a: f32) -> Result<Tensor> {
+    let v: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-a..=a)).collect();
+    Ok(Tensor::from_vec(v, (rows, cols), &Device::Cpu)?)
+}
+
+/// A linear layer `y = x W^T + b` whose parameters live in a [`Params`].
+#[derive(Debug, Clone)]
+pub struct Linear {
+    inner: candle_nn::Linear,
+}
+
+impl Linear {
+    /// Creates `name.weight` (`out x inp`, Kaiming-uniform) and `name.bias` (zeros).
+    pub fn new(
+        p: &mut Params,
+        rng: &mut ChaCha8Rng,
+        name: &str,
+        inp: usize,
+        out: usize,
+    ) -> Result<Self> {
+        let w = Var::from_tensor(&uniform(rng, out, inp, (6.0 / inp as f32).sqrt() / 2.0)?)?;
+        let b = Var::zeros(out, DType::F32, &Device::Cpu)?;
+        p.insert(&format!("{name}.weight"), w.clone());
+        p.insert(&format!("{name}.bias"), b.clone());
+        Ok(Self {
+            inner: candle_nn::Linear::new(w.as_tensor().clone(), Some(b.as_tensor().clone())),
+        })
+    }
+
+    /// Applies the layer.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.inner.forward(x)?)
+    }
+}
+
+/// An MLP with ReLU between layers and a linear output.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    layers: Vec<Linear>,
+}
+
+impl Mlp {
+    /// Builds layers `sizes[0] -> sizes[1] -> ... -> sizes[n]` named `name.{k}`.
+    pub fn new(p: &mut Params, rng: &mut ChaCha8Rng, name: &str, sizes: &[usize]) -> Result<Self> {
+        let layers = sizes
+            .windows(2)
+            .enumerate()
+            .map(|(k, w)| Linear::new(p, rng, &format!("{name}.{k}"), w[0], w[1]))
+            .collect::<Result<_>>()?;
+        Ok(Self { layers })
+    }
+
+    /// Applies the MLP.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h = x.clone();
+        for (k, l) in self.layers.iter().enumerate() {
+            h = l.forward(&h)?;
+            if k + 1 < self.layers.len() {
+                h = h.relu()?;
+            }
+        }
+        Ok(h)
+    }
+}
+
+/// A seeded RNG derived from a base seed and a stream name (so adding a consumer does not shift
+/// every other stream).
+pub fn rng_for(seed: u64, stream: &str) -> ChaCha8Rng {
+    let h = stream.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    ChaCha8Rng::seed_from_u64(seed ^ h)
+}
+
+/// Row-wise L2 normalisation of a 2-D tensor (differentiable).
+pub fn l2n(x: &Tensor) -> Result<Tensor> {
+    let n = (x.sqr()?.sum_keepdim(1)? + 1e-12)?.sqrt()?;
+    Ok(x.broadcast_div(&n)?)
+}
