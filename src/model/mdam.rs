@@ -114,7 +114,6 @@ pub fn sample_partners(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Var;
     use rand::SeedableRng;
 
     fn rand_t(rng: &mut ChaCha8Rng, b: usize, d: usize) -> Vec<f32> {
@@ -159,34 +158,13 @@ mod tests {
         let b = Tensor::from_vec(rand_t(&mut rng, 5, 3), (5, 3), &Device::Cpu).expect("t");
         let ids: Vec<u32> = vec![0, 1, 2, 1, 3];
         let w = vec![1.0, 0.5, 1.0, 0.0, 1.0];
-        let f = |v: &[f32]| -> f32 {
-            let a = Tensor::from_slice(v, (5, 3), &Device::Cpu).expect("t");
-            info_nce(&a, &b, &ids, &ids, &w, 0.5)
-                .expect("nce")
-                .to_scalar::<f32>()
-                .expect("s")
-        };
-        let var = Var::from_slice(&av, (5, 3), &Device::Cpu).expect("var");
-        let loss = info_nce(var.as_tensor(), &b, &ids, &ids, &w, 0.5).expect("nce");
-        let g = loss
-            .backward()
-            .expect("bw")
-            .get(var.as_tensor())
-            .expect("g")
-            .flatten_all()
-            .expect("f");
-        let g = g.to_vec1::<f32>().expect("v");
-        for k in 0..av.len() {
-            let (mut p, mut m) = (av.clone(), av.clone());
-            p[k] += 1e-2;
-            m[k] -= 1e-2;
-            let fd = (f(&p) - f(&m)) / 2e-2;
-            assert!(
-                (fd - g[k]).abs() < 2e-2,
-                "coord {k}: fd {fd} vs grad {}",
-                g[k]
-            );
-        }
+        crate::model::nn::testing::check_grad(
+            &|a| info_nce(a, &b, &ids, &ids, &w, 0.5).expect("nce"),
+            &av,
+            (5, 3),
+            2e-2,
+            false,
+        );
     }
 
     #[test]

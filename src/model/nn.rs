@@ -138,3 +138,50 @@ pub fn l2n(x: &Tensor) -> Result<Tensor> {
     let n = (x.sqr()?.sum_keepdim(1)? + 1e-12)?.sqrt()?;
     Ok(x.broadcast_div(&n)?)
 }
+
+/// Test support shared by the loss modules.
+#[cfg(test)]
+pub(crate) mod testing {
+    use candle_core::{Device, Tensor, Var};
+
+    /// Asserts that autograd's gradient of the scalar `f` at `x0` matches central finite
+    /// differences (step 1e-2) within `tol`, or `tol * (1 + |fd|)` when `relative`.
+    pub(crate) fn check_grad(
+        f: &dyn Fn(&Tensor) -> Tensor,
+        x0: &[f32],
+        shape: (usize, usize),
+        tol: f32,
+        relative: bool,
+    ) {
+        let var = Var::from_slice(x0, shape, &Device::Cpu).expect("var");
+        let g = f(var.as_tensor())
+            .backward()
+            .expect("bw")
+            .get(var.as_tensor())
+            .expect("g")
+            .flatten_all()
+            .expect("f");
+        let g = g.to_vec1::<f32>().expect("v");
+        let val = |v: &[f32]| {
+            f(&Tensor::from_slice(v, shape, &Device::Cpu).expect("t"))
+                .to_scalar::<f32>()
+                .expect("s")
+        };
+        for k in 0..x0.len() {
+            let (mut p, mut m) = (x0.to_vec(), x0.to_vec());
+            p[k] += 1e-2;
+            m[k] -= 1e-2;
+            let fd = (val(&p) - val(&m)) / 2e-2;
+            let bound = if relative {
+                tol * (1.0 + fd.abs())
+            } else {
+                tol
+            };
+            assert!(
+                (fd - g[k]).abs() < bound,
+                "coord {k}: fd {fd} vs grad {}",
+                g[k]
+            );
+        }
+    }
+}
