@@ -27,6 +27,8 @@ pub struct Config {
     pub log: LogConfig,
     /// API keys.
     pub auth: AuthConfig,
+    /// Vector indexes, prefix queries and recommendations.
+    pub retrieval: RetrievalConfig,
 }
 
 /// `[server]`: the gRPC listener.
@@ -127,6 +129,54 @@ impl Default for Limits {
     }
 }
 
+/// `[retrieval]`: the vector indexes and how queries use them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrievalConfig {
+    /// HNSW links per node and layer (`M`). Default 16.
+    pub hnsw_m: usize,
+    /// HNSW candidate list while inserting. Default 200.
+    pub hnsw_ef_construction: usize,
+    /// HNSW search breadth when a request sends `ef` 0. Default 64.
+    pub hnsw_ef_search: usize,
+    /// Share of dead graph nodes (replaced or deleted points) above which an index is rebuilt in
+    /// the background. Default 0.25.
+    pub rebuild_tombstone_ratio: f64,
+    /// A SID-prefix filter whose bucket holds at most this many entities is answered by an exact
+    /// scan of the bucket; larger buckets use the filtered HNSW walk. Default 4,096.
+    pub exact_scan_max: usize,
+    /// `Recommend` takes candidates from the longest prefix of the user's SID whose item bucket
+    /// holds at least this many items. Default 50.
+    pub recommend_min_bucket: u64,
+    /// Newest interactions used for a user's profile vector (users without an own vector) and
+    /// for `exclude_seen`. Default 1,000.
+    pub profile_events: usize,
+    /// Half-life in days of an interaction's weight in a user's profile vector. Default 180.
+    pub recency_half_life_days: f64,
+    /// Threads that insert into the HNSW graphs in the background. Default 1, so on a small
+    /// machine the other cores keep serving.
+    pub index_threads: usize,
+    /// Points the background indexer inserts per round. Default 1,024.
+    pub index_batch: usize,
+}
+
+impl Default for RetrievalConfig {
+    fn default() -> Self {
+        RetrievalConfig {
+            hnsw_m: 16,
+            hnsw_ef_construction: 200,
+            hnsw_ef_search: 64,
+            rebuild_tombstone_ratio: 0.25,
+            exact_scan_max: 4096,
+            recommend_min_bucket: 50,
+            profile_events: 1000,
+            recency_half_life_days: 180.0,
+            index_threads: 1,
+            index_batch: 1024,
+        }
+    }
+}
+
 /// `[log]`: tracing output.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -205,6 +255,32 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "server.max_message_bytes: at least 1024, got {}",
                 self.server.max_message_bytes
+            )));
+        }
+        let r = &self.retrieval;
+        let positive = [
+            ("retrieval.hnsw_m", r.hnsw_m),
+            ("retrieval.hnsw_ef_construction", r.hnsw_ef_construction),
+            ("retrieval.hnsw_ef_search", r.hnsw_ef_search),
+            ("retrieval.index_threads", r.index_threads),
+            ("retrieval.index_batch", r.index_batch),
+            ("retrieval.profile_events", r.profile_events),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(ConfigError::Invalid(format!("{name}: must be at least 1")));
+            }
+        }
+        if !(r.rebuild_tombstone_ratio > 0.0 && r.rebuild_tombstone_ratio < 1.0) {
+            return Err(ConfigError::Invalid(format!(
+                "retrieval.rebuild_tombstone_ratio: expected a value in (0, 1), got {}",
+                r.rebuild_tombstone_ratio
+            )));
+        }
+        if !(r.recency_half_life_days.is_finite() && r.recency_half_life_days > 0.0) {
+            return Err(ConfigError::Invalid(format!(
+                "retrieval.recency_half_life_days: expected a positive number, got {}",
+                r.recency_half_life_days
             )));
         }
         Ok(())

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use crate::config::Limits;
 use crate::error::{Error, Result};
 use crate::types::{
-    CollectionConfig, InteractionRecord, ItemRecord, Modality, SemanticId, UserRecord,
+    CollectionConfig, InteractionRecord, ItemRecord, Metric, Modality, SemanticId, UserRecord,
     DEFAULT_SID_LEVELS,
 };
 
@@ -139,8 +139,9 @@ pub fn id(field: &str, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// A vector of exactly `dim` finite values.
-pub fn vector(field: &str, values: &[f32], dim: u32) -> Result<()> {
+/// A vector of exactly `dim` finite values that the collection's metric can score: its squared
+/// norm must be finite, and under cosine it must not be zero (a zero vector has no direction).
+pub fn vector(field: &str, values: &[f32], dim: u32, metric: Metric) -> Result<()> {
     if values.len() != dim as usize {
         return Err(Error::invalid(format!(
             "{field}: expected {dim} values, got {}",
@@ -151,6 +152,17 @@ pub fn vector(field: &str, values: &[f32], dim: u32) -> Result<()> {
         return Err(Error::invalid(format!(
             "{field}[{i}]: {} is not a finite number",
             values[i]
+        )));
+    }
+    let norm_sq = crate::index::distance::dot(values, values);
+    if !norm_sq.is_finite() {
+        return Err(Error::invalid(format!(
+            "{field}: values too large, the squared norm overflows a 32-bit float"
+        )));
+    }
+    if metric == Metric::Cosine && norm_sq <= 0.0 {
+        return Err(Error::invalid(format!(
+            "{field}: all values are zero, which has no direction under the COSINE metric"
         )));
     }
     Ok(())
@@ -252,6 +264,7 @@ fn item(config: &CollectionConfig, field: &str, it: ItemInput) -> Result<ItemRec
             &format!("{field}.vectors[{name:?}]"),
             &values,
             config.item_modalities[m].dim,
+            config.metric,
         )?;
         slots[m] = Some(values);
     }
@@ -304,7 +317,12 @@ fn user(config: &CollectionConfig, field: &str, u: UserInput) -> Result<UserReco
                 v.len()
             )));
         }
-        vector(&format!("{field}.vector"), v, config.user_dim)?;
+        vector(
+            &format!("{field}.vector"),
+            v,
+            config.user_dim,
+            config.metric,
+        )?;
     }
     if let Some(s) = &u.sid {
         sid(&format!("{field}.sid"), s, config)?;

@@ -57,6 +57,15 @@ pub struct StoreOptions {
     pub checkpoint_interval: Duration,
 }
 
+/// One entity of [`Store::scan_entities`].
+#[derive(Debug)]
+pub enum Scanned {
+    /// An item.
+    Item(ItemRecord),
+    /// A user.
+    User(UserRecord),
+}
+
 /// A catalogue record: a collection's identity and settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CatalogEntry {
@@ -125,7 +134,13 @@ impl Collection {
             stats: meta.stats,
             active_model_version: self.entry.active_model_version,
             created_ms: self.entry.created_ms,
+            index_pending: 0,
         }
+    }
+
+    /// True once a client wrote SIDs of its own (the collection's SIDs are client-managed).
+    pub fn client_sids(&self) -> bool {
+        self.writer.lock().client_sids
     }
 
     fn tree_name(id: u64) -> String {
@@ -320,6 +335,20 @@ impl Store {
         op: WriteOp,
         durability: Durability,
     ) -> Result<(WriteResult, u64)> {
+        self.write_with(coll, op, durability, |_, _| {})
+    }
+
+    /// [`Store::write`], calling `applied(seq, op)` right after the write is applied, still under
+    /// the collection's writer lock: in-memory structures kept in step with the store (indexes,
+    /// the SID trie) see writes in exactly sequence order. `applied` must be quick and must not
+    /// fail: the write is already logged and applied.
+    pub fn write_with(
+        &self,
+        coll: &Collection,
+        op: WriteOp,
+        durability: Durability,
+        applied: impl FnOnce(u64, &WriteOp),
+    ) -> Result<(WriteResult, u64)> {
         self.check_open()?;
         let mut meta = coll.writer.lock();
         if coll.deleted.load(Ordering::SeqCst) {
@@ -348,6 +377,7 @@ impl Store {
             tracing::error!(collection = %coll.entry.name, error = %e, "logged write failed to apply");
             coll.poisoned.store(true, Ordering::SeqCst);
         })?;
+        applied(seq, &entry.op);
         Ok((
             WriteResult {
                 written,
@@ -391,6 +421,33 @@ impl Store {
                 None => Ok(None),
             })
             .collect()
+    }
+
+    /// Calls `f` for every stored item, then every stored user, in id order, with the
+    /// collection's writes held off; returns the last applied sequence the scan reflects.
+    pub fn scan_entities(
+        &self,
+        coll: &Collection,
+        mut f: impl FnMut(Scanned) -> Result<()>,
+    ) -> Result<u64> {
+        let meta = coll.writer.lock();
+        for kv in coll.tree.scan_prefix([tag::ITEM]) {
+            let (_, v) = kv?;
+            f(Scanned::Item(codec::decode_value(
+                &v,
+                "item record",
+                codec::get_item,
+            )?))?;
+        }
+        for kv in coll.tree.scan_prefix([tag::USER]) {
+            let (_, v) = kv?;
+            f(Scanned::User(codec::decode_value(
+                &v,
+                "user record",
+                codec::get_user,
+            )?))?;
+        }
+        Ok(meta.stats.last_sequence)
     }
 
     /// Up to `limit` interactions of a user, newest first, strictly older than `before` when
