@@ -5,12 +5,14 @@
 //! - [`storage`]: sled plus our write-ahead log; keyspaces, record formats, durability, recovery.
 //! - [`trie`], [`index`]: the semantic-ID prefix trie and the vector indexes (HNSW + exact flat);
 //!   pure in-memory structures with no I/O but the index dump files.
-//! - [`engine`]: the core facade: validation, then storage, off the async workers.
+//! - [`engine`]: the core facade: validation, then storage, off the async workers; it keeps each
+//!   collection's trie and indexes in step with its writes and answers the retrieval queries.
 //! - [`service`]: thin tonic handlers, proto <-> domain conversion, the one status mapping.
 //! - [`server`], [`auth`]: listener, API keys, health, reflection, startup and graceful shutdown.
 //! - [`model`], [`eval`]: the DAS semantic-ID quantizer (candle) and its offline evaluation;
 //!   plain in-memory data in, no storage or tokio.
-//! - [`loadgen`]: the ingest load client behind `sidb bench ingest`.
+//! - [`profile`]: the recency weighting of a user's history (trainer and queries share it).
+//! - [`loadgen`]: the load clients behind `sidb bench ingest` and `sidb bench search`.
 #![warn(missing_docs)]
 
 pub mod auth;
@@ -21,6 +23,7 @@ pub mod eval;
 pub mod index;
 pub mod loadgen;
 pub mod model;
+pub mod profile;
 pub mod proto;
 pub mod server;
 pub mod service;

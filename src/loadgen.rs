@@ -82,6 +82,25 @@ async fn connect(addr: &str) -> Result<Channel> {
         .map_err(transport)
 }
 
+/// Creates a fresh collection `<prefix>_<seed>_<now>` with one modality "emb" of `dim`.
+async fn create_collection(channel: &Channel, prefix: &str, seed: u64, dim: u32) -> Result<String> {
+    let name = format!("{prefix}_{seed}_{}", crate::types::now_ms());
+    pb::collections_client::CollectionsClient::new(channel.clone())
+        .create_collection(pb::CreateCollectionRequest {
+            name: name.clone(),
+            config: Some(pb::CollectionConfig {
+                item_modalities: vec![pb::Modality {
+                    name: "emb".into(),
+                    dim,
+                }],
+                ..Default::default()
+            }),
+        })
+        .await
+        .map_err(transport)?;
+    Ok(name)
+}
+
 /// A deterministic xorshift64* stream of floats in [-1, 1).
 struct Rng(u64);
 
@@ -134,20 +153,7 @@ pub async fn ingest(opts: &IngestOptions) -> Result<IngestReport> {
         ));
     }
     let channel = connect(&opts.addr).await?;
-    let collection = format!("bench_ingest_{}_{}", opts.seed, crate::types::now_ms());
-    pb::collections_client::CollectionsClient::new(channel)
-        .create_collection(pb::CreateCollectionRequest {
-            name: collection.clone(),
-            config: Some(pb::CollectionConfig {
-                item_modalities: vec![pb::Modality {
-                    name: "emb".into(),
-                    dim: opts.dim,
-                }],
-                ..Default::default()
-            }),
-        })
-        .await
-        .map_err(transport)?;
+    let collection = create_collection(&channel, "bench_ingest", opts.seed, opts.dim).await?;
     let mut work = Vec::with_capacity(opts.clients);
     for c in 0..opts.clients {
         let client = pb::items_client::ItemsClient::new(connect(&opts.addr).await?)
@@ -193,4 +199,219 @@ pub async fn ingest(opts: &IngestOptions) -> Result<IngestReport> {
         latency_ms: [ms(0.5), ms(0.9), ms(0.99), all.max() as f64 / 1000.0],
         requests: all.len(),
     })
+}
+
+/// What `sidb bench search` runs.
+#[derive(Debug, Clone)]
+pub struct SearchOptions {
+    /// Server URL.
+    pub addr: String,
+    /// Items loaded before searching.
+    pub items: usize,
+    /// Vector dimension.
+    pub dim: u32,
+    /// Concurrent search clients, one connection each.
+    pub clients: usize,
+    /// Searches in total (after warm-up).
+    pub queries: usize,
+    /// Hits per search.
+    pub k: u32,
+    /// HNSW breadth (0 = the server default).
+    pub ef: u32,
+    /// Queries whose exact answer is computed here to report recall@k.
+    pub recall_sample: usize,
+    /// RNG seed of data and queries.
+    pub seed: u64,
+}
+
+/// What `sidb bench search` measured.
+#[derive(Debug, Clone)]
+pub struct SearchReport {
+    /// Seconds the load took (acknowledged, BUFFERED).
+    pub load_seconds: f64,
+    /// Seconds from the end of the load until every vector was in the graph.
+    pub index_seconds: f64,
+    /// Searches run.
+    pub queries: u64,
+    /// Wall-clock seconds of the search run.
+    pub seconds: f64,
+    /// Latency percentiles in milliseconds: p50, p90, p99, max.
+    pub latency_ms: [f64; 4],
+    /// Mean recall@k against the exact answer over the sample.
+    pub recall: f64,
+}
+
+impl std::fmt::Display for SearchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [p50, p90, p99, max] = self.latency_ms;
+        write!(
+            f,
+            "load {:.1} s, graph caught up {:.1} s later\nsearch: {} queries in {:.2} s = {:.0} QPS | latency ms p50 {p50:.2} p90 {p90:.2} p99 {p99:.2} max {max:.2} | recall@k {:.3}",
+            self.load_seconds,
+            self.index_seconds,
+            self.queries,
+            self.seconds,
+            self.queries as f64 / self.seconds,
+            self.recall
+        )
+    }
+}
+
+/// Loads `opts.items` clustered vectors into a fresh collection, waits until the background
+/// indexer has put all of them in the graph, then runs `opts.queries` searches from
+/// `opts.clients` connections and reports QPS, latency and recall.
+pub async fn search(opts: &SearchOptions) -> Result<SearchReport> {
+    if opts.clients == 0 || opts.items == 0 || opts.queries < opts.clients || opts.k == 0 {
+        return Err(Error::invalid(
+            "clients, items and k must be >= 1 and queries >= clients",
+        ));
+    }
+    let dim = opts.dim as usize;
+    let data = crate::index::synth::clustered(opts.items, dim, 100, 0.3, opts.seed);
+    let queries = crate::index::synth::clustered(opts.queries, dim, 100, 0.3, opts.seed ^ 0x5EED);
+    let channel = connect(&opts.addr).await?;
+    let collection = create_collection(&channel, "bench_search", opts.seed, opts.dim).await?;
+    let mut collections = pb::collections_client::CollectionsClient::new(channel.clone());
+
+    let start = Instant::now();
+    let mut items =
+        pb::items_client::ItemsClient::new(channel.clone()).max_encoding_message_size(usize::MAX);
+    for (b, chunk) in data.chunks(512 * dim).enumerate() {
+        let batch = chunk
+            .chunks(dim)
+            .enumerate()
+            .map(|(i, v)| pb::Item {
+                id: format!("i{}", b * 512 + i),
+                vectors: [("emb".to_string(), pb::Vector { values: v.to_vec() })].into(),
+                ..Default::default()
+            })
+            .collect();
+        items
+            .upsert_items(pb::UpsertItemsRequest {
+                collection: collection.clone(),
+                items: batch,
+                durability: pb::Durability::Buffered as i32,
+            })
+            .await
+            .map_err(transport)?;
+    }
+    let load_seconds = start.elapsed().as_secs_f64();
+    let indexed = Instant::now();
+    loop {
+        let c = collections
+            .get_collection(pb::GetCollectionRequest {
+                name: collection.clone(),
+            })
+            .await
+            .map_err(transport)?
+            .into_inner();
+        if c.index_pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let index_seconds = indexed.elapsed().as_secs_f64();
+
+    let request = |q: &[f32]| pb::SearchRequest {
+        collection: collection.clone(),
+        query: Some(pb::search_request::Query::Vector(pb::Vector {
+            values: q.to_vec(),
+        })),
+        k: opts.k,
+        ef: opts.ef,
+        ..Default::default()
+    };
+    // Recall on a sample, against brute force here (cosine, the collection's metric).
+    let mut retrieval = pb::retrieval_client::RetrievalClient::new(channel.clone());
+    let sample = opts.recall_sample.min(opts.queries);
+    let mut recall = 0.0;
+    for q in queries.chunks(dim).take(sample) {
+        let hits = retrieval
+            .search(request(q))
+            .await
+            .map_err(transport)?
+            .into_inner()
+            .hits;
+        let exact = exact_top(&data, dim, q, opts.k as usize);
+        let got: std::collections::HashSet<String> = hits.into_iter().map(|h| h.id).collect();
+        recall += exact
+            .iter()
+            .filter(|i| got.contains(&format!("i{i}")))
+            .count() as f64
+            / exact.len().max(1) as f64;
+    }
+    let recall = if sample > 0 {
+        recall / sample as f64
+    } else {
+        f64::NAN
+    };
+
+    let per_client: Vec<Vec<pb::SearchRequest>> = (0..opts.clients)
+        .map(|c| {
+            queries
+                .chunks(dim)
+                .skip(c)
+                .step_by(opts.clients)
+                .map(request)
+                .collect()
+        })
+        .collect();
+    let mut clients = Vec::new();
+    for _ in 0..opts.clients {
+        clients.push(pb::retrieval_client::RetrievalClient::new(
+            connect(&opts.addr).await?,
+        ));
+    }
+    let start = Instant::now();
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .zip(per_client)
+        .map(|(mut client, reqs)| {
+            tokio::spawn(async move {
+                let mut lat = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                    .expect("static histogram bounds are valid");
+                for req in reqs {
+                    let t = Instant::now();
+                    client.search(req).await.map_err(transport)?;
+                    lat.saturating_record(t.elapsed().as_micros() as u64);
+                }
+                Ok::<_, Error>(lat)
+            })
+        })
+        .collect();
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+        .expect("static histogram bounds are valid");
+    for t in tasks {
+        let lat = t.await.map_err(|e| Error::Internal(e.to_string()))??;
+        all.add(&lat).map_err(|e| Error::Internal(e.to_string()))?;
+    }
+    let seconds = start.elapsed().max(Duration::from_micros(1)).as_secs_f64();
+    let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
+    Ok(SearchReport {
+        load_seconds,
+        index_seconds,
+        queries: all.len(),
+        seconds,
+        latency_ms: [ms(0.5), ms(0.9), ms(0.99), all.max() as f64 / 1000.0],
+        recall,
+    })
+}
+
+/// Exact top-k row indices by cosine similarity.
+fn exact_top(data: &[f32], dim: usize, q: &[f32], k: usize) -> Vec<usize> {
+    let norm = |v: &[f32]| {
+        crate::index::distance::dot(v, v)
+            .sqrt()
+            .max(f32::MIN_POSITIVE)
+    };
+    let qn = norm(q);
+    let mut scored: Vec<(f32, usize)> = data
+        .chunks(dim)
+        .enumerate()
+        .map(|(i, v)| (crate::index::distance::dot(q, v) / (qn * norm(v)), i))
+        .collect();
+    let k = k.min(scored.len());
+    scored.select_nth_unstable_by(k.saturating_sub(1), |a, b| b.0.total_cmp(&a.0));
+    scored.truncate(k);
+    scored.into_iter().map(|(_, i)| i).collect()
 }

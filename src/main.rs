@@ -81,6 +81,40 @@ impl ServeArgs {
 enum BenchCommand {
     /// Stream 256-d items from N concurrent clients; report items/s and latency percentiles.
     Ingest(IngestArgs),
+    /// Load clustered vectors, wait for the graph, then search from N clients; report QPS,
+    /// latency percentiles and recall@k.
+    Search(SearchArgs),
+}
+
+#[derive(Args)]
+struct SearchArgs {
+    /// Server URL.
+    #[arg(long, default_value = "http://127.0.0.1:7707")]
+    addr: String,
+    /// Items loaded first.
+    #[arg(long, default_value_t = 100_000)]
+    items: usize,
+    /// Vector dimension.
+    #[arg(long, default_value_t = 256)]
+    dim: u32,
+    /// Concurrent search clients (one connection each).
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Searches in total.
+    #[arg(long, default_value_t = 20_000)]
+    queries: usize,
+    /// Hits per search.
+    #[arg(long, default_value_t = 10)]
+    k: u32,
+    /// HNSW breadth (0 = the server default).
+    #[arg(long, default_value_t = 0)]
+    ef: u32,
+    /// Queries checked against brute force for recall.
+    #[arg(long, default_value_t = 200)]
+    recall_sample: usize,
+    /// Seed of data and queries.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -161,8 +195,29 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Config(args) => print!("{}", toml::to_string_pretty(&args.load()?)?),
         Command::Bench(BenchCommand::Ingest(a)) => rt.block_on(bench_ingest(a))?,
+        Command::Bench(BenchCommand::Search(a)) => rt.block_on(bench_search(a))?,
         Command::Train(_) | Command::Eval(_) => unreachable!("handled above"),
     }
+    Ok(())
+}
+
+async fn bench_search(a: SearchArgs) -> anyhow::Result<()> {
+    println!(
+        "search: {} items x {}-d (clustered), k {}, ef {}, {} clients, {} queries, server {}",
+        a.items, a.dim, a.k, a.ef, a.clients, a.queries, a.addr
+    );
+    let opts = loadgen::SearchOptions {
+        addr: a.addr,
+        items: a.items,
+        dim: a.dim,
+        clients: a.clients,
+        queries: a.queries,
+        k: a.k,
+        ef: a.ef,
+        recall_sample: a.recall_sample,
+        seed: a.seed,
+    };
+    println!("{}", loadgen::search(&opts).await?);
     Ok(())
 }
 

@@ -152,6 +152,8 @@ pub struct CollectionInfo {
     pub active_model_version: u64,
     /// Creation time, ms since the Unix epoch.
     pub created_ms: i64,
+    /// Vectors not yet in the HNSW graphs (searched exactly meanwhile).
+    pub index_pending: u64,
 }
 
 /// The outcome of a write.

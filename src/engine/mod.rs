@@ -3,19 +3,36 @@
 //!
 //! The engine knows no protobuf: it takes the domain inputs of [`validate`] and returns domain
 //! records. Every write validates the whole request first, so a rejected batch writes nothing.
+//! Each collection has a [`index::CollectionIndex`] (ids, SID tries, vectors, graphs) that every
+//! write updates under the collection's writer lock; [`retrieval`] answers queries from it.
 
+pub mod index;
+pub mod indexer;
+pub mod retrieval;
 pub mod validate;
 
-use std::sync::Arc;
+#[cfg(test)]
+mod retrieval_tests;
 
-use crate::config::{Config, Limits};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::{Config, Limits, RetrievalConfig};
 use crate::error::{Error, Result};
+use crate::index::hnsw::HnswParams;
 use crate::storage::keys::HistoryPos;
 use crate::storage::ops::WriteOp;
 use crate::storage::{Collection, Store};
 use crate::types::{
     now_ms, CollectionConfig, CollectionInfo, Durability, InteractionRecord, ItemRecord,
     UserRecord, WriteResult,
+};
+use index::CollectionIndex;
+use indexer::Indexes;
+pub use retrieval::{
+    PrefixStats, Query, RecommendInput, ScanPage, SearchHit, SearchInput, SidLookup,
 };
 pub use validate::{ItemInput, UserInput};
 
@@ -38,15 +55,47 @@ pub struct Found<T> {
 pub struct Engine {
     store: Store,
     limits: Arc<Limits>,
+    retrieval: Arc<RetrievalConfig>,
+    indexes: Arc<Indexes>,
 }
 
 impl Engine {
-    /// Opens the data directory of `config` and recovers it. Blocking.
+    /// Opens the data directory of `config`, recovers it and loads (or starts rebuilding) every
+    /// collection's indexes. Blocking.
     pub fn open(config: &Config) -> Result<Engine> {
+        let started = Instant::now();
         let store = Store::open(&config.storage.data_dir, config.storage.store_options())?;
+        let recovered = started.elapsed();
+        let r = config.retrieval.clone();
+        let params = hnsw_params(&r);
+        let mut map = HashMap::new();
+        for info in store.list_collections() {
+            let coll = store.collection(&info.name)?;
+            let dir = index_dir(store.dir(), coll.entry.id);
+            let t = Instant::now();
+            let index = CollectionIndex::open(&store, &coll, params, &dir)?;
+            let pending = index.pending();
+            tracing::info!(
+                collection = %info.name,
+                items = info.stats.items,
+                users = info.stats.users,
+                pending,
+                ms = t.elapsed().as_millis() as u64,
+                "indexes loaded"
+            );
+            map.insert(coll.entry.id, Arc::new(index));
+        }
+        let indexes = Indexes::start(map, r.index_threads, r.index_batch)?;
+        tracing::info!(
+            recovery_ms = recovered.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "engine ready"
+        );
         Ok(Engine {
             store,
             limits: Arc::new(config.limits.clone()),
+            retrieval: Arc::new(r),
+            indexes,
         })
     }
 
@@ -69,24 +118,51 @@ impl Engine {
     ) -> Result<CollectionInfo> {
         validate::collection_name("name", &name)?;
         let config = validate::collection_config(config)?;
-        self.blocking(move |e| e.store.create_collection(&name, config, now_ms()))
-            .await
+        self.blocking(move |e| {
+            let info = e.store.create_collection(&name, config, now_ms())?;
+            let coll = e.store.collection(&name)?;
+            let params = hnsw_params(&e.retrieval);
+            e.indexes
+                .insert(CollectionIndex::empty(coll.entry.id, coll.config(), params));
+            Ok(info)
+        })
+        .await
     }
 
     /// A collection's settings and counts.
     pub fn get_collection(&self, name: &str) -> Result<CollectionInfo> {
-        Ok(self.store.collection(name)?.info())
+        let coll = self.store.collection(name)?;
+        Ok(self.with_index_progress(coll.info(), coll.entry.id))
     }
 
     /// All collections, by name.
     pub fn list_collections(&self) -> Vec<CollectionInfo> {
-        self.store.list_collections()
+        self.store
+            .list_collections()
+            .into_iter()
+            .map(|info| match self.store.collection(&info.name) {
+                Ok(coll) => self.with_index_progress(info, coll.entry.id),
+                Err(_) => info,
+            })
+            .collect()
+    }
+
+    fn with_index_progress(&self, mut info: CollectionInfo, coll_id: u64) -> CollectionInfo {
+        if let Ok(index) = self.indexes.get(coll_id) {
+            info.index_pending = index.pending() as u64;
+        }
+        info
     }
 
     /// Deletes a collection and its data.
     pub async fn delete_collection(&self, name: String) -> Result<()> {
-        self.blocking(move |e| e.store.delete_collection(&name))
-            .await
+        self.blocking(move |e| {
+            let id = e.store.collection(&name)?.entry.id;
+            e.store.delete_collection(&name)?;
+            e.indexes.remove(id);
+            index::remove_dir_if_present(&index_dir(e.store.dir(), id))
+        })
+        .await
     }
 
     /// Validates, logs and applies one write; waits for the disk when DURABLE.
@@ -97,10 +173,15 @@ impl Engine {
         build: impl FnOnce(&CollectionConfig, &Limits) -> Result<WriteOp> + Send + 'static,
     ) -> Result<WriteResult> {
         let coll = self.store.collection(collection)?;
+        let index = self.indexes.get(coll.entry.id)?;
         let (result, lsn) = self
             .blocking(move |e| {
                 let op = build(coll.config(), &e.limits)?;
-                e.store.write(&coll, op, durability)
+                let written = e
+                    .store
+                    .write_with(&coll, op, durability, |seq, op| index.apply(seq, op))?;
+                e.indexes.notify();
+                Ok(written)
             })
             .await?;
         if durability == Durability::Durable {
@@ -240,10 +321,49 @@ impl Engine {
         self.store.collection(name)
     }
 
-    /// Flushes everything and stops taking writes. Blocking.
+    /// Flushes everything, stops taking writes and dumps the indexes for a quick restart.
+    /// Blocking.
     pub fn close(&self) -> Result<()> {
-        self.store.close()
+        self.store.close()?;
+        self.indexes.stop();
+        for index in self.indexes.all() {
+            let t = Instant::now();
+            let dir = index_dir(self.store.dir(), index.coll_id);
+            // A failed dump only costs a rebuild at the next start.
+            match index.dump(&dir) {
+                Ok(()) => tracing::info!(
+                    collection = index.coll_id,
+                    ms = t.elapsed().as_millis() as u64,
+                    "index dumped"
+                ),
+                Err(e) => {
+                    tracing::warn!(collection = index.coll_id, error = %e, "index dump failed; the next start rebuilds it")
+                }
+            }
+        }
+        Ok(())
     }
+
+    /// Waits until every graph holds every point and no rebuild is due; false on timeout. For
+    /// tests and benchmarks that want to measure the graph path alone.
+    pub fn wait_indexed(&self, timeout: std::time::Duration) -> bool {
+        self.indexes.wait_idle(timeout)
+    }
+}
+
+/// The graph parameters of the configuration.
+fn hnsw_params(r: &RetrievalConfig) -> HnswParams {
+    HnswParams {
+        m: r.hnsw_m,
+        ef_construction: r.hnsw_ef_construction,
+        rebuild_tombstone_ratio: r.rebuild_tombstone_ratio,
+        ..HnswParams::default()
+    }
+}
+
+/// Where a collection's index dump lives: `<data dir>/index/<collection id>`.
+fn index_dir(data_dir: &std::path::Path, coll_id: u64) -> PathBuf {
+    data_dir.join("index").join(coll_id.to_string())
 }
 
 fn split<T>(config: &CollectionConfig, ids: Vec<String>, got: Vec<Option<T>>) -> Found<T> {

@@ -1,11 +1,11 @@
 //! Protobuf <-> domain conversion. Structural only: what a value means is checked by the engine's
 //! validation, which knows the collection.
 
-use crate::engine::{ItemInput, UserInput};
+use crate::engine::{ItemInput, Query, SearchHit, SearchInput, UserInput};
 use crate::proto as pb;
 use crate::types::{
-    CollectionConfig, CollectionInfo, Durability, InteractionRecord, ItemRecord, Metric, Modality,
-    SemanticId, UserRecord, WriteResult,
+    CollectionConfig, CollectionInfo, Durability, EntityKind, InteractionRecord, ItemRecord,
+    Metric, Modality, SemanticId, UserRecord, WriteResult,
 };
 
 pub fn durability(v: i32) -> Durability {
@@ -85,6 +85,7 @@ pub fn collection_out(c: CollectionInfo) -> pb::Collection {
         active_model_version: c.active_model_version,
         last_sequence: c.stats.last_sequence,
         created_ms: c.created_ms,
+        index_pending: c.index_pending,
     }
 }
 
@@ -181,5 +182,49 @@ pub fn write_out(w: WriteResult) -> pb::WriteResponse {
     pb::WriteResponse {
         written: w.written,
         sequence: w.sequence,
+    }
+}
+
+pub fn entity_in(v: i32) -> crate::error::Result<EntityKind> {
+    match pb::EntityKind::try_from(v) {
+        Ok(pb::EntityKind::Unspecified | pb::EntityKind::Items) => Ok(EntityKind::Items),
+        Ok(pb::EntityKind::Users) => Ok(EntityKind::Users),
+        Err(_) => Err(crate::error::Error::invalid(format!(
+            "entity: unknown value {v}"
+        ))),
+    }
+}
+
+pub fn search_in(r: pb::SearchRequest) -> crate::error::Result<(String, SearchInput)> {
+    use pb::search_request::Query as Q;
+    let query = r.query.map(|q| match q {
+        Q::Vector(v) => Query::Vector(v.values),
+        Q::ItemId(id) => Query::ItemId(id),
+        Q::UserId(id) => Query::UserId(id),
+    });
+    let input = SearchInput {
+        query,
+        modality: r.modality,
+        k: r.k,
+        ef: r.ef,
+        sid_prefix: r.sid_prefix,
+        exclude_ids: r.exclude_ids,
+        with_vectors: r.with_vectors,
+        entity: entity_in(r.entity)?,
+    };
+    Ok((r.collection, input))
+}
+
+pub fn hits_out(hits: Vec<SearchHit>) -> pb::SearchResponse {
+    pb::SearchResponse {
+        hits: hits
+            .into_iter()
+            .map(|h| pb::Hit {
+                id: h.id,
+                score: h.score,
+                sid: h.sid.map(sid_out),
+                vector: h.vector.map(|values| pb::Vector { values }),
+            })
+            .collect(),
     }
 }

@@ -5,6 +5,7 @@
 //! [`status`]. Only this module (and `proto`) knows protobuf.
 
 mod convert;
+mod retrieval;
 mod unimplemented;
 
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! The Retrieval and Training services, which this version of sidb does not implement yet.
+//! The Training service, which this version of sidb does not implement yet.
 //!
 //! They are registered (so reflection lists them and clients get a clear answer), and every RPC
 //! answers UNIMPLEMENTED naming the RPC. Nothing here pretends to work.
@@ -14,40 +14,6 @@ fn unimplemented<T>(rpc: &str) -> Result<Response<T>, Status> {
     Err(Status::unimplemented(format!(
         "{rpc} is not implemented in this version of sidb yet"
     )))
-}
-
-#[tonic::async_trait]
-impl pb::retrieval_server::Retrieval for Api {
-    async fn search(
-        &self,
-        _: Request<pb::SearchRequest>,
-    ) -> Result<Response<pb::SearchResponse>, Status> {
-        unimplemented("Retrieval.Search")
-    }
-    async fn prefix_scan(
-        &self,
-        _: Request<pb::PrefixScanRequest>,
-    ) -> Result<Response<pb::PrefixScanResponse>, Status> {
-        unimplemented("Retrieval.PrefixScan")
-    }
-    async fn prefix_stats(
-        &self,
-        _: Request<pb::PrefixStatsRequest>,
-    ) -> Result<Response<pb::PrefixStatsResponse>, Status> {
-        unimplemented("Retrieval.PrefixStats")
-    }
-    async fn get_semantic_ids(
-        &self,
-        _: Request<pb::GetSemanticIdsRequest>,
-    ) -> Result<Response<pb::GetSemanticIdsResponse>, Status> {
-        unimplemented("Retrieval.GetSemanticIds")
-    }
-    async fn recommend(
-        &self,
-        _: Request<pb::RecommendRequest>,
-    ) -> Result<Response<pb::SearchResponse>, Status> {
-        unimplemented("Retrieval.Recommend")
-    }
 }
 
 type StatusStream =

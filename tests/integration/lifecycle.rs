@@ -51,13 +51,20 @@ async fn everything_survives_a_clean_restart_and_sequences_continue() {
         })
         .await
         .unwrap();
-    let before = get_collection(&s, "c").await;
+    // `index_pending` is indexing progress, not data: it may differ across a restart.
+    let before = pb::Collection {
+        index_pending: 0,
+        ..get_collection(&s, "c").await
+    };
     let (r, tmp) = s.stop().await;
     r.expect("clean shutdown");
     let tmp = tmp.unwrap();
 
     let s = TestServer::start_in(tmp.path(), |_| {}).await;
-    let after = get_collection(&s, "c").await;
+    let after = pb::Collection {
+        index_pending: 0,
+        ..get_collection(&s, "c").await
+    };
     assert_eq!(after, before);
     assert_eq!(
         (
@@ -165,19 +172,8 @@ async fn reflection_lists_every_service() {
 }
 
 #[tokio::test]
-async fn retrieval_and_training_answer_unimplemented() {
+async fn training_answers_unimplemented() {
     let s = TestServer::start().await;
-    let mut r = pb::retrieval_client::RetrievalClient::new(s.channel().await);
-    assert_status(
-        r.search(pb::SearchRequest::default()).await,
-        Code::Unimplemented,
-        "Retrieval.Search",
-    );
-    assert_status(
-        r.prefix_scan(pb::PrefixScanRequest::default()).await,
-        Code::Unimplemented,
-        "Retrieval.PrefixScan",
-    );
     let mut t = pb::training_client::TrainingClient::new(s.channel().await);
     assert_status(
         t.trigger_training(pb::TriggerTrainingRequest::default())

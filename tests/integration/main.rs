@@ -10,4 +10,5 @@ mod errors;
 mod interactions;
 mod items;
 mod lifecycle;
+mod retrieval;
 mod users;

@@ -1,0 +1,881 @@
+//! The in-memory retrieval structures of one collection, kept in step with its writes.
+//!
+//! # What a collection holds in memory
+//! - Per entity kind, [`Entities`]: the dense *point id* of every entity (the handle the vector
+//!   indexes use) and the [`SidTrie`] of the entities that have a SID.
+//! - Per vector space (each item modality, and the users' own vectors when `user_dim > 0`), a
+//!   [`Space`]: an exact [`FlatIndex`] holding every live vector, an [`HnswIndex`], and the
+//!   *pending* set: points whose newest vector is not in the graph yet.
+//!
+//! # Writes: synchronous for the exact parts, background for the graph
+//! [`CollectionIndex::apply`] runs under the collection's writer lock, right after the store
+//! applied the write (see `Store::write_with`), so it sees writes in sequence order. It updates
+//! the ids, the trie and the flat vectors at once (microseconds), removes deleted points from the
+//! graph (a tombstone, cheap) and marks upserted points pending. The slow part, inserting into
+//! the HNSW graph, is done by the background indexer ([`super::indexer`]) in batches. A search
+//! therefore sees every acknowledged write: graph hits of pending points are dropped (the graph
+//! may hold an older vector of them) and the pending points are scored exactly from the flat
+//! vectors. Ingest is never slowed to graph-insert speed; while a bulk load is being indexed,
+//! searches get slower (the pending scan), never wrong.
+//!
+//! # Start-up and the dump
+//! [`CollectionIndex::open`] rebuilds ids, trie and flat vectors from a scan of the store. The
+//! graphs come from the dump written at clean shutdown ([`CollectionIndex::dump`]) when it matches
+//! the store exactly: same last write sequence, same entity set, same metric and dimensions, intact
+//! checksums. Otherwise (no dump, a crash since, corruption) every point starts pending and the
+//! indexer rebuilds the graphs in the background while searches are answered exactly: a stale
+//! graph is never served.
+//!
+//! Lock order: the store's writer lock, then [`CollectionIndex::state`]. Nothing here does
+//! network I/O; disk I/O only in [`CollectionIndex::open`] and [`CollectionIndex::dump`].
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::error::{Error, Result};
+use crate::index::flat::FlatIndex;
+use crate::index::hnsw::{DumpStamp, HnswIndex, HnswParams};
+use crate::index::{Hit, PointId};
+use crate::storage::ops::WriteOp;
+use crate::storage::{Collection, Scanned, Store};
+use crate::trie::SidTrie;
+use crate::types::{CollectionConfig, EntityKind, SemanticId};
+
+/// One vector space of a collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SpaceId {
+    /// The items' vectors of modality `i` (in declaration order).
+    Item(usize),
+    /// The users' own vectors.
+    User,
+}
+
+impl SpaceId {
+    /// The entity kind whose vectors live in this space.
+    pub fn kind(self) -> EntityKind {
+        match self {
+            SpaceId::Item(_) => EntityKind::Items,
+            SpaceId::User => EntityKind::Users,
+        }
+    }
+
+    fn dir_name(self) -> String {
+        match self {
+            SpaceId::Item(i) => format!("item-{i}"),
+            SpaceId::User => "user".into(),
+        }
+    }
+}
+
+/// Entity ids and point ids of one kind, and the SIDs of those that have one.
+#[derive(Debug, Default)]
+pub struct Entities {
+    by_id: HashMap<Arc<str>, PointId>,
+    by_point: HashMap<PointId, Arc<str>>,
+    /// SIDs of the entities that have one.
+    pub trie: SidTrie,
+}
+
+impl Entities {
+    /// The point of an entity.
+    pub fn point(&self, id: &str) -> Option<PointId> {
+        self.by_id.get(id).copied()
+    }
+
+    /// The entity of a point.
+    pub fn id(&self, point: PointId) -> Option<&Arc<str>> {
+        self.by_point.get(&point)
+    }
+
+    /// The SID of the entity behind a point.
+    pub fn sid_of_point(&self, point: PointId) -> Option<&SemanticId> {
+        self.trie.get(self.by_point.get(&point)?)
+    }
+
+    /// Number of entities.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// True when there is none.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    fn bind(&mut self, id: &str, point: PointId) {
+        let id: Arc<str> = Arc::from(id);
+        self.by_point.insert(point, Arc::clone(&id));
+        self.by_id.insert(id, point);
+    }
+
+    fn unbind(&mut self, id: &str) -> Option<PointId> {
+        let point = self.by_id.remove(id)?;
+        self.by_point.remove(&point);
+        Some(point)
+    }
+
+    fn set_sid(&mut self, id: &str, sid: Option<&SemanticId>) {
+        match sid {
+            Some(s) => {
+                self.trie.insert(id, s.clone());
+            }
+            None => {
+                self.trie.remove(id);
+            }
+        }
+    }
+}
+
+/// One vector space: every live vector exactly, and the graph over (most of) them.
+#[derive(Debug)]
+pub struct Space {
+    /// Every live vector (prepared for the metric): the exact path and the source of truth.
+    pub flat: FlatIndex,
+    /// The approximate index. May lag behind `flat` by the pending points, and may hold older
+    /// vectors of pending points; never a deleted one.
+    pub hnsw: Arc<HnswIndex>,
+    /// Points whose newest vector is not in `hnsw` yet -> the write sequence of that vector.
+    pub pending: HashMap<PointId, u64>,
+}
+
+impl Space {
+    fn new(config: &CollectionConfig, dim: usize, params: HnswParams) -> Space {
+        Space {
+            flat: FlatIndex::new(config.metric, dim),
+            hnsw: Arc::new(HnswIndex::new(config.metric, dim, params, 0)),
+            pending: HashMap::new(),
+        }
+    }
+
+    fn upsert(&mut self, point: PointId, v: &[f32], seq: u64) {
+        // Validation ran before the write was logged (dimension, finite, non-zero under cosine),
+        // so this cannot fail; if it ever did, the point would silently go missing from search.
+        if let Err(e) = self.flat.upsert(point, v) {
+            tracing::error!(point, error = %e, "validated vector refused by the index");
+            return;
+        }
+        self.pending.insert(point, seq);
+    }
+
+    fn remove(&mut self, point: PointId) {
+        self.flat.remove(point);
+        self.pending.remove(&point);
+        self.hnsw.remove(point);
+    }
+}
+
+/// Everything [`CollectionIndex::state`] guards.
+#[derive(Debug)]
+pub struct IndexState {
+    /// Sequence of the last write applied here.
+    pub applied_seq: u64,
+    next_point: PointId,
+    /// Items.
+    pub items: Entities,
+    /// Users.
+    pub users: Entities,
+    /// One space per item modality, in declaration order.
+    pub item_spaces: Vec<Space>,
+    /// The users' own vectors (`user_dim > 0` only).
+    pub user_space: Option<Space>,
+}
+
+impl IndexState {
+    /// The entities of a kind.
+    pub fn entities(&self, kind: EntityKind) -> &Entities {
+        match kind {
+            EntityKind::Items => &self.items,
+            EntityKind::Users => &self.users,
+        }
+    }
+
+    /// A space, if the collection has it.
+    pub fn space(&self, s: SpaceId) -> Option<&Space> {
+        match s {
+            SpaceId::Item(i) => self.item_spaces.get(i),
+            SpaceId::User => self.user_space.as_ref(),
+        }
+    }
+
+    fn space_mut(&mut self, s: SpaceId) -> Option<&mut Space> {
+        match s {
+            SpaceId::Item(i) => self.item_spaces.get_mut(i),
+            SpaceId::User => self.user_space.as_mut(),
+        }
+    }
+
+    fn spaces(&self) -> impl Iterator<Item = (SpaceId, &Space)> {
+        let items = self
+            .item_spaces
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (SpaceId::Item(i), s));
+        items.chain(self.user_space.iter().map(|s| (SpaceId::User, s)))
+    }
+
+    /// The point of an entity, binding a new one if it has none.
+    fn point_or_bind(&mut self, kind: EntityKind, id: &str) -> PointId {
+        let known = match kind {
+            EntityKind::Items => self.items.point(id),
+            EntityKind::Users => self.users.point(id),
+        };
+        known.unwrap_or_else(|| {
+            let p = self.take_point();
+            match kind {
+                EntityKind::Items => self.items.bind(id, p),
+                EntityKind::Users => self.users.bind(id, p),
+            }
+            p
+        })
+    }
+
+    fn take_point(&mut self) -> PointId {
+        let p = self.next_point;
+        self.next_point += 1;
+        p
+    }
+}
+
+/// A hit resolved to its entity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntityHit {
+    /// Entity id.
+    pub id: Arc<str>,
+    /// Similarity, higher = closer.
+    pub score: f32,
+    /// Its SID, when it has one.
+    pub sid: Option<SemanticId>,
+}
+
+/// What a search is restricted to.
+#[derive(Debug, Default)]
+pub struct Restrict<'a> {
+    /// Only entities whose SID codes start with this (`None` or empty: no restriction).
+    pub prefix: Option<&'a [u32]>,
+    /// Entities never to return.
+    pub exclude: &'a [String],
+}
+
+/// The retrieval state of one collection. See the module docs.
+#[derive(Debug)]
+pub struct CollectionIndex {
+    /// The collection's never-reused id.
+    pub coll_id: u64,
+    /// The collection's settings.
+    pub config: CollectionConfig,
+    /// Graph parameters.
+    pub params: HnswParams,
+    /// Ids, tries, vectors, graphs.
+    pub state: RwLock<IndexState>,
+}
+
+impl CollectionIndex {
+    /// An empty index for a new collection.
+    pub fn empty(coll_id: u64, config: &CollectionConfig, params: HnswParams) -> CollectionIndex {
+        let item_spaces = config
+            .item_modalities
+            .iter()
+            .map(|m| Space::new(config, m.dim as usize, params))
+            .collect();
+        let user_space =
+            (config.user_dim > 0).then(|| Space::new(config, config.user_dim as usize, params));
+        CollectionIndex {
+            coll_id,
+            config: config.clone(),
+            params,
+            state: RwLock::new(IndexState {
+                applied_seq: 0,
+                next_point: 0,
+                items: Entities::default(),
+                users: Entities::default(),
+                item_spaces,
+                user_space,
+            }),
+        }
+    }
+
+    /// Rebuilds the index of `coll` from a scan of the store, with the graphs from the dump in
+    /// `dump_dir` when it matches exactly (else every point starts pending). Blocking; at start.
+    pub fn open(
+        store: &Store,
+        coll: &Collection,
+        params: HnswParams,
+        dump_dir: &Path,
+    ) -> Result<CollectionIndex> {
+        let index = CollectionIndex::empty(coll.entry.id, coll.config(), params);
+        let dump = match PointsFile::read(dump_dir) {
+            Ok(d) => Some(d),
+            Err(Error::NotFound(_)) => None,
+            Err(e) => {
+                tracing::warn!(collection = %coll.entry.name, error = %e, "index dump unusable; rebuilding the graphs");
+                None
+            }
+        };
+        let mut st = index.state.write();
+        if let Some(d) = &dump {
+            st.next_point = d.next_point;
+        }
+        let mut fresh_points = 0u64;
+        let seq = store.scan_entities(coll, |entity| {
+            let (kind, id, sid) = match &entity {
+                Scanned::Item(x) => (EntityKind::Items, &x.id, &x.sid),
+                Scanned::User(x) => (EntityKind::Users, &x.id, &x.sid),
+            };
+            let p = match dump.as_ref().and_then(|d| d.point(kind, id)) {
+                Some(p) => p,
+                None => {
+                    fresh_points += 1;
+                    st.take_point()
+                }
+            };
+            let st = &mut *st;
+            let ents = match kind {
+                EntityKind::Items => &mut st.items,
+                EntityKind::Users => &mut st.users,
+            };
+            ents.bind(id, p);
+            ents.set_sid(id, sid.as_ref());
+            match &entity {
+                Scanned::Item(x) => {
+                    for (space, v) in st.item_spaces.iter_mut().zip(&x.vectors) {
+                        space.flat.upsert(p, v).map_err(|e| bad_record(id, e))?;
+                    }
+                }
+                Scanned::User(x) => {
+                    if let (Some(space), Some(v)) = (st.user_space.as_mut(), &x.vector) {
+                        space.flat.upsert(p, v).map_err(|e| bad_record(id, e))?;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        st.applied_seq = seq;
+        let loaded = match &dump {
+            Some(d) if fresh_points == 0 => index.load_graphs(&mut st, d, dump_dir, seq),
+            Some(_) => Err(Error::FailedPrecondition(format!(
+                "{fresh_points} entities are not in the dump"
+            ))),
+            None => Err(Error::NotFound("no dump".into())),
+        };
+        if let Err(e) = loaded {
+            if dump.is_some() {
+                tracing::warn!(collection = %coll.entry.name, reason = %e, "index dump is stale; rebuilding the graphs in the background");
+            }
+            let st = &mut *st;
+            for space in st.item_spaces.iter_mut().chain(st.user_space.as_mut()) {
+                space.hnsw = Arc::new(HnswIndex::new(
+                    index.config.metric,
+                    space.flat.dim(),
+                    params,
+                    space.flat.len(),
+                ));
+                space.pending = space.flat.iter().map(|(p, _)| (p, seq)).collect();
+            }
+        }
+        drop(st);
+        Ok(index)
+    }
+
+    /// Loads every graph of the dump, checking it against the scanned state.
+    fn load_graphs(
+        &self,
+        st: &mut IndexState,
+        dump: &PointsFile,
+        dir: &Path,
+        seq: u64,
+    ) -> Result<()> {
+        if dump.generation != seq {
+            return Err(Error::FailedPrecondition(format!(
+                "dump is of write sequence {}, the store is at {seq}",
+                dump.generation
+            )));
+        }
+        if dump.items.len() != st.items.len() || dump.users.len() != st.users.len() {
+            return Err(Error::FailedPrecondition(format!(
+                "dump has {} items and {} users, the store {} and {}",
+                dump.items.len(),
+                dump.users.len(),
+                st.items.len(),
+                st.users.len()
+            )));
+        }
+        let metric = self.config.metric;
+        let mut graphs = Vec::new();
+        for (id, space) in st.spaces() {
+            let stamp = DumpStamp {
+                metric,
+                dim: space.flat.dim(),
+                generation: seq,
+            };
+            let graph_dir = dir.join(id.dir_name());
+            let g = if graph_dir.exists() {
+                HnswIndex::load(&graph_dir, stamp)?
+            } else {
+                HnswIndex::new(metric, space.flat.dim(), self.params, space.flat.len())
+            };
+            let pending = dump.pending.get(&id).cloned().unwrap_or_default();
+            // Every live vector is either in the graph or pending; nothing else is.
+            let covered = space
+                .flat
+                .iter()
+                .all(|(p, _)| g.contains(p) || pending.contains(&p));
+            if !covered || g.len() > space.flat.len() {
+                return Err(Error::FailedPrecondition(format!(
+                    "graph {} does not cover the stored vectors",
+                    id.dir_name()
+                )));
+            }
+            graphs.push((id, g, pending));
+        }
+        for (id, g, pending) in graphs {
+            let space = st.space_mut(id).expect("listed above");
+            space.hnsw = Arc::new(g);
+            space.pending = pending.into_iter().map(|p| (p, seq)).collect();
+        }
+        Ok(())
+    }
+
+    /// Applies a write the store just applied. Called under the collection's writer lock (see
+    /// the module docs); cannot fail.
+    pub fn apply(&self, seq: u64, op: &WriteOp) {
+        let mut st = self.state.write();
+        let st = &mut *st;
+        match op {
+            WriteOp::UpsertItems(items) => {
+                for item in items {
+                    let p = st.point_or_bind(EntityKind::Items, &item.id);
+                    st.items.set_sid(&item.id, item.sid.as_ref());
+                    for (space, v) in st.item_spaces.iter_mut().zip(&item.vectors) {
+                        space.upsert(p, v, seq);
+                    }
+                }
+            }
+            WriteOp::DeleteItems(ids) => {
+                for id in ids {
+                    if let Some(p) = st.items.unbind(id) {
+                        st.items.set_sid(id, None);
+                        st.item_spaces.iter_mut().for_each(|s| s.remove(p));
+                    }
+                }
+            }
+            WriteOp::UpsertUsers(users) => {
+                for user in users {
+                    let p = st.point_or_bind(EntityKind::Users, &user.id);
+                    st.users.set_sid(&user.id, user.sid.as_ref());
+                    if let Some(space) = st.user_space.as_mut() {
+                        match &user.vector {
+                            Some(v) => space.upsert(p, v, seq),
+                            None => space.remove(p),
+                        }
+                    }
+                }
+            }
+            WriteOp::DeleteUsers(ids) => {
+                for id in ids {
+                    if let Some(p) = st.users.unbind(id) {
+                        st.users.set_sid(id, None);
+                        if let Some(space) = st.user_space.as_mut() {
+                            space.remove(p);
+                        }
+                    }
+                }
+            }
+            WriteOp::Interactions(_) => {}
+        }
+        st.applied_seq = seq;
+    }
+
+    /// True when some space has pending points or wants a rebuild.
+    pub fn has_work(&self) -> bool {
+        let st = self.state.read();
+        let busy = st
+            .spaces()
+            .any(|(_, s)| !s.pending.is_empty() || s.hnsw.needs_rebuild());
+        busy
+    }
+
+    /// Points waiting for the graph, over all spaces.
+    pub fn pending(&self) -> usize {
+        let st = self.state.read();
+        let n = st.spaces().map(|(_, s)| s.pending.len()).sum();
+        n
+    }
+
+    /// The spaces of this collection.
+    pub fn space_ids(&self) -> Vec<SpaceId> {
+        self.state.read().spaces().map(|(id, _)| id).collect()
+    }
+
+    /// Inserts up to `batch` pending points of `space` into its graph; returns how many. Run by
+    /// the indexer, outside any lock while the graph insert runs.
+    pub fn index_pending(&self, space: SpaceId, batch: usize) -> Result<usize> {
+        let (graph, work) = {
+            let st = self.state.read();
+            let Some(sp) = st.space(space) else {
+                return Ok(0);
+            };
+            let work: Vec<(PointId, u64, Vec<f32>)> = sp
+                .pending
+                .iter()
+                .take(batch)
+                .filter_map(|(&p, &seq)| Some((p, seq, sp.flat.get(p)?.to_vec())))
+                .collect();
+            (Arc::clone(&sp.hnsw), work)
+        };
+        if work.is_empty() {
+            return Ok(0);
+        }
+        let refs: Vec<(PointId, &[f32])> =
+            work.iter().map(|(p, _, v)| (*p, v.as_slice())).collect();
+        graph.upsert_batch(&refs)?;
+        let mut st = self.state.write();
+        let Some(sp) = st.space_mut(space) else {
+            return Ok(0);
+        };
+        if !Arc::ptr_eq(&graph, &sp.hnsw) {
+            // Only the indexer swaps graphs, and it is this thread: cannot happen. If it did, the
+            // points simply stay pending.
+            return Ok(0);
+        }
+        for (p, seq, _) in &work {
+            match sp.pending.get(p) {
+                // The graph now holds the newest vector.
+                Some(s) if s == seq => {
+                    sp.pending.remove(p);
+                }
+                // Rewritten meanwhile: still pending (graph hits of it stay hidden).
+                Some(_) => {}
+                // Deleted meanwhile: the insert above must not resurrect it.
+                None => {
+                    graph.remove(*p);
+                }
+            }
+        }
+        Ok(work.len())
+    }
+
+    /// Rebuilds the graph of `space` when its tombstones passed the threshold; returns whether
+    /// it did. Long: the old graph keeps serving and writes continue meanwhile.
+    pub fn rebuild_if_needed(&self, space: SpaceId) -> Result<bool> {
+        let old = match self.state.read().space(space) {
+            Some(sp) if sp.hnsw.needs_rebuild() => Arc::clone(&sp.hnsw),
+            _ => return Ok(false),
+        };
+        let job = old.start_rebuild();
+        let fresh = job.run(&old)?;
+        let mut st = self.state.write();
+        let sp = st.space_mut(space).expect("spaces never change");
+        // Writers touch the graph only under the state lock (deletes), so holding it here keeps
+        // every write either in the replayed journal or after the swap.
+        old.finish_rebuild(&fresh)?;
+        sp.hnsw = Arc::new(fresh);
+        Ok(true)
+    }
+
+    /// The top `k` entities of a space for a query vector (already validated), best first.
+    /// Exact for a small SID bucket, otherwise the graph plus an exact scan of pending points.
+    pub fn search(
+        &self,
+        space: SpaceId,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        restrict: &Restrict,
+        exact_scan_max: usize,
+    ) -> Result<Vec<EntityHit>> {
+        let st = self.state.read();
+        let ents = st.entities(space.kind());
+        let sp = st
+            .space(space)
+            .ok_or_else(|| Error::Internal(format!("no vector space {space:?}")))?;
+        let excluded: HashSet<PointId> = restrict
+            .exclude
+            .iter()
+            .filter_map(|id| ents.point(id))
+            .collect();
+        let prefix = restrict.prefix.filter(|p| !p.is_empty());
+        let hits = match prefix {
+            Some(p) if ents.trie.count(p) as usize <= exact_scan_max => {
+                let candidates: Vec<PointId> = ents
+                    .trie
+                    .ids_under(p)
+                    .filter_map(|id| ents.point(id))
+                    .filter(|pt| !excluded.contains(pt))
+                    .collect();
+                sp.flat.search(query, k, None, Some(&candidates))?
+            }
+            _ => {
+                let keep = |pt: PointId| {
+                    !excluded.contains(&pt)
+                        && prefix.is_none_or(|p| {
+                            ents.sid_of_point(pt)
+                                .is_some_and(|s| s.codes.starts_with(p))
+                        })
+                };
+                // A point deleted while the indexer inserts it is live in the graph until the
+                // indexer reconciles (under this lock): never return it.
+                let in_graph =
+                    |pt: PointId| keep(pt) && !sp.pending.contains_key(&pt) && sp.flat.contains(pt);
+                let plain = prefix.is_none() && excluded.is_empty() && sp.pending.is_empty();
+                let mut hits = match plain {
+                    true => sp.hnsw.search(query, k, ef)?,
+                    false => Vec::new(),
+                };
+                if !plain || hits.iter().any(|h| !sp.flat.contains(h.id)) {
+                    hits = sp.hnsw.search_filtered(query, k, ef, &in_graph)?;
+                }
+                if !sp.pending.is_empty() {
+                    let candidates: Vec<PointId> = sp.pending.keys().copied().collect();
+                    hits.extend(sp.flat.search(query, k, Some(&keep), Some(&candidates))?);
+                    hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+                    hits.truncate(k);
+                }
+                hits
+            }
+        };
+        Ok(resolve(ents, hits))
+    }
+
+    /// The stored (prepared) vector of an entity in a space.
+    pub fn vector_of(&self, space: SpaceId, id: &str) -> Option<Vec<f32>> {
+        let st = self.state.read();
+        let p = st.entities(space.kind()).point(id)?;
+        Some(st.space(space)?.flat.get(p)?.to_vec())
+    }
+
+    /// Writes the graphs, point ids and pending sets to `dir` (replacing a previous dump), stamped
+    /// with the last applied write. Call after the store stopped taking writes and the indexer
+    /// stopped.
+    pub fn dump(&self, dir: &Path) -> Result<()> {
+        let st = self.state.read();
+        let tmp = dir.with_extension("tmp");
+        remove_dir_if_present(&tmp)?;
+        fs::create_dir_all(&tmp)
+            .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
+        for (id, space) in st.spaces() {
+            // An empty graph has nothing to keep (and hnsw_rs cannot dump one): no directory
+            // means "start empty" at load.
+            if space.hnsw.len() + space.hnsw.tombstones() > 0 {
+                space.hnsw.dump(&tmp.join(id.dir_name()), st.applied_seq)?;
+            }
+        }
+        PointsFile::from_state(&st).write(&tmp)?;
+        remove_dir_if_present(dir)?;
+        fs::rename(&tmp, dir).map_err(|e| {
+            Error::io(
+                format!("renaming {} to {}", tmp.display(), dir.display()),
+                e,
+            )
+        })?;
+        if let Some(parent) = dir.parent() {
+            crate::storage::wal::sync_dir(parent)?;
+        }
+        Ok(())
+    }
+}
+
+fn bad_record(id: &str, e: Error) -> Error {
+    Error::DataLoss(format!("stored vector of {id:?} is unusable: {e}"))
+}
+
+fn resolve(ents: &Entities, hits: Vec<Hit>) -> Vec<EntityHit> {
+    hits.into_iter()
+        .filter_map(|h| {
+            let id = ents.id(h.id)?;
+            Some(EntityHit {
+                id: Arc::clone(id),
+                score: h.score,
+                sid: ents.trie.get(id).cloned(),
+            })
+        })
+        .collect()
+}
+
+/// Removes a directory tree; absent is fine.
+pub fn remove_dir_if_present(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing {}", dir.display()), e)),
+    }
+}
+
+/// The `points` file of a dump: write sequence, point ids of every entity, and pending points.
+///
+/// Layout: magic `SIDBPTS1`, then little-endian `u64` generation, `u64` next point, the items
+/// and users as (`u64` count, then per entity `u64` point, `u32` id length, id bytes), the pending
+/// sets as (`u32` count, then per space `u8` kind, `u32` modality, `u64` count, `u64` points), and
+/// a CRC32 of everything before it.
+#[derive(Debug, Default)]
+struct PointsFile {
+    generation: u64,
+    next_point: PointId,
+    items: HashMap<String, PointId>,
+    users: HashMap<String, PointId>,
+    pending: HashMap<SpaceId, HashSet<PointId>>,
+}
+
+const POINTS_MAGIC: &[u8; 8] = b"SIDBPTS1";
+const POINTS_FILE: &str = "points";
+
+impl PointsFile {
+    fn from_state(st: &IndexState) -> PointsFile {
+        let ids = |e: &Entities| {
+            e.by_id
+                .iter()
+                .map(|(id, p)| (id.to_string(), *p))
+                .collect::<HashMap<_, _>>()
+        };
+        PointsFile {
+            generation: st.applied_seq,
+            next_point: st.next_point,
+            items: ids(&st.items),
+            users: ids(&st.users),
+            pending: st
+                .spaces()
+                .map(|(id, s)| (id, s.pending.keys().copied().collect()))
+                .collect(),
+        }
+    }
+
+    fn point(&self, kind: EntityKind, id: &str) -> Option<PointId> {
+        match kind {
+            EntityKind::Items => self.items.get(id).copied(),
+            EntityKind::Users => self.users.get(id).copied(),
+        }
+    }
+
+    fn write(&self, dir: &Path) -> Result<()> {
+        let mut w = Vec::new();
+        w.extend_from_slice(POINTS_MAGIC);
+        w.extend_from_slice(&self.generation.to_le_bytes());
+        w.extend_from_slice(&self.next_point.to_le_bytes());
+        for map in [&self.items, &self.users] {
+            w.extend_from_slice(&(map.len() as u64).to_le_bytes());
+            let mut sorted: Vec<_> = map.iter().collect();
+            sorted.sort();
+            for (id, p) in sorted {
+                w.extend_from_slice(&p.to_le_bytes());
+                w.extend_from_slice(&(id.len() as u32).to_le_bytes());
+                w.extend_from_slice(id.as_bytes());
+            }
+        }
+        w.extend_from_slice(&(self.pending.len() as u32).to_le_bytes());
+        for (space, points) in &self.pending {
+            let (kind, m) = match space {
+                SpaceId::Item(i) => (0u8, *i as u32),
+                SpaceId::User => (1u8, 0),
+            };
+            w.push(kind);
+            w.extend_from_slice(&m.to_le_bytes());
+            w.extend_from_slice(&(points.len() as u64).to_le_bytes());
+            for p in points {
+                w.extend_from_slice(&p.to_le_bytes());
+            }
+        }
+        let crc = crc32fast::hash(&w);
+        w.extend_from_slice(&crc.to_le_bytes());
+        let path = dir.join(POINTS_FILE);
+        let mut f = fs::File::create(&path)
+            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        std::io::Write::write_all(&mut f, &w)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+    }
+
+    fn read(dir: &Path) -> Result<PointsFile> {
+        let path: PathBuf = dir.join(POINTS_FILE);
+        let buf = fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound(format!("no {}", path.display())),
+            _ => Error::io(format!("reading {}", path.display()), e),
+        })?;
+        let corrupt = |what: &str| Error::DataLoss(format!("{}: {what}", path.display()));
+        if buf.len() < POINTS_MAGIC.len() + 4 || &buf[..8] != POINTS_MAGIC {
+            return Err(corrupt("not a points file"));
+        }
+        let (body, crc) = buf.split_at(buf.len() - 4);
+        if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
+            return Err(corrupt("checksum mismatch"));
+        }
+        let mut r = Reader {
+            buf: &body[8..],
+            what: &path,
+        };
+        let mut out = PointsFile {
+            generation: r.u64()?,
+            next_point: r.u64()?,
+            ..PointsFile::default()
+        };
+        for kind in [EntityKind::Items, EntityKind::Users] {
+            let n = r.u64()?;
+            let map = match kind {
+                EntityKind::Items => &mut out.items,
+                EntityKind::Users => &mut out.users,
+            };
+            for _ in 0..n {
+                let p = r.u64()?;
+                let len = r.u32()? as usize;
+                let id =
+                    std::str::from_utf8(r.take(len)?).map_err(|_| corrupt("an id is not UTF-8"))?;
+                if p >= out.next_point {
+                    return Err(corrupt("a point id beyond the counter"));
+                }
+                map.insert(id.to_string(), p);
+            }
+        }
+        for _ in 0..r.u32()? {
+            let kind = r.take(1)?[0];
+            let m = r.u32()?;
+            let space = match kind {
+                0 => SpaceId::Item(m as usize),
+                1 => SpaceId::User,
+                _ => return Err(corrupt("unknown space kind")),
+            };
+            let n = r.u64()?;
+            let mut set = HashSet::new();
+            for _ in 0..n {
+                set.insert(r.u64()?);
+            }
+            out.pending.insert(space, set);
+        }
+        if !r.buf.is_empty() {
+            return Err(corrupt("trailing bytes"));
+        }
+        Ok(out)
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    what: &'a Path,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.buf.len() < n {
+            return Err(Error::DataLoss(format!(
+                "{}: truncated",
+                self.what.display()
+            )));
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+}

@@ -1,0 +1,188 @@
+//! The collections' retrieval indexes, and the background thread that keeps their graphs up to
+//! date.
+//!
+//! Writers mark points pending (see [`super::index`]) and [`Indexes::notify`] the indexer; the
+//! indexer takes one batch per vector space per round, round-robin over collections, so a bulk
+//! load into one collection does not starve the others. Graph inserts run in a dedicated rayon
+//! pool of `retrieval.index_threads` threads, which leaves the other cores to serving. Rebuilds of
+//! graphs with too many tombstones run on the same thread, between batches.
+//!
+//! The thread holds only a weak reference to [`Indexes`] while it waits, so dropping the engine
+//! stops it; [`Indexes::stop`] stops it and waits for the round in progress.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex as StdMutex, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+
+use super::index::CollectionIndex;
+use crate::error::{Error, Result};
+
+/// How long the indexer sleeps when nobody notifies it (it then looks for work anyway).
+const IDLE_WAKE: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct Signal {
+    /// (work may be waiting, stop requested)
+    state: StdMutex<(bool, bool)>,
+    cv: Condvar,
+}
+
+impl Signal {
+    fn set(&self, work: bool, stop: bool) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.0 |= work;
+        s.1 |= stop;
+        self.cv.notify_all();
+    }
+
+    /// Waits for work or stop (or the idle timeout); returns true when stop was requested.
+    fn wait(&self) -> bool {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut s, _) = self
+            .cv
+            .wait_timeout_while(s, IDLE_WAKE, |s| !s.0 && !s.1)
+            .unwrap_or_else(|e| e.into_inner());
+        s.0 = false;
+        s.1
+    }
+
+    fn stopped(&self) -> bool {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).1
+    }
+}
+
+/// Every collection's [`CollectionIndex`], by collection id, and their indexer.
+pub struct Indexes {
+    map: RwLock<HashMap<u64, Arc<CollectionIndex>>>,
+    signal: Arc<Signal>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Indexes {
+    /// Starts the indexer over `initial` with `threads` insert threads and `batch` points per
+    /// round.
+    pub fn start(
+        initial: HashMap<u64, Arc<CollectionIndex>>,
+        threads: usize,
+        batch: usize,
+    ) -> Result<Arc<Indexes>> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("sidb-index-{i}"))
+            .build()
+            .map_err(|e| Error::Internal(format!("starting the index threads: {e}")))?;
+        let indexes = Arc::new(Indexes {
+            map: RwLock::new(initial),
+            signal: Arc::new(Signal::default()),
+            worker: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&indexes);
+        let signal = Arc::clone(&indexes.signal);
+        let handle = std::thread::Builder::new()
+            .name("sidb-indexer".into())
+            .spawn(move || run(weak, signal, pool, batch.max(1)))
+            .map_err(|e| Error::io("starting the indexer thread", e))?;
+        *indexes.worker.lock() = Some(handle);
+        // Points restored as pending (no usable dump) are waiting already.
+        indexes.notify();
+        Ok(indexes)
+    }
+
+    /// The index of a collection.
+    pub fn get(&self, coll_id: u64) -> Result<Arc<CollectionIndex>> {
+        self.map
+            .read()
+            .get(&coll_id)
+            .cloned()
+            .ok_or_else(|| Error::Internal(format!("collection {coll_id} has no retrieval index")))
+    }
+
+    /// Registers the index of a new collection.
+    pub fn insert(&self, index: CollectionIndex) {
+        self.map.write().insert(index.coll_id, Arc::new(index));
+    }
+
+    /// Forgets a deleted collection's index.
+    pub fn remove(&self, coll_id: u64) {
+        self.map.write().remove(&coll_id);
+    }
+
+    /// Every index.
+    pub fn all(&self) -> Vec<Arc<CollectionIndex>> {
+        self.map.read().values().cloned().collect()
+    }
+
+    /// Tells the indexer that points may be pending.
+    pub fn notify(&self) {
+        self.signal.set(true, false);
+    }
+
+    /// Stops the indexer and waits for the round in progress.
+    pub fn stop(&self) {
+        self.signal.set(false, true);
+        if let Some(h) = self.worker.lock().take() {
+            if h.join().is_err() {
+                tracing::error!("the indexer thread panicked");
+            }
+        }
+    }
+
+    /// Waits until no collection has pending points or a rebuild due (tests and benchmarks).
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let start = std::time::Instant::now();
+        while start.elapsed() < timeout {
+            if self.all().iter().all(|c| !c.has_work()) {
+                return true;
+            }
+            self.notify();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Indexes {
+    fn drop(&mut self) {
+        self.signal.set(false, true);
+    }
+}
+
+fn run(indexes: Weak<Indexes>, signal: Arc<Signal>, pool: rayon::ThreadPool, batch: usize) {
+    loop {
+        if signal.wait() {
+            return;
+        }
+        // Rounds until a whole round finds nothing to do.
+        loop {
+            let Some(all) = indexes.upgrade().map(|x| x.all()) else {
+                return;
+            };
+            let mut progress = false;
+            for coll in all {
+                for space in coll.space_ids() {
+                    if signal.stopped() {
+                        return;
+                    }
+                    match pool.install(|| coll.rebuild_if_needed(space)) {
+                        Ok(rebuilt) => progress |= rebuilt,
+                        Err(e) => {
+                            tracing::error!(collection = coll.coll_id, ?space, error = %e, "index rebuild failed")
+                        }
+                    }
+                    match pool.install(|| coll.index_pending(space, batch)) {
+                        Ok(n) => progress |= n > 0,
+                        Err(e) => {
+                            tracing::error!(collection = coll.coll_id, ?space, error = %e, "indexing failed; the points stay pending (searched exactly)")
+                        }
+                    }
+                }
+            }
+            if !progress {
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,478 @@
+//! The Retrieval queries: similarity search, SID prefix scans and stats, SID lookups, and
+//! recommendations. Validation first (every message names the field), then the collection's
+//! [`CollectionIndex`] on a blocking thread.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use super::index::{CollectionIndex, EntityHit, Restrict, SpaceId};
+use super::{validate, Engine};
+use crate::error::{Error, Result};
+use crate::storage::Collection;
+use crate::trie::Cursor;
+use crate::types::{CollectionConfig, EntityKind, SemanticId};
+
+/// Largest HNSW search breadth a request may ask for.
+pub const MAX_EF: u32 = 10_000;
+/// Default page of a prefix scan.
+pub const DEFAULT_SCAN_PAGE: usize = 100;
+
+/// What a search is near.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Query {
+    /// A vector in the searched space.
+    Vector(Vec<f32>),
+    /// An item's vector; the item itself is excluded.
+    ItemId(String),
+    /// A user's vector (own, or its history's profile).
+    UserId(String),
+}
+
+/// A search request, in domain terms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchInput {
+    /// What to search near (`None`: the client set nothing, an error).
+    pub query: Option<Query>,
+    /// Item modality ("" = the first).
+    pub modality: String,
+    /// Hits wanted.
+    pub k: u32,
+    /// HNSW breadth (0 = default).
+    pub ef: u32,
+    /// Only entities under this SID prefix.
+    pub sid_prefix: Vec<u32>,
+    /// Ids never to return.
+    pub exclude_ids: Vec<String>,
+    /// Return the stored vectors with the hits.
+    pub with_vectors: bool,
+    /// Items or users.
+    pub entity: EntityKind,
+}
+
+/// A recommendation request, in domain terms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecommendInput {
+    /// The user.
+    pub user_id: String,
+    /// Items wanted.
+    pub k: u32,
+    /// Leave out items the user interacted with.
+    pub exclude_seen: bool,
+    /// Item modality ("" = the first).
+    pub modality: String,
+}
+
+/// One result of a search or recommendation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchHit {
+    /// Entity id.
+    pub id: String,
+    /// Similarity, higher = closer.
+    pub score: f32,
+    /// Its SID, when it has one.
+    pub sid: Option<SemanticId>,
+    /// Its stored vector in the searched space, when asked for.
+    pub vector: Option<Vec<f32>>,
+}
+
+/// One page of a prefix scan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScanPage {
+    /// Entities in (codes, suffix, id) order.
+    pub entries: Vec<(String, SemanticId)>,
+    /// Token of the next page, "" when this is the last.
+    pub next_page_token: String,
+}
+
+/// Counts under a prefix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrefixStats {
+    /// Entities under the prefix.
+    pub total: u64,
+    /// Entities under each child code.
+    pub children: BTreeMap<u32, u64>,
+}
+
+/// SIDs found by a lookup, and the ids without one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SidLookup {
+    /// (id, SID) in request order.
+    pub found: Vec<(String, SemanticId)>,
+    /// Ids without a SID in that version (or unknown).
+    pub missing: Vec<String>,
+}
+
+impl Engine {
+    fn collection_index(&self, name: &str) -> Result<(Arc<Collection>, Arc<CollectionIndex>)> {
+        let coll = self.store.collection(name)?;
+        let index = self.indexes.get(coll.entry.id)?;
+        Ok((coll, index))
+    }
+
+    /// k nearest entities to a vector, an item or a user.
+    pub async fn search(&self, collection: &str, input: SearchInput) -> Result<Vec<SearchHit>> {
+        let (coll, index) = self.collection_index(collection)?;
+        let config = coll.config().clone();
+        let k = validate_k("k", input.k, self.limits.max_k)?;
+        let ef = self.ef(input.ef)?;
+        let space = space_for(&config, input.entity, &input.modality)?;
+        validate::sid_codes("sid_prefix", &input.sid_prefix, &config)?;
+        if !input.sid_prefix.is_empty() {
+            require_sids(&coll)?;
+        }
+        if input.exclude_ids.len() > self.limits.max_ids {
+            return Err(Error::invalid(format!(
+                "exclude_ids: {} ids, at most {} allowed",
+                input.exclude_ids.len(),
+                self.limits.max_ids
+            )));
+        }
+        for (i, id) in input.exclude_ids.iter().enumerate() {
+            validate::id(&format!("exclude_ids[{i}]"), id)?;
+        }
+        let query = input
+            .query
+            .ok_or_else(|| Error::invalid("query: set one of vector, item_id or user_id"))?;
+        let dim = space_dim(&config, space);
+        match &query {
+            Query::Vector(v) => validate::vector("query.vector", v, dim as u32, config.metric)?,
+            Query::ItemId(id) => validate::id("query.item_id", id)?,
+            Query::UserId(id) => validate::id("query.user_id", id)?,
+        }
+        let (prefix, mut exclude, with_vectors) =
+            (input.sid_prefix, input.exclude_ids, input.with_vectors);
+        self.blocking(move |e| {
+            let q = match query {
+                Query::Vector(v) => v,
+                Query::ItemId(id) => {
+                    let SpaceId::Item(_) = space else {
+                        return Err(Error::invalid(
+                            "query.item_id: items live in another space than users; search USERS by vector or user_id",
+                        ));
+                    };
+                    let v = index.vector_of(space, &id).ok_or_else(|| {
+                        Error::NotFound(format!("query.item_id: item {id:?} not found"))
+                    })?;
+                    exclude.push(id);
+                    v
+                }
+                Query::UserId(id) => {
+                    let v = e.user_vector(&coll, &index, &id, space)?;
+                    if space == SpaceId::User {
+                        exclude.push(id);
+                    }
+                    v
+                }
+            };
+            let restrict = Restrict {
+                prefix: Some(&prefix),
+                exclude: &exclude,
+            };
+            let hits = index.search(space, &q, k, ef, &restrict, e.retrieval.exact_scan_max)?;
+            e.finish_hits(&coll, space, hits, with_vectors)
+        })
+        .await
+    }
+
+    /// Items for a user: candidates under the user's SID prefix, ranked by similarity.
+    pub async fn recommend(
+        &self,
+        collection: &str,
+        input: RecommendInput,
+    ) -> Result<Vec<SearchHit>> {
+        let (coll, index) = self.collection_index(collection)?;
+        let config = coll.config().clone();
+        let k = validate_k("k", input.k, self.limits.max_k)?;
+        validate::id("user_id", &input.user_id)?;
+        let space = space_for(&config, EntityKind::Items, &input.modality)?;
+        let ef = self.ef(0)?;
+        self.blocking(move |e| {
+            let user = input.user_id;
+            let q = e.user_vector(&coll, &index, &user, space)?;
+            let mut exclude: Vec<String> = Vec::new();
+            if input.exclude_seen {
+                let cap = e.limits.max_interactions;
+                let (seen, _) = e.store.user_history(&coll, &user, cap, None)?;
+                let unique: HashSet<String> = seen.into_iter().map(|x| x.item_id).collect();
+                exclude.extend(unique);
+            }
+            let prefix: Vec<u32> = {
+                let st = index.state.read();
+                match st.users.trie.get(&user) {
+                    Some(sid) => st
+                        .items
+                        .trie
+                        .longest_prefix_with_at_least(&sid.codes, e.retrieval.recommend_min_bucket)
+                        .unwrap_or_default()
+                        .to_vec(),
+                    None => Vec::new(),
+                }
+            };
+            let exact_max = e.retrieval.exact_scan_max;
+            let restrict = Restrict {
+                prefix: Some(&prefix),
+                exclude: &exclude,
+            };
+            let mut hits = index.search(space, &q, k, ef, &restrict, exact_max)?;
+            if hits.len() < k && !prefix.is_empty() {
+                // The bucket ran short (after exclusions): fill up by plain similarity.
+                exclude.extend(hits.iter().map(|h| h.id.to_string()));
+                let rest = Restrict {
+                    prefix: None,
+                    exclude: &exclude,
+                };
+                let more = index.search(space, &q, k - hits.len(), ef, &rest, exact_max)?;
+                hits.extend(more);
+            }
+            e.finish_hits(&coll, space, hits, false)
+        })
+        .await
+    }
+
+    /// One page of the entities under a SID prefix.
+    pub fn prefix_scan(
+        &self,
+        collection: &str,
+        entity: EntityKind,
+        prefix: &[u32],
+        limit: u32,
+        page_token: &str,
+    ) -> Result<ScanPage> {
+        let (coll, index) = self.collection_index(collection)?;
+        validate::sid_codes("prefix", prefix, coll.config())?;
+        let limit = validate::page_limit("limit", limit, DEFAULT_SCAN_PAGE, &self.limits)?;
+        let after = match page_token {
+            "" => None,
+            t => Some(Cursor::from_token(t)?),
+        };
+        require_sids(&coll)?;
+        let st = index.state.read();
+        let (page, next) = st
+            .entities(entity)
+            .trie
+            .scan(prefix, after.as_ref(), limit)?;
+        Ok(ScanPage {
+            entries: page
+                .into_iter()
+                .map(|x| (x.id.to_string(), x.sid))
+                .collect(),
+            next_page_token: next.map(|c| c.to_token()).unwrap_or_default(),
+        })
+    }
+
+    /// Entities under a prefix, in total and per child code.
+    pub fn prefix_stats(
+        &self,
+        collection: &str,
+        entity: EntityKind,
+        prefix: &[u32],
+    ) -> Result<PrefixStats> {
+        let (coll, index) = self.collection_index(collection)?;
+        validate::sid_codes("prefix", prefix, coll.config())?;
+        require_sids(&coll)?;
+        let st = index.state.read();
+        let trie = &st.entities(entity).trie;
+        Ok(PrefixStats {
+            total: trie.count(prefix),
+            children: trie.children(prefix),
+        })
+    }
+
+    /// The SIDs of entities, for the active version (the only one kept so far).
+    pub fn semantic_ids(
+        &self,
+        collection: &str,
+        entity: EntityKind,
+        ids: Vec<String>,
+        model_version: u64,
+    ) -> Result<SidLookup> {
+        let (coll, index) = self.collection_index(collection)?;
+        validate::ids("ids", &ids, &self.limits)?;
+        require_sids(&coll)?;
+        let active = coll.entry.active_model_version;
+        if model_version != 0 && model_version != active {
+            return Err(Error::NotFound(format!(
+                "model_version: {model_version} not found (active: {active}; no earlier versions are kept)"
+            )));
+        }
+        let st = index.state.read();
+        let trie = &st.entities(entity).trie;
+        let mut out = SidLookup {
+            found: Vec::new(),
+            missing: Vec::new(),
+        };
+        for id in ids {
+            match trie.get(&id) {
+                Some(sid) => out.found.push((id, sid.clone())),
+                None => out.missing.push(id),
+            }
+        }
+        Ok(out)
+    }
+
+    fn ef(&self, ef: u32) -> Result<usize> {
+        match ef {
+            0 => Ok(self.retrieval.hnsw_ef_search),
+            n if n > MAX_EF => Err(Error::invalid(format!(
+                "ef: {n} exceeds the maximum {MAX_EF}"
+            ))),
+            n => Ok(n as usize),
+        }
+    }
+
+    /// A user's query vector in `space`: its own vector when it lives there, else the
+    /// recency-weighted mean of the vectors of the items it interacted with (positive weights).
+    fn user_vector(
+        &self,
+        coll: &Collection,
+        index: &CollectionIndex,
+        user: &str,
+        space: SpaceId,
+    ) -> Result<Vec<f32>> {
+        let config = coll.config();
+        let own_space = match space {
+            SpaceId::User => true,
+            SpaceId::Item(m) => config.user_dim == config.item_modalities[m].dim,
+        };
+        if own_space {
+            if let Some(v) = index.vector_of(SpaceId::User, user) {
+                return Ok(v);
+            }
+        }
+        if space == SpaceId::User {
+            let known = index.state.read().users.point(user).is_some();
+            return Err(if known {
+                Error::FailedPrecondition(format!("user_id: user {user:?} has no vector"))
+            } else {
+                Error::NotFound(format!("user_id: user {user:?} not found"))
+            });
+        }
+        let (history, _) =
+            self.store
+                .user_history(coll, user, self.retrieval.profile_events, None)?;
+        let half_life_ms = self.retrieval.recency_half_life_days * 86_400_000.0;
+        let latest = history.first().map(|x| x.timestamp_ms);
+        let dim = space_dim(config, space);
+        let mut profile = vec![0.0f32; dim];
+        let mut used = 0usize;
+        for x in history.iter().filter(|x| x.weight > 0.0) {
+            let Some(v) = index.vector_of(space, &x.item_id) else {
+                continue;
+            };
+            let age = (latest.unwrap_or(x.timestamp_ms) - x.timestamp_ms) as f64;
+            let w = x.weight * crate::profile::recency_weight(age, half_life_ms);
+            profile.iter_mut().zip(&v).for_each(|(p, v)| *p += w * v);
+            used += 1;
+        }
+        if used > 0 && profile.iter().any(|x| *x != 0.0) {
+            return Ok(profile);
+        }
+        let known = index.state.read().users.point(user).is_some();
+        if !known && history.is_empty() {
+            return Err(Error::NotFound(format!(
+                "user_id: user {user:?} not found and has no interactions"
+            )));
+        }
+        Err(Error::FailedPrecondition(format!(
+            "user_id: user {user:?} has no vector in this space and no positive interactions with stored items"
+        )))
+    }
+
+    /// Turns index hits into results, with the stored vectors when asked for.
+    fn finish_hits(
+        &self,
+        coll: &Collection,
+        space: SpaceId,
+        hits: Vec<EntityHit>,
+        with_vectors: bool,
+    ) -> Result<Vec<SearchHit>> {
+        let mut out: Vec<SearchHit> = hits
+            .into_iter()
+            .map(|h| SearchHit {
+                id: h.id.to_string(),
+                score: h.score,
+                sid: h.sid,
+                vector: None,
+            })
+            .collect();
+        if with_vectors {
+            // The index keeps vectors prepared for the metric (unit length under cosine); the
+            // client gets what it stored.
+            let ids: Vec<String> = out.iter().map(|h| h.id.clone()).collect();
+            match space {
+                SpaceId::Item(m) => {
+                    let got = self.store.get_items(coll, &ids)?;
+                    for (h, it) in out.iter_mut().zip(got) {
+                        h.vector = it.map(|mut it| it.vectors.swap_remove(m));
+                    }
+                }
+                SpaceId::User => {
+                    let got = self.store.get_users(coll, &ids)?;
+                    for (h, u) in out.iter_mut().zip(got) {
+                        h.vector = u.and_then(|u| u.vector);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn validate_k(field: &str, k: u32, max: usize) -> Result<usize> {
+    let k = k as usize;
+    if k == 0 || k > max {
+        return Err(Error::invalid(format!("{field}: {k} is outside 1..={max}")));
+    }
+    Ok(k)
+}
+
+/// The space a request searches.
+fn space_for(config: &CollectionConfig, entity: EntityKind, modality: &str) -> Result<SpaceId> {
+    match entity {
+        EntityKind::Users => {
+            if config.user_dim == 0 {
+                return Err(Error::invalid(
+                    "entity: USERS cannot be searched, the collection has user_dim 0 (users carry no vectors)",
+                ));
+            }
+            if !modality.is_empty() {
+                return Err(Error::invalid(format!(
+                    "modality: {modality:?} given, but USERS have one vector space; leave it empty"
+                )));
+            }
+            Ok(SpaceId::User)
+        }
+        EntityKind::Items if modality.is_empty() => Ok(SpaceId::Item(0)),
+        EntityKind::Items => config
+            .modality_index(modality)
+            .map(SpaceId::Item)
+            .ok_or_else(|| {
+                let declared: Vec<&str> = config
+                    .item_modalities
+                    .iter()
+                    .map(|m| m.name.as_str())
+                    .collect();
+                Error::invalid(format!(
+                    "modality: {modality:?} is unknown; the collection declares {declared:?}"
+                ))
+            }),
+    }
+}
+
+fn space_dim(config: &CollectionConfig, space: SpaceId) -> usize {
+    match space {
+        SpaceId::Item(m) => config.item_modalities[m].dim as usize,
+        SpaceId::User => config.user_dim as usize,
+    }
+}
+
+/// SID queries need SIDs: a trained model, or SIDs written by clients.
+fn require_sids(coll: &Collection) -> Result<()> {
+    if coll.entry.active_model_version == 0 && !coll.client_sids() {
+        return Err(Error::FailedPrecondition(format!(
+            "collection {:?} has no semantic IDs yet: no model is trained and no client wrote SIDs",
+            coll.entry.name
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! The Retrieval service: similarity search, SID prefix queries, SID lookups, recommendations.
+
+use tonic::{Request, Response};
+
+use super::convert::*;
+use super::{status, Api, Res};
+use crate::engine::RecommendInput;
+use crate::proto as pb;
+
+#[tonic::async_trait]
+impl pb::retrieval_server::Retrieval for Api {
+    async fn search(&self, req: Request<pb::SearchRequest>) -> Res<pb::SearchResponse> {
+        let engine = self.slot.get()?;
+        let (collection, input) = search_in(req.into_inner()).map_err(status)?;
+        let hits = engine.search(&collection, input).await.map_err(status)?;
+        Ok(Response::new(hits_out(hits)))
+    }
+
+    async fn prefix_scan(
+        &self,
+        req: Request<pb::PrefixScanRequest>,
+    ) -> Res<pb::PrefixScanResponse> {
+        let engine = self.slot.get()?;
+        let r = req.into_inner();
+        let entity = entity_in(r.entity).map_err(status)?;
+        let page = engine
+            .prefix_scan(&r.collection, entity, &r.prefix, r.limit, &r.page_token)
+            .map_err(status)?;
+        Ok(Response::new(pb::PrefixScanResponse {
+            entries: page
+                .entries
+                .into_iter()
+                .map(|(id, sid)| pb::PrefixEntry {
+                    id,
+                    sid: Some(sid_out(sid)),
+                })
+                .collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn prefix_stats(
+        &self,
+        req: Request<pb::PrefixStatsRequest>,
+    ) -> Res<pb::PrefixStatsResponse> {
+        let engine = self.slot.get()?;
+        let r = req.into_inner();
+        let entity = entity_in(r.entity).map_err(status)?;
+        let stats = engine
+            .prefix_stats(&r.collection, entity, &r.prefix)
+            .map_err(status)?;
+        Ok(Response::new(pb::PrefixStatsResponse {
+            total: stats.total,
+            children: stats.children.into_iter().collect(),
+        }))
+    }
+
+    async fn get_semantic_ids(
+        &self,
+        req: Request<pb::GetSemanticIdsRequest>,
+    ) -> Res<pb::GetSemanticIdsResponse> {
+        let engine = self.slot.get()?;
+        let r = req.into_inner();
+        let entity = entity_in(r.entity).map_err(status)?;
+        let got = engine
+            .semantic_ids(&r.collection, entity, r.ids, r.model_version)
+            .map_err(status)?;
+        Ok(Response::new(pb::GetSemanticIdsResponse {
+            sids: got
+                .found
+                .into_iter()
+                .map(|(id, sid)| (id, sid_out(sid)))
+                .collect(),
+            missing_ids: got.missing,
+        }))
+    }
+
+    async fn recommend(&self, req: Request<pb::RecommendRequest>) -> Res<pb::SearchResponse> {
+        let engine = self.slot.get()?;
+        let r = req.into_inner();
+        let input = RecommendInput {
+            user_id: r.user_id,
+            k: r.k,
+            exclude_seen: r.exclude_seen,
+            modality: r.modality,
+        };
+        let hits = engine
+            .recommend(&r.collection, input)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(hits_out(hits)))
+    }
+}
