@@ -235,7 +235,7 @@ impl Graph {
         let s = self.store.read();
         let w = Walker {
             shape: &self.shape,
-            s: &*s,
+            s: &s,
         };
         let first = (first as usize).min(s.len()) as u32;
         let end = (first as usize + n).min(s.len()) as u32;
@@ -323,7 +323,7 @@ impl Graph {
         let s = self.store.read();
         let w = Walker {
             shape: &self.shape,
-            s: &*s,
+            s: &s,
         };
         let entry = self.entry.load(Mem::Acquire);
         if entry == NO_ENTRY || q.len() != self.shape.dim {

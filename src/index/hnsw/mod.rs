@@ -40,16 +40,27 @@
 //! Scores come back as [`Hit::score`], higher = closer.
 //!
 //! # Speed: why we left hnsw_rs
-//! Measured with hnsw_rs 0.3.5 (M 16, ef_construction 200, 2 shared cores):
-//! - anndists' `DistCosine` has no SIMD path: 873-965 inserts/s. Normalising once and using a
-//!   SIMD dot product (ours or anndists' `DistDot`) gives 2,040-2,570/s: 2.4-2.7x.
-//! - `parallel_insert` only helps with an idle second core (on this shared box it had none).
-//! - The rest is hnsw_rs's own layout: every visited node costs a SipHash `HashMap` insert,
-//!   `Arc` clones and two heap-allocated heap entries, and vectors live in separate allocations.
-//!   `perf` of a search sweep: 36 % in the dot kernel (mostly cache misses on scattered
-//!   vectors), 30 % `search_layer`, ~15 % heap/hash/`Arc` work. A faster allocator (mimalloc)
-//!   gave +40 % build and +48 % search; closing the rest of the gap to hnswlib needs a graph
-//!   with contiguous vectors and an epoch-tagged visited array, i.e. replacing hnsw_rs.
+//! hnsw_rs 0.3.5 (M 16, ef_construction 200, on this 2-core box shared by three builds) was
+//! measured at 0.35x hnswlib's build throughput and 0.27x its single-thread QPS at recall@10
+//! 0.95 on 100k x 256 clustered data (0.64x / 0.36x on the MovieLens-1M item vectors), and
+//! profiling put the gap in its layout, not in the algorithm:
+//! - anndists' `DistCosine` has no SIMD path (873-965 inserts/s); normalising once and using a
+//!   SIMD dot product gave 2,040-2,570/s. We kept that (see [`super::distance`]).
+//! - Every visited node cost a SipHash `HashMap` insert, `Arc` clones and two heap-allocated heap
+//!   entries, and vectors lived in separate allocations. `perf` of a search sweep: 36 % in the
+//!   dot kernel (mostly cache misses on scattered vectors), 30 % `search_layer`, ~15 %
+//!   heap/hash/`Arc` work. mimalloc gave +40 % build and +48 % search, not enough.
+//!
+//! [`graph`] is the same algorithm (its recall-vs-ef curve matches hnswlib's to +-0.005 on both
+//! data sets) on hnswlib's kind of layout: one contiguous vector array, flat link arrays, an
+//! epoch-tagged visited array and reused heaps per thread, the next neighbour's vector
+//! prefetched. `benches/compare/run.sh` (hnswlib from PyPI and ours in one run, build with 2
+//! threads, search on 1; noisy: the other two builds were compiling meanwhile) then gave:
+//!
+//! | data | build inserts/s ours / hnswlib | QPS @ recall@10 >= 0.95 ours / hnswlib |
+//! |---|---|---|
+//! | clustered 100k x 256 | 1,218 / 906 = 1.34x | 2,063 / 1,380 = 1.50x (ef 48 / 64) |
+//! | MovieLens-1M items, 3,883 x 384 | 1,569 / 1,008 = 1.56x | 6,863 / 6,047 = 1.13x |
 
 use std::collections::HashMap;
 
@@ -377,7 +388,8 @@ impl HnswIndex {
     /// One filtered graph walk (hnswlib's rule): it traverses through failing and dead nodes but
     /// collects only passing live ones, and stops once it holds `max(ef, k)` of them. Its cost
     /// grows as the filter gets more selective (it explores about `ef / pass share` nodes):
-    /// scan small candidate sets with the flat index instead.
+    /// scan small candidate sets with the flat index instead. `filter` runs under the index's
+    /// read lock: it must not call back into this index.
     pub fn search_filtered(
         &self,
         query: &[f32],
