@@ -6,7 +6,9 @@
 //! so a walk touches one contiguous row per node), its level, its layer-0 link list (`1 + 2M`
 //! words: count, then ids) and, for the ~1/M nodes above layer 0, `1 + M` words per upper layer
 //! in a second flat array. A search allocates nothing per step: the visited set is an
-//! epoch-tagged `Vec<u32>` and the two candidate heaps are reused, all per thread.
+//! epoch-tagged `Vec<u32>` and the two candidate heaps are reused, all per thread. Expanding a
+//! node first gathers its unvisited neighbours, then computes their distances with the next
+//! one's vector prefetched ([`distance::prefetch`], the one `unsafe` hint, justified there).
 //!
 //! # Concurrency without `unsafe`
 //! - The [`Store`] sits behind an `RwLock`. Searches and inserts take it *shared*; only

@@ -487,3 +487,28 @@ fn serial_builds_are_reproducible() {
     };
     assert_eq!(one(0), one(1));
 }
+
+#[test]
+fn dumps_of_the_hnsw_rs_format_are_refused_not_misread() {
+    let (hnsw, _) = build(Metric::Cosine, 22);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("idx");
+    hnsw.dump(&path, 3).expect("dump");
+    // A well-checksummed meta claiming format version 1 (hnsw_rs's files): the caller rebuilds.
+    let meta = path.join("index.meta");
+    let mut bytes = std::fs::read(&meta).expect("read");
+    bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let body = bytes.len() - 4;
+    let crc = crc32fast::hash(&bytes[..body]);
+    bytes[body..].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&meta, &bytes).expect("write");
+    let stamp = DumpStamp {
+        metric: Metric::Cosine,
+        dim: DIM,
+        generation: 3,
+    };
+    assert!(matches!(
+        HnswIndex::load(&path, stamp),
+        Err(Error::DataLoss(_))
+    ));
+}
