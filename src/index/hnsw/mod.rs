@@ -55,12 +55,17 @@
 //! data sets) on hnswlib's kind of layout: one contiguous vector array, flat link arrays, an
 //! epoch-tagged visited array and reused heaps per thread, the next neighbour's vector
 //! prefetched. `benches/compare/run.sh` (hnswlib from PyPI and ours in one run, build with 2
-//! threads, search on 1; noisy: the other two builds were compiling meanwhile) then gave:
+//! threads, search on 1) on a box where the other two engineers were compiling, two runs:
 //!
 //! | data | build inserts/s ours / hnswlib | QPS @ recall@10 >= 0.95 ours / hnswlib |
 //! |---|---|---|
-//! | clustered 100k x 256 | 1,218 / 906 = 1.34x | 2,063 / 1,380 = 1.50x (ef 48 / 64) |
-//! | MovieLens-1M items, 3,883 x 384 | 1,569 / 1,008 = 1.56x | 6,863 / 6,047 = 1.13x |
+//! | clustered 100k x 256, run 1 | 1,218 / 906 = 1.34x | 2,063 / 1,380 = 1.50x |
+//! | clustered 100k x 256, run 2 | 2,103 / 1,758 = 1.20x | 5,297 / 3,037 = 1.74x (both ef 48) |
+//! | MovieLens-1M items 3,883 x 384, run 1 | 1,569 / 1,008 = 1.56x | 6,863 / 6,047 = 1.13x |
+//! | MovieLens-1M items 3,883 x 384, run 2 | 2,639 / 2,948 = 0.90x | 26,979 / 16,307 = 1.65x |
+//!
+//! The MovieLens build takes ~1.5 s, so its ratio is at the mercy of the neighbours' load: two
+//! more 2-thread repeats gave 1.49x and 1.08x, three 1-thread builds 1.04x, 1.43x and 1.32x.
 
 use std::collections::HashMap;
 
