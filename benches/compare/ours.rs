@@ -4,7 +4,6 @@
 //! ann_compare gen-synth DIR N DIM NQ SEED   clustered data -> DIR/{base,queries}.f32, gt.u32, meta.json
 //! ann_compare gen-from DIR FILE DIM NQ      an existing f32 file as base; every (n/NQ)-th row queries
 //! ann_compare run DIR M EFC THREADS EFS     build with THREADS, then single-thread search per ef
-//! ann_compare buildspeed N DIM              raw hnsw_rs distances vs ours, serial vs parallel
 //! ```
 //! Ground truth is exact cosine top-10 from the flat index. Output: one JSON object per line.
 
@@ -13,16 +12,14 @@ use std::fs;
 use std::path::Path;
 use std::time::Instant;
 
-use hnsw_rs::prelude::{DistCosine, DistDot, Distance, Hnsw};
-use sidb::index::distance::UnitDotDistance;
 use sidb::index::flat::FlatIndex;
 use sidb::index::hnsw::{DumpStamp, HnswIndex, HnswParams};
 use sidb::index::synth::clustered;
-use sidb::index::{distance, PointId};
+use sidb::index::PointId;
 use sidb::types::Metric;
 
-/// hnsw_rs allocates per visited node (Arc'd heap entries, a HashMap visited set): mimalloc
-/// measured +40 % build and +48 % search QPS here over glibc malloc. The server should use it too.
+/// With hnsw_rs (which allocated per visited node) mimalloc measured +40 % build and +48 % search
+/// QPS here over glibc malloc. Our graph allocates nothing per step; kept so runs stay comparable.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -75,7 +72,6 @@ fn main() -> Res<()> {
             arg(4)?.parse()?,
             &arg(5)?,
         ),
-        "buildspeed" => buildspeed(arg(1)?.parse()?, arg(2)?.parse()?),
         other => Err(format!("unknown command {other}").into()),
     }
 }
@@ -192,61 +188,4 @@ fn dump_and_reload(idx: &HnswIndex, dir: &Path, dim: usize) -> Res<HnswIndex> {
         serde_json::json!({"side": "sidb", "dump_s": dump_s, "load_s": load_s})
     );
     Ok(back)
-}
-
-/// Inserts/s of raw hnsw_rs with anndists' distances against our kernels, serial and parallel.
-fn buildspeed(n: usize, dim: usize) -> Res<()> {
-    let mut data = clustered(n, dim, 100, 0.25, 7);
-    data.chunks_exact_mut(dim).for_each(|v| {
-        distance::normalize(v);
-    });
-    let rows: Vec<(&[f32], usize)> = data
-        .chunks_exact(dim)
-        .enumerate()
-        .map(|(i, v)| (v, i))
-        .collect();
-    report(
-        "hnsw_rs DistCosine, serial insert",
-        n,
-        time_raw(DistCosine, &rows, false),
-    );
-    report(
-        "hnsw_rs DistDot (simdeez), serial insert",
-        n,
-        time_raw(DistDot, &rows, false),
-    );
-    report(
-        "sidb UnitDotDistance, serial insert",
-        n,
-        time_raw(UnitDotDistance, &rows, false),
-    );
-    report(
-        "hnsw_rs DistCosine, parallel_insert (2 threads)",
-        n,
-        time_raw(DistCosine, &rows, true),
-    );
-    report(
-        "sidb UnitDotDistance, parallel insert (2 threads)",
-        n,
-        time_raw(UnitDotDistance, &rows, true),
-    );
-    Ok(())
-}
-
-fn time_raw<D: Distance<f32> + Send + Sync>(d: D, rows: &[(&[f32], usize)], parallel: bool) -> f64 {
-    let h = Hnsw::<f32, D>::new(16, rows.len(), 16, 200, d);
-    let t = Instant::now();
-    if parallel {
-        h.parallel_insert_slice(&rows.to_vec());
-    } else {
-        rows.iter().for_each(|r| h.insert_slice(*r));
-    }
-    t.elapsed().as_secs_f64()
-}
-
-fn report(what: &str, n: usize, secs: f64) {
-    println!(
-        "{}",
-        serde_json::json!({"probe": what, "n": n, "secs": secs, "inserts_per_s": n as f64 / secs})
-    );
 }

@@ -1,21 +1,15 @@
-//! Distance kernels shared by the flat and HNSW indexes, and the hnsw_rs distance adapters.
+//! Distance kernels shared by the flat and HNSW indexes.
 //!
 //! # Why our own kernels
-//! hnsw_rs 0.3.5 ships its distances in `anndists`, and three of them are traps for us:
-//! - `DistCosine` has no SIMD path at all (a scalar loop that also recomputes both norms);
-//! - `DistDot` (SIMD) is really "1 - dot" for *normalised* vectors and `assert!`s `dot <= 1.000002`,
-//!   so rounding on normalised vectors panics (raw inner product is reduced to cosine instead:
-//!   see `hnsw`);
-//! - `DistL2` takes a square root per call that the ordering does not need.
-//!
-//! So every metric goes through [`dot`] / [`l2_sq`] here: AVX2+FMA with four independent
-//! accumulators when the CPU has them (checked once, at first use), a portable 8-lane loop the
-//! compiler vectorises otherwise. hnsw_rs requires distances `>= 0` (it negates them for its heaps
-//! and asserts the sign) and never NaN (it `unwrap`s `partial_cmp`), which the adapters guarantee.
+//! When the graph was hnsw_rs 0.3.5, its `anndists` distances were traps for us: `DistCosine` has
+//! no SIMD path (a scalar loop that also recomputes both norms), `DistDot` `assert!`s
+//! `dot <= 1.000002` so rounding on normalised vectors panics, and `DistL2` takes a square root
+//! the ordering does not need. Every metric goes through [`dot`] / [`l2_sq`] here instead:
+//! AVX2+FMA with four independent accumulators when the CPU has them (checked once, at first
+//! use), a portable 8-lane loop the compiler vectorises otherwise. Cosine vectors are normalised
+//! once on the way in, so cosine is a plain dot product.
 
 use std::sync::OnceLock;
-
-use hnsw_rs::prelude::Distance;
 
 type Kernel = fn(&[f32], &[f32]) -> f32;
 
@@ -64,6 +58,28 @@ pub fn normalize(v: &mut [f32]) -> bool {
     }
     v.iter_mut().for_each(|x| *x /= norm);
     true
+}
+
+/// Hints the CPU to start pulling the first two cache lines of `v` into cache, so a distance
+/// computed on it a little later does not stall on memory (the graph walk calls it one neighbour
+/// ahead). A no-op off x86_64.
+#[inline(always)]
+pub fn prefetch(v: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let p = v.as_ptr().cast::<i8>();
+        // SAFETY: `_mm_prefetch` needs SSE, which is in the x86_64 baseline (every x86_64 CPU
+        // has it, so no run-time check is needed), and a prefetch is only a hint: it never
+        // faults, reads into the program or writes, whatever the address. `wrapping_add` keeps
+        // the second address computation defined even past the end of `v`.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(p);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = v;
 }
 
 mod portable {
@@ -174,42 +190,24 @@ mod avx2 {
     }
 }
 
-/// hnsw_rs distance for unit vectors (cosine and normalised dot): `1 - dot`, clamped at 0.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct UnitDotDistance;
-
-/// hnsw_rs distance for L2: the squared distance (same order as L2, no square root).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct L2SqDistance;
-
-/// NaN would make hnsw_rs panic in `partial_cmp().unwrap()`: sort it last instead.
-#[inline]
-fn sane(d: f32) -> f32 {
-    if d.is_nan() {
-        f32::MAX
-    } else {
-        d
-    }
-}
-
-impl Distance<f32> for UnitDotDistance {
-    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
-        sane((1.0 - dot(a, b)).max(0.0))
-    }
-}
-
-impl Distance<f32> for L2SqDistance {
-    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
-        sane(l2_sq(a, b))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn naive_dot(a: &[f32], b: &[f32]) -> f32 {
         a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+
+    #[test]
+    fn prefetch_is_a_harmless_hint_on_any_slice() {
+        // Empty, shorter than one line, and the last element of a long slice: past-the-end
+        // addresses must not fault, and nothing observable changes.
+        let v: Vec<f32> = (0..100).map(|i| i as f32).collect();
+        prefetch(&[]);
+        prefetch(&v[..3]);
+        prefetch(&v[99..]);
+        prefetch(&v);
+        assert_eq!(v[99], 99.0);
     }
 
     #[test]
@@ -222,17 +220,5 @@ mod tests {
             assert!((l2_sq(&a, &b) - l2).abs() < 1e-4, "l2 n={n}");
             assert!((portable::dot(&a, &b) - naive_dot(&a, &b)).abs() < 1e-4);
         }
-    }
-
-    #[test]
-    fn adapters_never_go_negative_or_nan() {
-        // Rounding just above 1 on unit vectors must not panic or go negative.
-        let u = [1.0000005f32, 0.0];
-        assert_eq!(UnitDotDistance.eval(&u, &u), 0.0);
-        // inf * 0 is NaN: sorted last instead of panicking inside hnsw_rs.
-        assert_eq!(
-            L2SqDistance.eval(&[f32::INFINITY], &[f32::INFINITY]),
-            f32::MAX
-        );
     }
 }

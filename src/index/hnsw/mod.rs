@@ -1,28 +1,31 @@
-//! The approximate index: an hnsw_rs graph plus the bookkeeping hnsw_rs lacks.
+//! The approximate index: our own HNSW graph ([`graph`]) plus tombstones, rebuild and persistence.
 //!
 //! # Updates and deletes on an insert-only graph
-//! hnsw_rs 0.3.5 can neither delete nor update a point. Every write therefore inserts a fresh
-//! graph node under a new *slot* (hnsw_rs's `DataId`); `Book` maps slots to point ids and each
-//! point id to its one live slot. A replaced or removed point's old slot becomes a *tombstone*:
-//! it stays in the graph (so navigation through it still works) but is dropped from results.
-//! Searches over-fetch in proportion to the tombstone share and widen until `k` live hits are
-//! found, so results stay exact in count. Once tombstones pass
-//! [`HnswParams::rebuild_tombstone_ratio`], [`HnswIndex::needs_rebuild`] says so and the caller
-//! runs a rebuild *off to the side*: [`HnswIndex::start_rebuild`] snapshots the live set and starts
-//! a journal of later writes, [`RebuildJob::run`] builds a new graph from the live vectors while
-//! the old index keeps serving and taking writes, and [`HnswIndex::finish_rebuild`] replays the
-//! journal's tail into the new index right before the caller swaps it in.
+//! An HNSW graph cannot cheaply unlink a node. Every write therefore inserts a fresh graph node
+//! under a new *slot* (the node's id); `Book` maps slots to point ids and each point id to its one
+//! live slot. A replaced or removed point's old slot becomes a *tombstone*: it stays in the graph
+//! (so navigation through it still works) but is never collected. Searches walk with a liveness
+//! filter (hnswlib's rule: traverse dead nodes, collect only live ones, stop once `ef` live ones
+//! are held), so results keep their width and count whatever the tombstone share; a graph that
+//! still yields fewer than `k` live points (tiny or mostly dead) is answered by an exact scan.
+//! Once tombstones pass [`HnswParams::rebuild_tombstone_ratio`], [`HnswIndex::needs_rebuild`]
+//! says so and the caller runs a rebuild *off to the side*: [`HnswIndex::start_rebuild`]
+//! snapshots the live set and starts a journal of later writes, [`RebuildJob::run`] builds a new
+//! graph from the live vectors while the old index keeps serving and taking writes, and
+//! [`HnswIndex::finish_rebuild`] replays the journal's tail into the new index right before the
+//! caller swaps it in.
 //!
 //! # Concurrency
 //! Every method takes `&self`: searches run in parallel with each other and with writes. Writes
-//! are serialised by an internal mutex (the graph insert itself is concurrent-safe, but "which slot
-//! is live" must follow write order). [`HnswIndex::upsert_batch`] inserts with rayon's
-//! `par_iter` in the *current* rayon pool: run it inside a dedicated pool's `install` to keep
-//! cores for serving. Nothing here is async; call it from a blocking thread.
+//! are serialised by an internal mutex ("which slot is live" must follow write order); within a
+//! batch, [`HnswIndex::upsert_batch`] links the new nodes in parallel with rayon in the *current*
+//! pool (per-node link locks, see [`graph`]): run it inside a dedicated pool's `install` to keep
+//! cores for serving. A batch is published (its points become live) only once all its nodes are
+//! linked. Nothing here is async; call it from a blocking thread.
 //!
 //! # Metrics
 //! Cosine vectors are normalised on the way in and searched with `1 - dot`; L2 with the squared
-//! distance (see [`super::distance`] for why not anndists' own distances).
+//! distance (see [`super::distance`]).
 //!
 //! Raw inner product is not a metric (a point is not its own nearest neighbour), and a graph
 //! built on it directly plateaued at recall@10 ~0.93 even at ef 512 on our clustered test data.
@@ -36,31 +39,53 @@
 //! too low until a rebuild, so such points count towards [`HnswIndex::needs_rebuild`].
 //! Scores come back as [`Hit::score`], higher = closer.
 //!
-//! # Speed: why raw hnsw_rs built at ~600 inserts/s, and what is left
-//! Measured with `ann_compare buildspeed 10000 256` (M 16, ef_construction 200, 1 thread free):
-//! - anndists' `DistCosine` has no SIMD path: 873-965 inserts/s. Normalising once and using a
-//!   SIMD dot product (ours or anndists' `DistDot`) gives 2,040-2,570/s: 2.4-2.7x.
-//! - `parallel_insert` only helps with an idle second core (on this shared box it had none).
-//! - The rest is hnsw_rs's own layout: every visited node costs a SipHash `HashMap` insert,
-//!   `Arc` clones and two heap-allocated heap entries, and vectors live in separate allocations.
-//!   `perf` of a search sweep: 36 % in the dot kernel (mostly cache misses on scattered
-//!   vectors), 30 % `search_layer`, ~15 % heap/hash/`Arc` work. A faster allocator (mimalloc)
-//!   gave +40 % build and +48 % search; closing the rest of the gap to hnswlib needs a graph
-//!   with contiguous vectors and an epoch-tagged visited array, i.e. replacing hnsw_rs.
+//! # Speed: why we left hnsw_rs
+//! hnsw_rs 0.3.5 (M 16, ef_construction 200, on this 2-core box shared by three builds) was
+//! measured at 0.35x hnswlib's build throughput and 0.27x its single-thread QPS at recall@10
+//! 0.95 on 100k x 256 clustered data (0.64x / 0.36x on the MovieLens-1M item vectors), and
+//! profiling put the gap in its layout, not in the algorithm:
+//! - anndists' `DistCosine` has no SIMD path (873-965 inserts/s); normalising once and using a
+//!   SIMD dot product gave 2,040-2,570/s. We kept that (see [`super::distance`]).
+//! - Every visited node cost a SipHash `HashMap` insert, `Arc` clones and two heap-allocated heap
+//!   entries, and vectors lived in separate allocations. `perf` of a search sweep: 36 % in the
+//!   dot kernel (mostly cache misses on scattered vectors), 30 % `search_layer`, ~15 %
+//!   heap/hash/`Arc` work. mimalloc gave +40 % build and +48 % search, not enough.
+//!
+//! [`graph`] is the same algorithm (its recall-vs-ef curve matches hnswlib's to +-0.005 on both
+//! data sets) on hnswlib's kind of layout: one contiguous vector array, flat link arrays, an
+//! epoch-tagged visited array and reused heaps per thread, the next neighbour's vector
+//! prefetched. `benches/compare/run.sh` (hnswlib from PyPI and ours in one run, build with 2
+//! threads, search on 1) on a box where the other two engineers were compiling, two runs:
+//!
+//! | data | build inserts/s ours / hnswlib | QPS @ recall@10 >= 0.95 ours / hnswlib |
+//! |---|---|---|
+//! | clustered 100k x 256, run 1 | 1,218 / 906 = 1.34x | 2,063 / 1,380 = 1.50x |
+//! | clustered 100k x 256, run 2 | 2,103 / 1,758 = 1.20x | 5,297 / 3,037 = 1.74x (both ef 48) |
+//! | MovieLens-1M items 3,883 x 384, run 1 | 1,569 / 1,008 = 1.56x | 6,863 / 6,047 = 1.13x |
+//! | MovieLens-1M items 3,883 x 384, run 2 | 2,639 / 2,948 = 0.90x | 26,979 / 16,307 = 1.65x |
+//!
+//! The MovieLens build takes ~1.5 s, so its ratio is at the mercy of the neighbours' load: two
+//! more 2-thread repeats gave 1.49x and 1.08x, three 1-thread builds 1.04x, 1.43x and 1.32x.
 
 use std::collections::HashMap;
 
-use hnsw_rs::prelude::{FilterT, Hnsw, Neighbour};
 use parking_lot::{Mutex, RwLock};
-use rayon::prelude::*;
 
-use super::distance::{self, L2SqDistance, UnitDotDistance};
+use super::distance;
 use super::{prepare, Hit, PointId, TopK};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::types::Metric;
+use graph::{Graph, Near, Shape, Space};
 
-/// Over-fetching plain searches [`HnswIndex::search_filtered`] tries before the filtered walk.
-pub const FILTER_ROUNDS: usize = 3;
+mod graph;
+mod persist;
+#[cfg(test)]
+mod tests;
+
+pub use persist::DumpStamp;
+
+/// Nodes reserved up front at most, whatever capacity the caller hints (the arrays grow).
+const MAX_RESERVE: usize = 1 << 20;
 
 /// Graph construction parameters and the rebuild policy.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -69,7 +94,7 @@ pub struct HnswParams {
     pub m: usize,
     /// Candidate list size while inserting. Default 200.
     pub ef_construction: usize,
-    /// Highest layer a node may reach. Default 16 (hnsw_rs's cap).
+    /// Highest layer a node may reach. Default 16.
     pub max_layer: usize,
     /// Tombstones / all slots above which [`HnswIndex::needs_rebuild`] is true. Default 0.25.
     pub rebuild_tombstone_ratio: f64,
@@ -86,68 +111,19 @@ impl Default for HnswParams {
     }
 }
 
-/// The hnsw_rs graph, monomorphised per distance (cosine and dot share the unit-vector one).
-/// `'static`: built graphs own their data, and reloaded ones are made so by `persist`.
-enum Graph {
-    Unit(Hnsw<'static, f32, UnitDotDistance>),
-    L2(Hnsw<'static, f32, L2SqDistance>),
-}
-
-/// Runs `$body` with `$h` bound to the concrete graph, whatever its distance.
-macro_rules! with_graph {
-    ($g:expr, $h:ident => $body:expr) => {
-        match $g {
-            Graph::Unit($h) => $body,
-            Graph::L2($h) => $body,
-        }
+/// The graph's shape for an index of `metric` over `dim`-d vectors (`Dot` adds a coordinate).
+fn shape_for(metric: Metric, dim: usize, p: &HnswParams) -> Shape {
+    let (dim, space) = match metric {
+        Metric::Cosine => (dim, Space::Unit),
+        Metric::Dot => (dim + 1, Space::Unit),
+        Metric::L2 => (dim, Space::L2),
     };
-}
-
-mod persist;
-#[cfg(test)]
-mod tests;
-
-pub use persist::DumpStamp;
-
-impl Graph {
-    fn new(metric: Metric, p: &HnswParams, capacity: usize) -> Self {
-        let (m, cap, layers, ef) = (p.m, capacity.max(1024), p.max_layer, p.ef_construction);
-        match metric {
-            Metric::Cosine | Metric::Dot => {
-                Graph::Unit(Hnsw::new(m, cap, layers, ef, UnitDotDistance))
-            }
-            Metric::L2 => Graph::L2(Hnsw::new(m, cap, layers, ef, L2SqDistance)),
-        }
-    }
-
-    fn search(
-        &self,
-        q: &[f32],
-        k: usize,
-        ef: usize,
-        filter: Option<&dyn FilterT>,
-    ) -> Vec<Neighbour> {
-        with_graph!(self, h => h.search_filter(q, k, ef, filter))
-    }
-
-    fn insert_all(&self, points: &[(&[f32], usize)]) {
-        match points {
-            [one] => with_graph!(self, h => h.insert_slice(*one)),
-            many => with_graph!(self, h => many.par_iter().for_each(|p| h.insert_slice(*p))),
-        }
-    }
-
-    /// Every node as (slot, vector), for rebuilds.
-    fn for_each_point(&self, mut f: impl FnMut(usize, &[f32])) {
-        with_graph!(self, h => {
-            for p in h.get_point_indexation() {
-                f(p.get_origin_id(), p.get_v());
-            }
-        })
-    }
-
-    fn nb_points(&self) -> usize {
-        with_graph!(self, h => h.get_nb_point())
+    Shape {
+        dim,
+        m: p.m.max(2),
+        ef_construction: p.ef_construction.max(1),
+        max_layer: p.max_layer.min(u8::MAX as usize),
+        space,
     }
 }
 
@@ -161,10 +137,13 @@ enum Change {
 /// Which slot is live for which point.
 #[derive(Debug, Default, Clone)]
 struct Book {
-    /// slot -> point id (slots are hnsw_rs data ids, dense from 0).
+    /// slot -> point id (slots are graph node ids, dense from 0).
     slots: Vec<PointId>,
     /// point id -> its live slot.
     live: HashMap<PointId, usize>,
+    /// slot -> whether it is some point's live slot: `live` inverted, so the walk's liveness
+    /// test is an array load instead of two hash lookups.
+    alive: Vec<bool>,
     /// Writes since `start_rebuild`, when one is running.
     journal: Option<Vec<Change>>,
     /// `Dot` only: the norm bound of the reduction to cosine (0 until the first write).
@@ -174,10 +153,25 @@ struct Book {
 }
 
 impl Book {
+    #[inline]
     fn is_live(&self, slot: usize) -> bool {
-        self.slots
-            .get(slot)
-            .is_some_and(|id| self.live.get(id) == Some(&slot))
+        self.alive.get(slot).copied().unwrap_or(false)
+    }
+
+    /// Makes `slot` the live one of `id`, burying its previous slot.
+    fn set_live(&mut self, id: PointId, slot: usize) {
+        if let Some(old) = self.live.insert(id, slot) {
+            self.bury(old);
+        }
+        if let Some(a) = self.alive.get_mut(slot) {
+            *a = true;
+        }
+    }
+
+    fn bury(&mut self, slot: usize) {
+        if let Some(a) = self.alive.get_mut(slot) {
+            *a = false;
+        }
     }
 }
 
@@ -210,7 +204,7 @@ impl HnswIndex {
             metric,
             dim,
             params,
-            graph: Graph::new(metric, &params, capacity),
+            graph: Graph::new(shape_for(metric, dim, &params), capacity.min(MAX_RESERVE)),
             book: RwLock::new(Book::default()),
             writer: Mutex::new(()),
         }
@@ -273,14 +267,16 @@ impl HnswIndex {
             .map(|(id, v)| Ok((*id, prepare(self.metric, self.dim, v)?)))
             .collect::<Result<Vec<_>>>()?;
         let _w = self.writer.lock();
+        if self.book.read().slots.len() + prepared.len() >= u32::MAX as usize {
+            return Err(Error::ResourceExhausted(
+                "HNSW index is full (2^32 slots)".into(),
+            ));
+        }
         let first = self.reserve_slots(&prepared);
         let encoded = self.encode_points(&prepared, first);
-        let items: Vec<(&[f32], usize)> = encoded
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (v.as_slice(), first + i))
-            .collect();
-        self.graph.insert_all(&items);
+        let node = self.graph.append(&encoded)?;
+        debug_assert_eq!(node as usize, first, "graph nodes and slots move in step");
+        self.graph.insert(node, encoded.len());
         // Publish only once the nodes are in the graph, so a search never sees a live slot that
         // is not searchable yet (the old version keeps answering until this point).
         self.publish(prepared, first);
@@ -342,20 +338,28 @@ impl HnswIndex {
         if let Some(j) = b.journal.as_mut() {
             j.push(Change::Remove(id));
         }
-        b.live.remove(&id).is_some()
+        match b.live.remove(&id) {
+            Some(slot) => {
+                b.bury(slot);
+                true
+            }
+            None => false,
+        }
     }
 
     fn reserve_slots(&self, points: &[(PointId, Vec<f32>)]) -> usize {
         let mut b = self.book.write();
         let first = b.slots.len();
         b.slots.extend(points.iter().map(|(id, _)| *id));
+        let n = b.slots.len();
+        b.alive.resize(n, false);
         first
     }
 
     fn publish(&self, points: Vec<(PointId, Vec<f32>)>, first: usize) {
         let mut b = self.book.write();
         for (i, (id, _)) in points.iter().enumerate() {
-            b.live.insert(*id, first + i);
+            b.set_live(*id, first + i);
         }
         if let Some(j) = b.journal.as_mut() {
             j.extend(points.into_iter().map(|(id, v)| Change::Upsert(id, v)));
@@ -363,38 +367,34 @@ impl HnswIndex {
     }
 
     /// The approximate top `k` live points, best first. `ef` (raised to at least `k`) trades
-    /// speed for recall.
+    /// speed for recall. Tombstones are walked through but never collected, so the walk keeps
+    /// `ef` live candidates whatever the tombstone share; if the graph still yields fewer than
+    /// `k` live points (tiny or mostly-dead graphs), an exact scan answers instead.
     pub fn search(&self, query: &[f32], k: usize, ef: usize) -> Result<Vec<Hit>> {
         let (q, factor) = self.encode_query(prepare(self.metric, self.dim, query)?);
-        let (live, slots) = {
-            let b = self.book.read();
-            (b.live.len(), b.slots.len())
-        };
-        if k == 0 || live == 0 {
+        let b = self.book.read();
+        if k == 0 || b.live.is_empty() {
             return Ok(Vec::new());
         }
-        // Tombstones occupy places in the candidate list: scale both k and ef by slots / live so
-        // the live part keeps the width asked for, then widen until k live hits are found.
-        let scale = |x: usize| (x * slots).div_ceil(live);
-        let mut want = (scale(k) + 8).min(slots);
-        let ef = scale(ef);
-        loop {
-            let found = self.graph.search(&q, want, ef.max(want), None);
-            let hits = self.live_hits(&found, k, factor, |_| true);
-            if hits.len() >= k.min(live) || want >= slots {
-                return Ok(hits);
-            }
-            want = (want * 2).min(slots);
+        let found = if b.live.len() == b.slots.len() {
+            self.graph.search(&q, k, ef, None)
+        } else {
+            self.graph
+                .search(&q, k, ef, Some(&|s: u32| b.is_live(s as usize)))
+        };
+        if found.len() < k.min(b.live.len()) {
+            return Ok(self.exact(&b, &q, k, factor));
         }
+        Ok(self.hits(&b, &found, factor))
     }
 
     /// The approximate top `k` live points passing `filter`, best first.
     ///
-    /// First tries up to [`FILTER_ROUNDS`] ordinary (early-stopping) searches, over-fetching 2x
-    /// then 8x then 32x and keeping the passing hits: cheap when the filter passes a good share
-    /// of the points. Only when that does not yield `k` hits does it fall back to hnsw_rs's
-    /// filtered graph walk, which cannot stop early and is 5-20x slower than a plain search;
-    /// scan small candidate sets with the flat index instead.
+    /// One filtered graph walk (hnswlib's rule): it traverses through failing and dead nodes but
+    /// collects only passing live ones, and stops once it holds `max(ef, k)` of them. Its cost
+    /// grows as the filter gets more selective (it explores about `ef / pass share` nodes):
+    /// scan small candidate sets with the flat index instead. `filter` runs under the index's
+    /// read lock: it must not call back into this index.
     pub fn search_filtered(
         &self,
         query: &[f32],
@@ -403,61 +403,46 @@ impl HnswIndex {
         filter: &(dyn Fn(PointId) -> bool + Sync),
     ) -> Result<Vec<Hit>> {
         let (q, factor) = self.encode_query(prepare(self.metric, self.dim, query)?);
-        let (live, slots) = {
-            let b = self.book.read();
-            (b.live.len(), b.slots.len())
-        };
-        if k == 0 || live == 0 {
+        let b = self.book.read();
+        if k == 0 || b.live.is_empty() {
             return Ok(Vec::new());
         }
-        let scale = |x: usize| (x * slots).div_ceil(live);
-        let (mut want, mut ef) = (scale(2 * k) + 8, 2 * scale(ef));
-        for _ in 0..FILTER_ROUNDS {
-            let want_now = want.min(slots);
-            let found = self.graph.search(&q, want_now, ef.max(want_now), None);
-            let hits = self.live_hits(&found, k, factor, filter);
-            if hits.len() >= k || want_now == slots {
-                return Ok(hits);
-            }
-            (want, ef) = (want * 4, ef * 4);
-        }
-        let b = self.book.read();
-        let pass = |slot: &usize| b.is_live(*slot) && filter(b.slots[*slot]);
-        let found = self
-            .graph
-            .search(&q, k, ef.max(k), Some(&pass as &dyn FilterT));
-        Ok(self.live_hits_in(&b, &found, k, factor, filter))
+        let pass = |s: u32| b.is_live(s as usize) && filter(b.slots[s as usize]);
+        let found = self.graph.search(&q, k, ef, Some(&pass));
+        Ok(self.hits(&b, &found, factor))
     }
 
-    fn live_hits(
-        &self,
-        found: &[Neighbour],
-        k: usize,
-        factor: f32,
-        filter: impl Fn(PointId) -> bool,
-    ) -> Vec<Hit> {
-        let b = self.book.read();
-        self.live_hits_in(&b, found, k, factor, filter)
+    fn hits(&self, b: &Book, found: &[Near], factor: f32) -> Vec<Hit> {
+        let mut hits: Vec<Hit> = found
+            .iter()
+            .map(|n| Hit {
+                id: b.slots[n.id as usize],
+                score: self.score(b, n.d, n.id as usize, factor),
+            })
+            .collect();
+        // Graph order is distance order; scores only differ from it under `Dot` for points
+        // above the norm bound, so re-sort by the exact score.
+        hits.sort_by(|x, y| y.score.total_cmp(&x.score).then(x.id.cmp(&y.id)));
+        hits
     }
 
-    fn live_hits_in(
-        &self,
-        b: &Book,
-        found: &[Neighbour],
-        k: usize,
-        factor: f32,
-        filter: impl Fn(PointId) -> bool,
-    ) -> Vec<Hit> {
+    /// The exact top `k` live points by a scan of every graph vector.
+    fn exact(&self, b: &Book, q: &[f32], k: usize, factor: f32) -> Vec<Hit> {
         let mut top = TopK::new(k);
-        for n in found.iter().filter(|n| b.is_live(n.d_id)) {
-            let id = b.slots[n.d_id];
-            if filter(id) {
+        let space = self.graph.shape().space;
+        self.graph.for_each_vector(|slot, v| {
+            let slot = slot as usize;
+            if b.is_live(slot) {
+                let d = match space {
+                    Space::Unit => 1.0 - distance::dot(q, v),
+                    Space::L2 => distance::l2_sq(q, v),
+                };
                 top.offer(Hit {
-                    id,
-                    score: self.score(b, n.distance, n.d_id, factor),
+                    id: b.slots[slot],
+                    score: self.score(b, d, slot, factor),
                 });
             }
-        }
+        });
         top.into_sorted()
     }
 
@@ -523,7 +508,8 @@ impl RebuildJob {
     pub fn run(self, old: &HnswIndex) -> Result<HnswIndex> {
         let fresh = HnswIndex::new(old.metric, old.dim, old.params, self.live.len());
         let mut points: Vec<(PointId, Vec<f32>)> = Vec::with_capacity(self.live.len());
-        old.graph.for_each_point(|slot, v| {
+        old.graph.for_each_vector(|slot, v| {
+            let slot = slot as usize;
             let id = self.slots.get(slot).copied();
             if id.is_some_and(|id| self.live.get(&id) == Some(&slot)) {
                 points.push((self.slots[slot], self.decode(old.metric, slot, v)));

@@ -1,42 +1,41 @@
 //! Dumping an [`HnswIndex`] to a directory and loading it back, refusing anything suspect.
 //!
-//! # Layout
-//! A dump directory holds hnsw_rs's own two files (`graph.hnsw.graph`, `graph.hnsw.data`) and our
-//! `index.meta`: magic, format version, metric, dimension, parameters, the caller's generation,
-//! the slot table and live map, the length and CRC32 of both hnsw_rs files, and a CRC32 of the
-//! meta itself. It is written into a temporary sibling directory, fsynced, and renamed into place,
-//! so a crash mid-dump leaves either the old dump or none.
+//! # Layout (format version 2)
+//! A dump directory holds two files. `graph.bin` is the graph: magic, node count, stored
+//! dimension, `M`, the entry word, then the vectors, the levels, the layer-0 link words and the
+//! upper-layer link words, all little-endian, in node order. `index.meta` holds magic, format
+//! version, metric, dimension, parameters, the caller's generation, the `Dot` norm bound, the
+//! slot table and live map, the length and CRC32 of `graph.bin`, and a CRC32 of the meta itself.
+//! Both are written into a temporary sibling directory, fsynced, and renamed into place, so a
+//! crash mid-dump leaves either the old dump or none. (Version 1 held hnsw_rs's files: such a
+//! dump is refused as corrupt and the caller rebuilds, once.)
 //!
 //! # Checks on load
 //! Missing meta -> `NotFound`; a meta or graph file whose checksum or length disagrees ->
 //! `DataLoss`; a dump made for another metric, dimension or generation -> `FailedPrecondition`
-//! (stale). In every case the caller rebuilds from its vectors. hnsw_rs's loader `assert!`s on
-//! malformed input, so it only ever sees checksummed files, and runs under `catch_unwind` anyway.
-//!
-//! # The `HnswIo` borrow
-//! `HnswIo::load_hnsw` returns an `Hnsw<'b>` borrowing its loader, because with mmap enabled
-//! points may point into the loader's mapping. We never enable mmap, so the points own their data
-//! and the borrow is nominal; we still honour it soundly by leaking the loader (`Box::leak`, a few
-//! hundred bytes per load, at start-up), which makes the graph `'static` with no `unsafe`.
+//! (stale). In every case the caller rebuilds from its vectors. Past its checksum the graph is
+//! still validated word by word (counts within capacity, every link and the entry point naming
+//! an existing node, levels within bounds), so even a well-checksummed but malformed file is a
+//! `DataLoss`, never a panic or an out-of-bounds walk.
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use hnsw_rs::prelude::{AnnT, Distance, Hnsw, HnswIo};
 use parking_lot::{Mutex, RwLock};
 
-use super::{Book, Graph, HnswIndex, HnswParams};
+use super::graph::{Graph, Shape, Store};
+use super::{Book, HnswIndex, HnswParams};
 use crate::error::{Error, Result};
 use crate::types::Metric;
 
 const MAGIC: &[u8; 8] = b"SIDBHNSW";
-const VERSION: u32 = 1;
+/// Version 1 held hnsw_rs's files; version 2 holds our own `graph.bin`.
+const VERSION: u32 = 2;
 const META: &str = "index.meta";
-const BASENAME: &str = "graph";
-const GRAPH_FILES: [&str; 2] = ["graph.hnsw.graph", "graph.hnsw.data"];
+const GRAPH: &str = "graph.bin";
+const GRAPH_MAGIC: &[u8; 8] = b"SIDBGRPH";
 
 /// What a dump must match to be used: anything else is stale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,13 +57,9 @@ impl HnswIndex {
         let tmp = sibling(dir, "tmp")?;
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp).map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
-        with_graph!(&self.graph, h => h.file_dump(&tmp, BASENAME))
-            .map_err(|e| Error::Internal(format!("hnsw dump to {}: {e}", tmp.display())))?;
-        let meta = self.encode_meta(&tmp, generation)?;
+        let file = write_graph(&self.graph, &tmp.join(GRAPH))?;
+        let meta = self.encode_meta(file, generation);
         write_synced(&tmp.join(META), &meta)?;
-        for f in GRAPH_FILES {
-            sync_file(&tmp.join(f))?;
-        }
         replace_dir(&tmp, dir)
     }
 
@@ -78,15 +73,15 @@ impl HnswIndex {
         })?;
         let meta = Meta::decode(&bytes)?;
         meta.check(expect)?;
-        for (f, (len, crc)) in GRAPH_FILES.iter().zip(meta.files) {
-            check_file(&dir.join(f), len, crc)?;
-        }
-        let graph = load_graph(dir, expect.metric)?;
-        if graph.nb_points() != meta.book.slots.len() {
+        let data = read_checked(&dir.join(GRAPH), meta.file)?;
+        let shape = super::shape_for(expect.metric, expect.dim, &meta.params);
+        let graph = decode_graph(&data, shape)
+            .map_err(|why| Error::DataLoss(format!("index dump {}: {why}", dir.display())))?;
+        if graph.len() != meta.book.slots.len() {
             return Err(Error::DataLoss(format!(
-                "index dump {}: graph has {} points, meta {}",
+                "index dump {}: graph has {} nodes, meta {} slots",
                 dir.display(),
-                graph.nb_points(),
+                graph.len(),
                 meta.book.slots.len()
             )));
         }
@@ -100,7 +95,7 @@ impl HnswIndex {
         })
     }
 
-    fn encode_meta(&self, dir: &Path, generation: u64) -> Result<Vec<u8>> {
+    fn encode_meta(&self, file: (u64, u32), generation: u64) -> Vec<u8> {
         let b = self.book.read();
         let mut w = Vec::with_capacity(64 + 8 * (b.slots.len() + 2 * b.live.len()));
         w.extend_from_slice(MAGIC);
@@ -127,14 +122,11 @@ impl HnswIndex {
         live.sort_unstable();
         let flat: Vec<u64> = live.iter().flat_map(|(id, s)| [*id, *s as u64]).collect();
         put_u64s(&mut w, flat.into_iter());
-        for f in GRAPH_FILES {
-            let data = fs::read(dir.join(f)).map_err(|e| Error::io(format!("read {f}"), e))?;
-            w.extend_from_slice(&(data.len() as u64).to_le_bytes());
-            w.extend_from_slice(&crc32fast::hash(&data).to_le_bytes());
-        }
+        w.extend_from_slice(&file.0.to_le_bytes());
+        w.extend_from_slice(&file.1.to_le_bytes());
         let crc = crc32fast::hash(&w);
         w.extend_from_slice(&crc.to_le_bytes());
-        Ok(w)
+        w
     }
 }
 
@@ -145,7 +137,8 @@ struct Meta {
     params: HnswParams,
     generation: u64,
     book: Book,
-    files: [(u64, u32); 2],
+    /// Length and CRC32 of the graph file.
+    file: (u64, u32),
 }
 
 impl Meta {
@@ -176,7 +169,7 @@ impl Meta {
         let over_phi = read_over_phi(&mut r)?;
         let mut book = read_book(&mut r)?;
         (book.phi, book.over_phi) = (phi, over_phi);
-        let files = [(r.u64()?, r.u32()?), (r.u64()?, r.u32()?)];
+        let file = (r.u64()?, r.u32()?);
         if !r.0.is_empty() {
             return Err(corrupt("trailing bytes"));
         }
@@ -186,7 +179,7 @@ impl Meta {
             params,
             generation,
             book,
-            files,
+            file,
         })
     }
 
@@ -225,45 +218,20 @@ fn read_book(r: &mut Reader) -> Result<Book> {
         return Err(corrupt("odd live table"));
     }
     let mut live = HashMap::with_capacity(flat.len() / 2);
+    let mut alive = vec![false; slots.len()];
     for pair in flat.chunks_exact(2) {
         let slot = usize::try_from(pair[1]).map_err(|_| corrupt("slot out of range"))?;
         if slots.get(slot) != Some(&pair[0]) || live.insert(pair[0], slot).is_some() {
             return Err(corrupt("live table disagrees with slot table"));
         }
+        alive[slot] = true;
     }
     Ok(Book {
         slots,
         live,
+        alive,
         ..Book::default()
     })
-}
-
-/// Loads hnsw_rs's files with the distance of `metric`, converting its panics into `DataLoss`.
-fn load_graph(dir: &Path, metric: Metric) -> Result<Graph> {
-    let loaded = catch_unwind(AssertUnwindSafe(|| match metric {
-        Metric::Cosine | Metric::Dot => load_typed(dir).map(Graph::Unit),
-        Metric::L2 => load_typed(dir).map(Graph::L2),
-    }));
-    match loaded {
-        Ok(Ok(g)) => Ok(g),
-        Ok(Err(e)) => Err(Error::DataLoss(format!(
-            "index dump {}: {e}",
-            dir.display()
-        ))),
-        Err(_) => Err(Error::DataLoss(format!(
-            "index dump {}: hnsw_rs loader panicked",
-            dir.display()
-        ))),
-    }
-}
-
-fn load_typed<D>(dir: &Path) -> anyhow::Result<Hnsw<'static, f32, D>>
-where
-    D: Distance<f32> + Default + Send + Sync,
-{
-    // Leaked on purpose: see "The HnswIo borrow" in the module docs.
-    let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, BASENAME)));
-    io.load_hnsw::<f32, D>()
 }
 
 fn metric_code(m: Metric) -> u8 {
@@ -278,7 +246,8 @@ fn corrupt(why: &str) -> Error {
     Error::DataLoss(format!("index dump meta is corrupt: {why}"))
 }
 
-fn check_file(path: &Path, len: u64, crc: u32) -> Result<()> {
+/// Reads `path` whole and checks its length and CRC32 against the meta's.
+fn read_checked(path: &Path, (len, crc): (u64, u32)) -> Result<Vec<u8>> {
     let data = fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
             Error::DataLoss(format!("index dump file {} is missing", path.display()))
@@ -291,7 +260,160 @@ fn check_file(path: &Path, len: u64, crc: u32) -> Result<()> {
             path.display()
         )));
     }
+    Ok(data)
+}
+
+/// A writer that checksums and counts what passes through it.
+struct Tee<W> {
+    w: W,
+    crc: crc32fast::Hasher,
+    len: u64,
+}
+
+impl<W: Write> Write for Tee<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.w.write(buf)?;
+        self.crc.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.w.flush()
+    }
+}
+
+/// Writes the graph to `path` (fsynced); returns its length and CRC32.
+fn write_graph(g: &Graph, path: &Path) -> Result<(u64, u32)> {
+    let io = |e| Error::io(format!("write {}", path.display()), e);
+    let f = fs::File::create(path).map_err(io)?;
+    let mut t = Tee {
+        w: BufWriter::with_capacity(1 << 20, f),
+        crc: crc32fast::Hasher::new(),
+        len: 0,
+    };
+    let shape = g.shape();
+    let entry = g.entry_word();
+    g.with_store(|s| -> std::io::Result<()> {
+        t.write_all(GRAPH_MAGIC)?;
+        for x in [s.len() as u64, shape.dim as u64, shape.m as u64, entry] {
+            t.write_all(&x.to_le_bytes())?;
+        }
+        for c in s.vectors.chunks(4096) {
+            let bytes: Vec<u8> = c.iter().flat_map(|x| x.to_le_bytes()).collect();
+            t.write_all(&bytes)?;
+        }
+        t.write_all(&s.levels)?;
+        write_words(&mut t, &s.links0)?;
+        t.write_all(&(s.upper.len() as u64).to_le_bytes())?;
+        write_words(&mut t, &s.upper)
+    })
+    .map_err(io)?;
+    t.flush().map_err(io)?;
+    let f = t.w.into_inner().map_err(|e| io(e.into_error()))?;
+    f.sync_all().map_err(io)?;
+    Ok((t.len, t.crc.finalize()))
+}
+
+fn write_words(w: &mut impl Write, words: &[std::sync::atomic::AtomicU32]) -> std::io::Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    for c in words.chunks(4096) {
+        let bytes: Vec<u8> = c
+            .iter()
+            .flat_map(|x| x.load(Relaxed).to_le_bytes())
+            .collect();
+        w.write_all(&bytes)?;
+    }
     Ok(())
+}
+
+/// Parses and validates `graph.bin` for a graph of `shape`. The error says what is wrong.
+pub(super) fn decode_graph(data: &[u8], shape: Shape) -> std::result::Result<Graph, String> {
+    let bad = |e: Error| e.to_string();
+    let mut r = Reader(data);
+    if r.take(8).map_err(bad)? != GRAPH_MAGIC {
+        return Err("bad graph magic".into());
+    }
+    let n = r.usize().map_err(bad)?;
+    let (dim, m, entry) = (
+        r.usize().map_err(bad)?,
+        r.usize().map_err(bad)?,
+        r.u64().map_err(bad)?,
+    );
+    if dim != shape.dim || m != shape.m {
+        return Err(format!(
+            "graph shape {dim}/{m}, expected {}/{}",
+            shape.dim, shape.m
+        ));
+    }
+    if n >= u32::MAX as usize || n.saturating_mul(dim) > r.0.len() / 4 {
+        return Err("node count larger than the file".into());
+    }
+    let vectors: Vec<f32> = r
+        .take(n * dim * 4)
+        .map_err(bad)?
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect();
+    let levels = r.take(n).map_err(bad)?.to_vec();
+    if levels.iter().any(|l| usize::from(*l) > shape.max_layer) {
+        return Err("node level above max_layer".into());
+    }
+    let (b0, bu) = (1 + 2 * m, 1 + m);
+    let links0 = words(&mut r, n.saturating_mul(b0)).map_err(bad)?;
+    let n_upper = r.usize().map_err(bad)?;
+    let want_upper: usize = levels.iter().map(|l| usize::from(*l) * bu).sum();
+    if n_upper != want_upper {
+        return Err("upper link table has the wrong size".into());
+    }
+    let upper = words(&mut r, n_upper).map_err(bad)?;
+    if !r.0.is_empty() {
+        return Err("trailing bytes in graph".into());
+    }
+    check_lists(&links0, b0, n)?;
+    check_lists(&upper, bu, n)?;
+    check_entry(entry, &levels)?;
+    let store = Store::from_words(vectors, levels, links0, upper, bu);
+    Ok(Graph::from_parts(shape, store, entry))
+}
+
+fn words(r: &mut Reader, n: usize) -> Result<Vec<u32>> {
+    if n > r.0.len() / 4 {
+        return Err(corrupt("link table longer than the file"));
+    }
+    Ok(r.take(n * 4)?
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect())
+}
+
+/// Every list of `block` words: a count within capacity, then ids of existing nodes.
+fn check_lists(words: &[u32], block: usize, n: usize) -> std::result::Result<(), String> {
+    for list in words.chunks_exact(block) {
+        let count = list[0] as usize;
+        if count >= block {
+            return Err("link count above capacity".into());
+        }
+        if list[1..=count].iter().any(|id| *id as usize >= n) {
+            return Err("link to a node that does not exist".into());
+        }
+    }
+    Ok(())
+}
+
+fn check_entry(entry: u64, levels: &[u8]) -> std::result::Result<(), String> {
+    if entry == u64::MAX {
+        return if levels.is_empty() {
+            Ok(())
+        } else {
+            Err("nodes but no entry point".into())
+        };
+    }
+    let (node, level) = ((entry >> 8) as usize, (entry & 0xff) as u8);
+    match levels.get(node) {
+        Some(l) if *l == level => Ok(()),
+        _ => Err("bad entry point".into()),
+    }
 }
 
 fn put_u64s(w: &mut Vec<u8>, xs: impl ExactSizeIterator<Item = u64>) {
@@ -351,12 +473,6 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     f.write_all(bytes)
         .and_then(|_| f.sync_all())
         .map_err(|e| Error::io(format!("write {}", path.display()), e))
-}
-
-fn sync_file(path: &Path) -> Result<()> {
-    fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io(format!("sync {}", path.display()), e))
 }
 
 /// Moves `tmp` to `dir`: the old dump is moved aside first, then removed.
