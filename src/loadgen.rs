@@ -267,8 +267,11 @@ pub async fn search(opts: &SearchOptions) -> Result<SearchReport> {
         ));
     }
     let dim = opts.dim as usize;
-    let data = crate::index::synth::clustered(opts.items, dim, 100, 0.3, opts.seed);
-    let queries = crate::index::synth::clustered(opts.queries, dim, 100, 0.3, opts.seed ^ 0x5EED);
+    // One draw, so queries come from the same clusters as the data (as real queries do; queries
+    // from other centres would be equidistant from everything and measure nothing useful).
+    let mut data =
+        crate::index::synth::clustered(opts.items + opts.queries, dim, 100, 0.25, opts.seed);
+    let queries = data.split_off(opts.items * dim);
     let channel = connect(&opts.addr).await?;
     let collection = create_collection(&channel, "bench_search", opts.seed, opts.dim).await?;
     let mut collections = pb::collections_client::CollectionsClient::new(channel.clone());

@@ -657,8 +657,7 @@ impl CollectionIndex {
         fs::create_dir_all(&tmp)
             .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
         for (id, space) in st.spaces() {
-            // An empty graph has nothing to keep : no directory
-            // means "start empty" at load.
+            // An empty graph has nothing to keep: no directory means "start empty" at load.
             if space.hnsw.len() + space.hnsw.tombstones() > 0 {
                 space.hnsw.dump(&tmp.join(id.dir_name()), st.applied_seq)?;
             }
