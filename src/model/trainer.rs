@@ -32,6 +32,11 @@ pub struct TrainStats {
     pub steps: usize,
     /// Wall seconds of the whole run (including k-means init).
     pub seconds: f64,
+    /// CPU seconds of the training thread over the whole run (Linux; `None` elsewhere): what the
+    /// run costs whatever else the machine is doing. With `threads = 1` candle's kernels run on
+    /// this thread, so on an idle machine it matches `seconds`.
+    #[serde(default)]
+    pub cpu_s: Option<f64>,
     /// Seconds sampling batches and gathering rows.
     pub data_s: f64,
     /// Seconds in forward passes.
@@ -97,7 +102,7 @@ pub fn train_prepared(
     cfg: &DasConfig,
 ) -> Result<(TrainedModel, TrainStats)> {
     cfg.validate()?;
-    let start = Instant::now();
+    let (start, cpu0) = (Instant::now(), thread_cpu_seconds());
     let mut model = build_model(prep, method, cfg)?;
     let mut work = prep.clone();
     if cfg.center_inputs {
@@ -109,7 +114,15 @@ pub fn train_prepared(
     let mut t = Trainer::new(&work, model, cfg)?;
     t.run(method)?;
     t.stats.seconds = start.elapsed().as_secs_f64();
+    t.stats.cpu_s = thread_cpu_seconds().zip(cpu0).map(|(b, a)| b - a);
     Ok((t.model, t.stats))
+}
+
+/// CPU time of the calling thread, from `/proc/thread-self/schedstat` (nanoseconds on CPU).
+fn thread_cpu_seconds() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: f64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(ns / 1e9)
 }
 
 /// A freshly initialised (seeded) model of `method` sized for `prep`.
@@ -505,10 +518,15 @@ impl Trainer<'_> {
         if plan.align == Align::Joint {
             let o =
                 icdm.ok_or_else(|| ModelError::InvalidConfig("joint alignment needs ICDM".into()))?;
-            return Ok(if self.cfg.debias {
-                (o.u_int.clone(), o.i_pro.clone())
+            let (u, i) = if self.cfg.debias {
+                (&o.u_int, &o.i_pro)
             } else {
-                (o.u_full.clone(), o.i_full.clone())
+                (&o.u_full, &o.i_full)
+            };
+            return Ok(if self.cfg.align_cf_grad {
+                (u.clone(), i.clone())
+            } else {
+                (u.detach(), i.detach())
             });
         }
         let m = self
@@ -555,23 +573,29 @@ impl Trainer<'_> {
         );
         let (up, ip) = (&b.users_plus[..n], &b.items_plus[..n]);
         let (wup, wip) = (&b.w_users_plus[..n], &b.w_items_plus[..n]);
+        let c = &self.cfg;
         let mut terms = Vec::new();
-        if plan.align == Align::Frozen || self.cfg.align_self {
-            terms.push(info_nce(&z_u, &u_cf, us, us, &ones, tau)?);
-            terms.push(info_nce(&z_i, &i_cf, is, is, &ones, tau)?);
+        if plan.align == Align::Frozen || c.align_self {
+            let w = if plan.align == Align::Frozen {
+                1.0
+            } else {
+                c.w_self
+            };
+            terms.push((w, info_nce(&z_u, &u_cf, us, us, &ones, tau)?));
+            terms.push((w, info_nce(&z_i, &i_cf, is, is, &ones, tau)?));
         }
-        if plan.align == Align::Joint && self.cfg.align_u2i {
-            terms.push(info_nce(&z_u, &i_cf, us, is, &ones, tau)?);
-            terms.push(info_nce(&z_i, &u_cf, is, us, &ones, tau)?);
+        if plan.align == Align::Joint && c.align_u2i {
+            terms.push((c.w_u2i, info_nce(&z_u, &i_cf, us, is, &ones, tau)?));
+            terms.push((c.w_u2i, info_nce(&z_i, &u_cf, is, us, &ones, tau)?));
         }
         if plan.align == Align::Joint && self.cfg.align_co {
             let (z_ip, z_up) = (qi.z_align.narrow(0, p0, n)?, qu.z_align.narrow(0, p0, n)?);
-            terms.push(info_nce(&z_u, &z_up, us, up, wup, tau)?);
-            terms.push(info_nce(&z_i, &z_ip, is, ip, wip, tau)?);
+            terms.push((c.w_co, info_nce(&z_u, &z_up, us, up, wup, tau)?));
+            terms.push((c.w_co, info_nce(&z_i, &z_ip, is, ip, wip, tau)?));
         }
         let mut total = Tensor::zeros((), candle_core::DType::F32, &Device::Cpu)?;
-        for t in terms {
-            total = (total + t)?;
+        for (w, t) in terms {
+            total = (total + t.affine(w, 0.0)?)?;
         }
         Ok(total)
     }
@@ -796,6 +820,10 @@ mod tests {
         for m in [Method::RqKMeans, Method::TwoStage, Method::Cf] {
             let (model, stats) = train(&s.data, m, &cfg).expect("train");
             assert!(stats.seconds > 0.0);
+            if cfg!(target_os = "linux") {
+                // schedstat advances at scheduler ticks: a tiny run may read 0
+                assert!(stats.cpu_s.is_some_and(|c| c >= 0.0), "{:?}", stats.cpu_s);
+            }
             if m == Method::Cf {
                 assert!(model.encode_items(&s.data.item_emb).is_err());
                 continue;
