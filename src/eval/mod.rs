@@ -303,12 +303,12 @@ impl Ctx<'_> {
 /// A markdown table of the main metrics.
 pub fn markdown_table(report: &EvalReport) -> String {
     let mut s = String::from(
-        "| method | R@10 (a) | R@20 (a) | NDCG@10 (a) | R@10_z (b) | R@10 cold (a) | AUC probe | L1 usage | collisions | train s |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "| method | R@10 (a) | R@20 (a) | NDCG@10 (a) | R@10_z (b) | R@10 cold (a) | AUC probe | L1 usage | collisions | train s | cpu s |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
     for r in &report.results {
         s.push_str(&format!(
-            "| {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {} | {} | {:.1} |\n",
+            "| {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {} | {} | {:.1} | {} |\n",
             r.method,
             r.recall10,
             r.recall20,
@@ -320,7 +320,11 @@ pub fn markdown_table(report: &EvalReport) -> String {
                 .first()
                 .map_or("-".into(), |u| format!("{u:.3}")),
             opt(r.collision_rate),
-            r.train_seconds
+            r.train_seconds,
+            r.train
+                .as_ref()
+                .and_then(|t| t.cpu_s)
+                .map_or("-".into(), |c| format!("{c:.1}"))
         ));
     }
     s

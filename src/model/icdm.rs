@@ -16,6 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use super::config::DasConfig;
 use super::data::Prepared;
 use super::nn::{l2n, Mlp, Params};
+use super::ops::masked_lse;
 use super::sparse::{Gathered, IdTable};
 use super::Result;
 
@@ -75,23 +76,19 @@ pub fn sampled_softmax(
 ) -> Result<Tensor> {
     let b = items.len();
     let (un, inn) = (l2n(u)?, l2n(i)?);
-    let mut logits = un.matmul(&inn.t()?)?.affine(1.0 / tau, 0.0)?;
     let mut pos = (&un * &inn)?.sum(1)?.affine(1.0 / tau, 0.0)?;
+    let mut bias = None;
     if let Some(q) = log_q {
-        logits = logits.broadcast_sub(&q.unsqueeze(0)?)?;
         pos = (pos - q)?;
+        bias = Some(q.neg()?.to_vec1::<f32>()?);
     }
-    let mut mask = vec![0.0f32; b * b];
+    let mut mask = vec![false; b * b];
     for r in 0..b {
         for c in 0..b {
-            if r != c && items[r] == items[c] {
-                mask[r * b + c] = -1e4;
-            }
+            mask[r * b + c] = r != c && items[r] == items[c];
         }
     }
-    let lse = logits
-        .broadcast_add(&Tensor::from_vec(mask, (b, b), &Device::Cpu)?)?
-        .log_sum_exp(1)?;
+    let lse = masked_lse(&un.matmul(&inn.t()?)?, 1.0 / tau, bias, mask)?;
     Ok((lse - pos)?.mean(0)?)
 }
 

@@ -11,28 +11,25 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::nn::l2n;
+use super::ops::masked_lse;
 use super::Result;
 
-const MASKED: f32 = -1e4;
-
-/// Additive logit mask: `-1e4` where column `j != i` has the same id as row `i`'s positive or
-/// where column `j`'s row is dropped (weight 0).
-fn negative_mask(ids: &[u32], weights: &[f32]) -> Result<Tensor> {
+/// Cells left out of the negatives: column `j != i` with the same id as row `i`'s positive, or
+/// whose row is dropped (weight 0).
+fn negative_mask(ids: &[u32], weights: &[f32]) -> Vec<bool> {
     let b = ids.len();
-    let mut m = vec![0.0f32; b * b];
+    let mut m = vec![false; b * b];
     for i in 0..b {
         for j in 0..b {
-            if j != i && (ids[j] == ids[i] || weights[j] <= 0.0) {
-                m[i * b + j] = MASKED;
-            }
+            m[i * b + j] = j != i && (ids[j] == ids[i] || weights[j] <= 0.0);
         }
     }
-    Ok(Tensor::from_vec(m, (b, b), &Device::Cpu)?)
+    m
 }
 
 /// One direction: rows of `a` must pick their own row of `b` among all of `b`. Computed as
-/// `logsumexp_j(logit_ij + mask_ij) - logit_ii`, with the positive logit taken row-wise, so the
-/// only `B x B` work is the score matrix and its log-sum-exp (the costly part on a CPU).
+/// `logsumexp_j(logit_ij)` over the unmasked cells minus `logit_ii`, with the positive logit
+/// taken row-wise, so the only `B x B` work is the score matrix and its fused log-sum-exp.
 fn nce_direction(
     an: &Tensor,
     bn: &Tensor,
@@ -41,10 +38,12 @@ fn nce_direction(
     wv: &[f32],
     tau: f64,
 ) -> Result<Tensor> {
-    let logits = an.matmul(&bn.t()?)?.affine(1.0 / tau, 0.0)?;
-    let lse = logits
-        .broadcast_add(&negative_mask(ids_b, wv)?)?
-        .log_sum_exp(1)?;
+    let lse = masked_lse(
+        &an.matmul(&bn.t()?)?,
+        1.0 / tau,
+        None,
+        negative_mask(ids_b, wv),
+    )?;
     let pos = (an * bn)?.sum(1)?.affine(1.0 / tau, 0.0)?;
     let total: f32 = wv.iter().sum();
     Ok(((lse - pos)? * w)?

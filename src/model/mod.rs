@@ -5,6 +5,7 @@
 //!   loader and a synthetic generator with planted structure (for tests).
 //! - [`config`]: [`DasConfig`], every size and weight of the model with documented defaults.
 //! - [`nn`]: the tiny parameter store and MLPs (seeded init, so runs are reproducible).
+//! - [`ops`]: two fused candle ops with hand-written backward passes (the trainer's hot spots).
 //! - [`kmeans`]: k-means++ / Lloyd with candle matmul + argmin, and residual k-means (RQ-KMeans).
 //! - [`rqvae`]: one residual-quantized VAE (UISM side) with straight-through, code losses and
 //!   dead-code re-seeding.
@@ -24,6 +25,7 @@ pub mod icdm;
 pub mod kmeans;
 pub mod mdam;
 pub mod nn;
+pub mod ops;
 pub mod rqvae;
 pub mod sid;
 pub mod sparse;

@@ -92,6 +92,16 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(self.inner.forward(x)?)
     }
+
+    /// Applies the layer to a constant input (data, not the output of a trainable layer): same
+    /// value as [`Linear::forward`], but the backward pass skips the gradient of `x`.
+    pub fn forward_const(&self, x: &Tensor) -> Result<Tensor> {
+        let xw = super::ops::const_lhs_matmul(x, self.inner.weight())?;
+        Ok(match self.inner.bias() {
+            Some(b) => xw.broadcast_add(b)?,
+            None => xw,
+        })
+    }
 }
 
 /// An MLP with ReLU between layers and a linear output.
@@ -113,9 +123,23 @@ impl Mlp {
 
     /// Applies the MLP.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.run(x, false)
+    }
+
+    /// Applies the MLP to a constant input (see [`Linear::forward_const`]): same value, cheaper
+    /// backward.
+    pub fn forward_const(&self, x: &Tensor) -> Result<Tensor> {
+        self.run(x, true)
+    }
+
+    fn run(&self, x: &Tensor, const_input: bool) -> Result<Tensor> {
         let mut h = x.clone();
         for (k, l) in self.layers.iter().enumerate() {
-            h = l.forward(&h)?;
+            h = if k == 0 && const_input {
+                l.forward_const(&h)?
+            } else {
+                l.forward(&h)?
+            };
             if k + 1 < self.layers.len() {
                 h = h.relu()?;
             }
@@ -182,6 +206,57 @@ pub(crate) mod testing {
                 "coord {k}: fd {fd} vs grad {}",
                 g[k]
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn const_input_forward_matches_and_gives_the_same_weight_gradients() {
+        let mut p = Params::default();
+        let mut rng = rng_for(3, "test");
+        let mlp = Mlp::new(&mut p, &mut rng, "m", &[5, 4, 3]).expect("mlp");
+        let x = uniform(&mut rng, 6, 5, 1.0).expect("x");
+        let (a, b) = (
+            mlp.forward(&x).expect("f"),
+            mlp.forward_const(&x).expect("f"),
+        );
+        let diff = (&a - &b)
+            .expect("d")
+            .abs()
+            .expect("a")
+            .max_all()
+            .expect("m");
+        assert!(diff.to_scalar::<f32>().expect("s") < 1e-6);
+        let (ga, gb) = (
+            a.sqr()
+                .expect("s")
+                .sum_all()
+                .expect("s")
+                .backward()
+                .expect("bw"),
+            b.sqr()
+                .expect("s")
+                .sum_all()
+                .expect("s")
+                .backward()
+                .expect("bw"),
+        );
+        for v in p.vars() {
+            let (u, w) = (
+                ga.get(v.as_tensor()).expect("grad"),
+                gb.get(v.as_tensor()).expect("grad"),
+            );
+            let d = (u - w)
+                .expect("d")
+                .abs()
+                .expect("a")
+                .flatten_all()
+                .expect("f");
+            assert!(d.max(0).expect("m").to_scalar::<f32>().expect("s") < 1e-5);
         }
     }
 }

@@ -43,6 +43,74 @@ pub struct RqVae {
     last_used: Vec<Vec<usize>>,
 }
 
+/// The rows a training batch feeds one quantizer. A batch repeats entities (anchors are drawn
+/// in proportion to popularity, partners and uniform extras add more), so each distinct entity is
+/// encoded and decoded once and its result copied to every row that names it (`index_select`,
+/// whose backward sums the copies' gradients): the same loss and gradients as running every row,
+/// for the cost of the distinct ones.
+#[derive(Debug)]
+pub struct QuantRows {
+    /// Inputs of the distinct entities, in order of first appearance (`u x in_dim`).
+    x: Tensor,
+    /// Slot in `x` of every batch row (`n`).
+    pos: Tensor,
+    /// Distinct slots among the reconstructed rows (the first `recon_rows` batch rows) ...
+    recon_slots: Tensor,
+    /// ... the batch row where each first appears ...
+    recon_first: Tensor,
+    /// ... and its share of the reconstructed rows (count / `recon_rows`).
+    recon_share: Tensor,
+}
+
+impl QuantRows {
+    /// Rows `ids` (entity ids into the row-major `x_all` of dimension `d`); the first
+    /// `recon_rows` of them are reconstructed.
+    pub fn new(ids: &[u32], x_all: &[f32], d: usize, recon_rows: usize) -> Result<Self> {
+        let mut slot_of = std::collections::HashMap::with_capacity(ids.len());
+        let (mut distinct, mut pos) = (Vec::new(), Vec::with_capacity(ids.len()));
+        for &id in ids {
+            let next = distinct.len() as u32;
+            let s = *slot_of.entry(id).or_insert_with(|| {
+                distinct.push(id);
+                next
+            });
+            pos.push(s);
+        }
+        let m = recon_rows.min(ids.len());
+        // slots are numbered by first appearance, so those of the first m rows are 0..k
+        let k = pos[..m].iter().max().map_or(0, |&s| s as usize + 1);
+        let (mut first, mut count) = (vec![u32::MAX; k], vec![0f32; k]);
+        for (row, &s) in pos[..m].iter().enumerate() {
+            if first[s as usize] == u32::MAX {
+                first[s as usize] = row as u32;
+            }
+            count[s as usize] += 1.0 / m as f32;
+        }
+        let dev = &Device::Cpu;
+        let x = Tensor::from_vec(gather(x_all, d, &distinct), (distinct.len(), d), dev)?;
+        Ok(Self {
+            x,
+            pos: Tensor::from_vec(pos, ids.len(), dev)?,
+            recon_slots: Tensor::arange(0u32, k as u32, dev)?,
+            recon_first: Tensor::from_vec(first, k, dev)?,
+            recon_share: Tensor::from_vec(count, k, dev)?,
+        })
+    }
+
+    /// Number of distinct entities (what the encoder runs on).
+    pub fn distinct(&self) -> usize {
+        self.x.dim(0).unwrap_or(0)
+    }
+}
+
+fn gather(x: &[f32], d: usize, ids: &[u32]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(ids.len() * d);
+    for &i in ids {
+        out.extend_from_slice(&x[i as usize * d..(i as usize + 1) * d]);
+    }
+    out
+}
+
 /// Output of a training forward pass.
 #[derive(Debug)]
 pub struct QuantOut {
@@ -103,10 +171,11 @@ impl RqVae {
     }
 
     /// Training forward pass (see the module notes); `beta_c` weighs the commitment term. Only
-    /// the first `recon_rows` rows are decoded (the decoder is the costliest part; rows that
+    /// the reconstructed rows of `rows` are decoded (the decoder is the costliest part; rows that
     /// only serve the alignment need no reconstruction).
-    pub fn forward(&self, x: &Tensor, beta_c: f64, recon_rows: usize) -> Result<QuantOut> {
-        let h = self.enc.forward(x)?;
+    pub fn forward(&self, rows: &QuantRows, beta_c: f64) -> Result<QuantOut> {
+        let h_distinct = self.enc.forward_const(&rows.x)?;
+        let h = h_distinct.index_select(&rows.pos, 0)?;
         let n = h.dim(0)?;
         let mut r = h.clone();
         let mut z: Option<Tensor> = None;
@@ -131,13 +200,13 @@ impl RqVae {
             });
         }
         let z = z.expect("levels >= 1 is validated by DasConfig");
-        let m = recon_rows.min(n);
-        let (hm, zm) = (h.narrow(0, 0, m)?, z.narrow(0, 0, m)?);
+        // mean over the reconstructed rows = share-weighted sum over their distinct entities
+        let hm = h_distinct.index_select(&rows.recon_slots, 0)?;
+        let zm = z.index_select(&rows.recon_first, 0)?;
         let z_st = (&hm + (&zm - &hm)?.detach())?;
-        let recon = (self.dec.forward(&z_st)? - x.narrow(0, 0, m)?)?
-            .sqr()?
-            .sum(1)?
-            .mean(0)?;
+        let xm = rows.x.index_select(&rows.recon_slots, 0)?;
+        let recon =
+            ((self.dec.forward(&z_st)? - xm)?.sqr()?.sum(1)? * &rows.recon_share)?.sum_all()?;
         let z_align = ((&z + &h)? - h.detach())?;
         Ok(QuantOut {
             z_align,
@@ -283,7 +352,7 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
-    fn setup() -> (RqVae, Params, Tensor) {
+    fn setup() -> (RqVae, Params, QuantRows) {
         let mut p = Params::default();
         let mut rng = ChaCha8Rng::seed_from_u64(4);
         let shape = RqShape {
@@ -295,13 +364,14 @@ mod tests {
         let mut q = RqVae::new(&mut p, &mut rng, "t", shape, &[8]).expect("build");
         let x: Vec<f32> = (0..60).map(|_| rng.random_range(-1.0..1.0)).collect();
         q.init_codebooks(&x, 5, &mut rng).expect("init");
-        (q, p, Tensor::from_vec(x, (10, 6), &Device::Cpu).expect("t"))
+        let ids: Vec<u32> = (0..10).collect();
+        (q, p, QuantRows::new(&ids, &x, 6, 10).expect("rows"))
     }
 
     #[test]
     fn forward_shapes_and_codebook_gradient_is_exact() {
         let (q, p, x) = setup();
-        let out = q.forward(&x, 0.25, 10).expect("fwd");
+        let out = q.forward(&x, 0.25).expect("fwd");
         assert_eq!(out.z_align.dims(), &[10, 4]);
         assert_eq!(out.codes.len(), 20);
         assert_eq!(out.residuals.len(), 2);
@@ -333,7 +403,7 @@ mod tests {
     #[test]
     fn alignment_gradient_reaches_codes_and_encoder_and_recon_reaches_encoder() {
         let (q, p, x) = setup();
-        let out = q.forward(&x, 0.25, 10).expect("fwd");
+        let out = q.forward(&x, 0.25).expect("fwd");
         let grads = out.z_align.sum_all().expect("sum").backward().expect("bw");
         let book = &p.vars_with_prefix("t.book1")[0];
         let g = grads
@@ -369,10 +439,56 @@ mod tests {
     #[test]
     fn encode_matches_training_codes() {
         let (q, _, x) = setup();
-        let out = q.forward(&x, 0.25, 10).expect("fwd");
-        let flat = x.flatten_all().expect("f").to_vec1::<f32>().expect("v");
+        let out = q.forward(&x, 0.25).expect("fwd");
+        let flat = x.x.flatten_all().expect("f").to_vec1::<f32>().expect("v");
         let (codes, z) = q.encode(&flat).expect("enc");
         assert_eq!(codes, out.codes);
         assert_eq!(z.len(), 40);
+    }
+
+    #[test]
+    fn repeated_rows_are_encoded_once_with_the_same_losses_and_gradients() {
+        let (q, p, rows) = setup();
+        let x = rows
+            .x
+            .flatten_all()
+            .expect("f")
+            .to_vec1::<f32>()
+            .expect("v");
+        let ids = [3u32, 1, 3, 7, 1, 3, 2];
+        // the same batch with every row a distinct entity (a copy of the input)
+        let copies: Vec<f32> = ids
+            .iter()
+            .flat_map(|&i| x[i as usize * 6..(i as usize + 1) * 6].to_vec())
+            .collect();
+        let seq: Vec<u32> = (0..ids.len() as u32).collect();
+        let dedup = QuantRows::new(&ids, &x, 6, 5).expect("rows");
+        let plain = QuantRows::new(&seq, &copies, 6, 5).expect("rows");
+        assert_eq!((dedup.distinct(), plain.distinct()), (4, 7));
+        let loss = |r: &QuantRows| {
+            let out = q.forward(r, 0.25).expect("fwd");
+            let sem = out.sem_loss().expect("l");
+            let total = (sem + out.z_align.sum_all().expect("s")).expect("add");
+            let g = total.backward().expect("bw");
+            let grad = |name: &str| {
+                let v = &p.vars_with_prefix(name)[0];
+                g.get(v.as_tensor())
+                    .expect("grad")
+                    .flatten_all()
+                    .expect("f")
+                    .to_vec1::<f32>()
+                    .expect("v")
+            };
+            let (recon, codes) = (out.recon.to_scalar::<f32>().expect("s"), out.codes);
+            (recon, codes, grad("t.enc.0.weight"), grad("t.dec.1.weight"))
+        };
+        let (a, b) = (loss(&dedup), loss(&plain));
+        assert!((a.0 - b.0).abs() < 1e-5, "recon {} vs {}", a.0, b.0);
+        assert_eq!(a.1, b.1);
+        for (ga, gb) in [(&a.2, &b.2), (&a.3, &b.3)] {
+            for (u, v) in ga.iter().zip(gb.iter()) {
+                assert!((u - v).abs() < 1e-5, "{u} vs {v}");
+            }
+        }
     }
 }

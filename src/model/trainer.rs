@@ -3,7 +3,7 @@
 //! One DAS step: sample `batch` positive pairs `(u, i)` from the log (so items come in proportion
 //! to popularity, like serving traffic), draw co-occurrence partners `u+` (another user of `i`)
 //! and `i+` (another item of `u`), and `sem_uniform` uniform entities per side (so cold items
-//! are reconstructed too). Each quantizer runs once on `[anchors, partners, uniform]`; ICDM runs
+//! are reconstructed too). Each quantizer runs once on `[anchors, uniform, partners]`; ICDM runs
 //! on the pairs; the six InfoNCE terms tie `z_u`, `z_i` to `u_int`, `i_pro` and to each other.
 //! `alpha` is on from the start (ICDM shares no parameters with the codes, so it only needs a
 //! head start); `beta` is 0 during `warmup_steps` and ramps linearly over `ramp_steps`, so
@@ -22,7 +22,7 @@ use super::data::{center_rows, col_mean, Prepared, TrainingData};
 use super::icdm::IcdmOut;
 use super::mdam::{info_nce, sample_partners};
 use super::nn::rng_for;
-use super::rqvae::{QuantOut, RqVae};
+use super::rqvae::{QuantOut, QuantRows, RqVae};
 use super::{kmeans, ModelError, Result};
 
 /// Where the training time went, and the last losses.
@@ -32,6 +32,11 @@ pub struct TrainStats {
     pub steps: usize,
     /// Wall seconds of the whole run (including k-means init).
     pub seconds: f64,
+    /// CPU seconds of the training thread over the whole run (Linux; `None` elsewhere): what the
+    /// run costs whatever else the machine is doing. With `threads = 1` candle's kernels run on
+    /// this thread, so on an idle machine it matches `seconds`.
+    #[serde(default)]
+    pub cpu_s: Option<f64>,
     /// Seconds sampling batches and gathering rows.
     pub data_s: f64,
     /// Seconds in forward passes.
@@ -97,7 +102,31 @@ pub fn train_prepared(
     cfg: &DasConfig,
 ) -> Result<(TrainedModel, TrainStats)> {
     cfg.validate()?;
-    let start = Instant::now();
+    let (start, cpu0) = (Instant::now(), thread_cpu_seconds());
+    let mut model = build_model(prep, method, cfg)?;
+    let mut work = prep.clone();
+    if cfg.center_inputs {
+        model.item_mean = col_mean(&prep.x_item, prep.item_dim);
+        model.user_mean = col_mean(&prep.x_user, prep.user_dim);
+        work.x_item = center_rows(&prep.x_item, prep.item_dim, &model.item_mean);
+        work.x_user = center_rows(&prep.x_user, prep.user_dim, &model.user_mean);
+    }
+    let mut t = Trainer::new(&work, model, cfg)?;
+    t.run(method)?;
+    t.stats.seconds = start.elapsed().as_secs_f64();
+    t.stats.cpu_s = thread_cpu_seconds().zip(cpu0).map(|(b, a)| b - a);
+    Ok((t.model, t.stats))
+}
+
+/// CPU time of the calling thread, from `/proc/thread-self/schedstat` (nanoseconds on CPU).
+fn thread_cpu_seconds() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: f64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(ns / 1e9)
+}
+
+/// A freshly initialised (seeded) model of `method` sized for `prep`.
+fn build_model(prep: &Prepared, method: Method, cfg: &DasConfig) -> Result<TrainedModel> {
     let meta = ModelMeta {
         method,
         config: cfg.clone(),
@@ -107,33 +136,26 @@ pub fn train_prepared(
         n_items: prep.n_items,
         n_users: prep.n_users,
     };
-    let mut model = TrainedModel::build(meta, &prep.item_count)?;
-    let mut work = prep.clone();
-    if cfg.center_inputs {
-        model.item_mean = col_mean(&prep.x_item, prep.item_dim);
-        model.user_mean = col_mean(&prep.x_user, prep.user_dim);
-        work.x_item = center_rows(&prep.x_item, prep.item_dim, &model.item_mean);
-        work.x_user = center_rows(&prep.x_user, prep.user_dim, &model.user_mean);
+    TrainedModel::build(meta, &prep.item_count)
+}
+
+impl<'a> Trainer<'a> {
+    fn new(prep: &'a Prepared, model: TrainedModel, cfg: &DasConfig) -> Result<Self> {
+        let params = ParamsAdamW {
+            lr: cfg.lr,
+            weight_decay: 0.0,
+            ..Default::default()
+        };
+        let opt = AdamW::new(model.params.vars(), params)?;
+        Ok(Self {
+            prep,
+            cfg: cfg.clone(),
+            model,
+            opt,
+            rng: rng_for(cfg.seed, "train"),
+            stats: TrainStats::default(),
+        })
     }
-    let prep = &work;
-    let params = ParamsAdamW {
-        lr: cfg.lr,
-        weight_decay: 0.0,
-        ..Default::default()
-    };
-    let opt = AdamW::new(model.params.vars(), params)?;
-    let rng = rng_for(cfg.seed, "train");
-    let mut t = Trainer {
-        prep,
-        cfg: cfg.clone(),
-        model,
-        opt,
-        rng,
-        stats: TrainStats::default(),
-    };
-    t.run(method)?;
-    t.stats.seconds = start.elapsed().as_secs_f64();
-    Ok((t.model, t.stats))
 }
 
 impl Trainer<'_> {
@@ -323,11 +345,14 @@ struct Batch {
     items_plus: Vec<u32>,
     w_items_plus: Vec<f32>,
     negatives: Vec<(u32, u32)>,
-    /// Item ids fed to the item quantizer, and the tensor of their inputs.
+    /// Quantizer row of the first co-occurrence partner (partner `k` is row `partners_at + k`);
+    /// the rows before it (anchors and uniform extras) are the reconstructed ones.
+    partners_at: usize,
+    /// Item ids fed to the item quantizer, and their inputs.
     item_rows: Vec<u32>,
-    x_items: Option<Tensor>,
+    x_items: Option<QuantRows>,
     user_rows: Vec<u32>,
-    x_users: Option<Tensor>,
+    x_users: Option<QuantRows>,
 }
 
 impl Trainer<'_> {
@@ -357,23 +382,31 @@ impl Trainer<'_> {
             .map(|_| prep.negatives[self.rng.random_range(0..prep.negatives.len())])
             .collect();
         let extra = if uses_log { self.cfg.sem_uniform } else { b };
+        // only the partners of the anchors that enter the alignment are quantized
+        let n_co = if plan.align == Align::Joint && self.cfg.align_co {
+            self.align_n(b)
+        } else {
+            0
+        };
         let item_rows = self.rows_for(
             plan.sem_item || plan.align != Align::None,
             &items,
-            &items_plus,
+            &items_plus[..n_co.min(items_plus.len())],
             extra,
             prep.n_items,
         );
         let user_rows = self.rows_for(
             plan.sem_user || plan.align != Align::None,
             &users,
-            &users_plus,
+            &users_plus[..n_co.min(users_plus.len())],
             extra,
             prep.n_users,
         );
-        let x_items = Self::inputs(&item_rows, &prep.x_item, prep.item_dim)?;
-        let x_users = Self::inputs(&user_rows, &prep.x_user, prep.user_dim)?;
+        let recon_rows = users.len() + extra;
+        let x_items = Self::inputs(&item_rows, &prep.x_item, prep.item_dim, recon_rows)?;
+        let x_users = Self::inputs(&user_rows, &prep.x_user, prep.user_dim, recon_rows)?;
         Ok(Batch {
+            partners_at: recon_rows,
             users,
             items,
             users_plus,
@@ -388,7 +421,15 @@ impl Trainer<'_> {
         })
     }
 
-    /// Quantizer rows: anchors, then partners, then `extra` uniform ids (empty when unused).
+    /// Anchors (the first of the batch's `b` pairs: the batch is a random sample) that enter the
+    /// InfoNCE alignments.
+    fn align_n(&self, b: usize) -> usize {
+        b.min(self.cfg.align_rows.max(2))
+    }
+
+    /// Quantizer rows: anchors, then `extra` uniform ids, then partners (empty when unused).
+    /// [`Trainer::forward`] reconstructs the first `anchors + extra` rows and
+    /// [`Trainer::align_loss`] finds the partners after them: keep the three in step.
     fn rows_for(
         &mut self,
         used: bool,
@@ -400,17 +441,17 @@ impl Trainer<'_> {
         if !used {
             return Vec::new();
         }
-        let mut rows: Vec<u32> = anchors.iter().chain(partners).copied().collect();
+        let mut rows = anchors.to_vec();
         rows.extend((0..extra).map(|_| self.rng.random_range(0..n as u32)));
+        rows.extend_from_slice(partners);
         rows
     }
 
-    fn inputs(rows: &[u32], x: &[f32], d: usize) -> Result<Option<Tensor>> {
+    fn inputs(rows: &[u32], x: &[f32], d: usize, recon_rows: usize) -> Result<Option<QuantRows>> {
         if rows.is_empty() {
             return Ok(None);
         }
-        let v = Prepared::gather(x, d, rows);
-        Ok(Some(Tensor::from_vec(v, (rows.len(), d), &Device::Cpu)?))
+        Ok(Some(QuantRows::new(rows, x, d, recon_rows)?))
     }
 }
 
@@ -420,16 +461,9 @@ impl Trainer<'_> {
     fn forward(&mut self, plan: Plan, b: &Batch, s: usize) -> Result<Forward> {
         let zero = || Tensor::zeros((), candle_core::DType::F32, &Device::Cpu);
         let beta_c = self.cfg.beta_commit;
-        // rows are [anchors, uniform, partners]: reconstruct all but the partners
-        let recon_rows = b.users.len()
-            + if b.users.is_empty() {
-                self.cfg.batch
-            } else {
-                self.cfg.sem_uniform
-            };
-        let run = |q: &Option<RqVae>, x: &Option<Tensor>| -> Result<Option<QuantOut>> {
+        let run = |q: &Option<RqVae>, x: &Option<QuantRows>| -> Result<Option<QuantOut>> {
             match (q, x) {
-                (Some(q), Some(x)) => Ok(Some(q.forward(x, beta_c, recon_rows)?)),
+                (Some(q), Some(x)) => Ok(Some(q.forward(x, beta_c)?)),
                 _ => Ok(None),
             }
         };
@@ -484,10 +518,15 @@ impl Trainer<'_> {
         if plan.align == Align::Joint {
             let o =
                 icdm.ok_or_else(|| ModelError::InvalidConfig("joint alignment needs ICDM".into()))?;
-            return Ok(if self.cfg.debias {
-                (o.u_int.clone(), o.i_pro.clone())
+            let (u, i) = if self.cfg.debias {
+                (&o.u_int, &o.i_pro)
             } else {
-                (o.u_full.clone(), o.i_full.clone())
+                (&o.u_full, &o.i_full)
+            };
+            return Ok(if self.cfg.align_cf_grad {
+                (u.clone(), i.clone())
+            } else {
+                (u.detach(), i.detach())
             });
         }
         let m = self
@@ -522,13 +561,8 @@ impl Trainer<'_> {
                 "alignment needs both quantizers".into(),
             ));
         };
-        // the first `n` anchors (the batch is a random sample) and their partners
-        let (n, p0) = (
-            b.users.len().min(self.cfg.align_rows.max(2)),
-            b.users.len() + self.cfg.sem_uniform,
-        );
-        let (z_i, z_ip) = (qi.z_align.narrow(0, 0, n)?, qi.z_align.narrow(0, p0, n)?);
-        let (z_u, z_up) = (qu.z_align.narrow(0, 0, n)?, qu.z_align.narrow(0, p0, n)?);
+        let (n, p0) = (self.align_n(b.users.len()), b.partners_at);
+        let (z_i, z_u) = (qi.z_align.narrow(0, 0, n)?, qu.z_align.narrow(0, 0, n)?);
         let (u_cf, i_cf) = self.cf_side(plan, b, icdm)?;
         let (u_cf, i_cf) = (u_cf.narrow(0, 0, n)?, i_cf.narrow(0, 0, n)?);
         let (us, is, tau, ones) = (
@@ -539,22 +573,29 @@ impl Trainer<'_> {
         );
         let (up, ip) = (&b.users_plus[..n], &b.items_plus[..n]);
         let (wup, wip) = (&b.w_users_plus[..n], &b.w_items_plus[..n]);
+        let c = &self.cfg;
         let mut terms = Vec::new();
-        if plan.align == Align::Frozen || self.cfg.align_self {
-            terms.push(info_nce(&z_u, &u_cf, us, us, &ones, tau)?);
-            terms.push(info_nce(&z_i, &i_cf, is, is, &ones, tau)?);
+        if plan.align == Align::Frozen || c.align_self {
+            let w = if plan.align == Align::Frozen {
+                1.0
+            } else {
+                c.w_self
+            };
+            terms.push((w, info_nce(&z_u, &u_cf, us, us, &ones, tau)?));
+            terms.push((w, info_nce(&z_i, &i_cf, is, is, &ones, tau)?));
         }
-        if plan.align == Align::Joint && self.cfg.align_u2i {
-            terms.push(info_nce(&z_u, &i_cf, us, is, &ones, tau)?);
-            terms.push(info_nce(&z_i, &u_cf, is, us, &ones, tau)?);
+        if plan.align == Align::Joint && c.align_u2i {
+            terms.push((c.w_u2i, info_nce(&z_u, &i_cf, us, is, &ones, tau)?));
+            terms.push((c.w_u2i, info_nce(&z_i, &u_cf, is, us, &ones, tau)?));
         }
         if plan.align == Align::Joint && self.cfg.align_co {
-            terms.push(info_nce(&z_u, &z_up, us, up, wup, tau)?);
-            terms.push(info_nce(&z_i, &z_ip, is, ip, wip, tau)?);
+            let (z_ip, z_up) = (qi.z_align.narrow(0, p0, n)?, qu.z_align.narrow(0, p0, n)?);
+            terms.push((c.w_co, info_nce(&z_u, &z_up, us, up, wup, tau)?));
+            terms.push((c.w_co, info_nce(&z_i, &z_ip, is, ip, wip, tau)?));
         }
         let mut total = Tensor::zeros((), candle_core::DType::F32, &Device::Cpu)?;
-        for t in terms {
-            total = (total + t)?;
+        for (w, t) in terms {
+            total = (total + t.affine(w, 0.0)?)?;
         }
         Ok(total)
     }
@@ -659,6 +700,35 @@ mod tests {
         );
     }
 
+    /// Regression: the alignment read the partners at row `batch + sem_uniform` while the rows
+    /// were laid out `[anchors, partners, uniform]`, so the co-occurrence terms paired each
+    /// anchor with another anchor's partner (and the uniform rows went unreconstructed).
+    #[test]
+    fn partner_rows_follow_their_anchors() {
+        let s = generate(&SynthSpec {
+            n_items: 128,
+            n_users: 64,
+            ..SynthSpec::default()
+        });
+        let cfg = small_cfg();
+        let prep = Prepared::new(&s.data, cfg.recency_half_life_days).expect("prep");
+        let model = build_model(&prep, Method::Das, &cfg).expect("model");
+        let mut t = Trainer::new(&prep, model, &cfg).expect("trainer");
+        let plan = Plan {
+            sem_item: true,
+            sem_user: true,
+            cf: true,
+            align: Align::Joint,
+        };
+        let b = t.sample_batch(plan).expect("batch");
+        assert_eq!(b.partners_at, cfg.batch + cfg.sem_uniform);
+        assert_eq!(&b.item_rows[..cfg.batch], &b.items[..]);
+        assert_eq!(&b.user_rows[..cfg.batch], &b.users[..]);
+        let n = cfg.align_rows.min(cfg.batch);
+        assert_eq!(&b.item_rows[b.partners_at..][..n], &b.items_plus[..n]);
+        assert_eq!(&b.user_rows[b.partners_at..][..n], &b.users_plus[..n]);
+    }
+
     #[test]
     fn kmeans_init_and_reseeding_keep_codes_alive_where_random_init_collapses() {
         let s = generate(&SynthSpec {
@@ -750,6 +820,10 @@ mod tests {
         for m in [Method::RqKMeans, Method::TwoStage, Method::Cf] {
             let (model, stats) = train(&s.data, m, &cfg).expect("train");
             assert!(stats.seconds > 0.0);
+            if cfg!(target_os = "linux") {
+                // schedstat advances at scheduler ticks: a tiny run may read 0
+                assert!(stats.cpu_s.is_some_and(|c| c >= 0.0), "{:?}", stats.cpu_s);
+            }
             if m == Method::Cf {
                 assert!(model.encode_items(&s.data.item_emb).is_err());
                 continue;
