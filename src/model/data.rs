@@ -256,8 +256,8 @@ fn user_inputs(
     let mut out = vec![0.0f32; data.n_users * d];
     for x in log.iter().filter(|x| x.weight > 0.0) {
         let (u, i) = (x.user as usize, x.item as usize);
-        let age = (last[u] - x.ts_ms) as f64 / half_life_ms;
-        let w = x.weight * 0.5f64.powf(age) as f32;
+        let age_ms = (last[u] - x.ts_ms) as f64;
+        let w = x.weight * crate::profile::recency_weight(age_ms, half_life_ms);
         let row = &mut out[u * d..(u + 1) * d];
         row.iter_mut()
             .zip(&x_item[i * d..(i + 1) * d])

@@ -383,7 +383,7 @@ impl HnswIndex {
                 .search(&q, k, ef, Some(&|s: u32| b.is_live(s as usize)))
         };
         if found.len() < k.min(b.live.len()) {
-            return Ok(self.exact(&b, &q, k, factor));
+            return Ok(self.exact(&b, &q, k, factor, &|_| true));
         }
         Ok(self.hits(&b, &found, factor))
     }
@@ -409,6 +409,13 @@ impl HnswIndex {
         }
         let pass = |s: u32| b.is_live(s as usize) && filter(b.slots[s as usize]);
         let found = self.graph.search(&q, k, ef, Some(&pass));
+        if found.len() < k {
+            // Fewer than k passing points reached: either fewer exist, or a churned graph left
+            // some unreachable from the entry point (seen on tiny L2 graphs). Only an exact scan
+            // can tell; it costs one pass over the graph's vectors, so callers keep small
+            // candidate sets on the flat index.
+            return Ok(self.exact(&b, &q, k, factor, &|slot| filter(b.slots[slot])));
+        }
         Ok(self.hits(&b, &found, factor))
     }
 
@@ -426,13 +433,20 @@ impl HnswIndex {
         hits
     }
 
-    /// The exact top `k` live points by a scan of every graph vector.
-    fn exact(&self, b: &Book, q: &[f32], k: usize, factor: f32) -> Vec<Hit> {
+    /// The exact top `k` live points passing `pass` (by slot), by a scan of every graph vector.
+    fn exact(
+        &self,
+        b: &Book,
+        q: &[f32],
+        k: usize,
+        factor: f32,
+        pass: &dyn Fn(usize) -> bool,
+    ) -> Vec<Hit> {
         let mut top = TopK::new(k);
         let space = self.graph.shape().space;
         self.graph.for_each_vector(|slot, v| {
             let slot = slot as usize;
-            if b.is_live(slot) {
+            if b.is_live(slot) && pass(slot) {
                 let d = match space {
                     Space::Unit => 1.0 - distance::dot(q, v),
                     Space::L2 => distance::l2_sq(q, v),
