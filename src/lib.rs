@@ -20,6 +20,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod fsutil;
 pub mod index;
 pub mod loadgen;
 pub mod model;

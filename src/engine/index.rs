@@ -37,9 +37,11 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use crate::error::{Error, Result};
+use crate::fsutil::{remove_dir_if_present, replace_dir, sibling, write_synced};
 use crate::index::flat::FlatIndex;
 use crate::index::hnsw::{DumpStamp, HnswIndex, HnswParams};
 use crate::index::{Hit, PointId};
+use crate::storage::codec::{Dec, Enc, RECORD_VERSION};
 use crate::storage::ops::WriteOp;
 use crate::storage::{Collection, Scanned, Store};
 use crate::trie::SidTrie;
@@ -254,8 +256,8 @@ pub struct EntityHit {
 /// What a search is restricted to.
 #[derive(Debug, Default)]
 pub struct Restrict<'a> {
-    /// Only entities whose SID codes start with this (`None` or empty: no restriction).
-    pub prefix: Option<&'a [u32]>,
+    /// Only entities whose SID codes start with this (empty: no restriction).
+    pub prefix: &'a [u32],
     /// Entities never to return.
     pub exclude: &'a [String],
 }
@@ -597,7 +599,7 @@ impl CollectionIndex {
             .iter()
             .filter_map(|id| ents.point(id))
             .collect();
-        let prefix = restrict.prefix.filter(|p| !p.is_empty());
+        let prefix = Some(restrict.prefix).filter(|p| !p.is_empty());
         let hits = match prefix {
             Some(p) if ents.trie.count(p) as usize <= exact_scan_max => {
                 let candidates: Vec<PointId> = ents
@@ -652,7 +654,7 @@ impl CollectionIndex {
     /// stopped.
     pub fn dump(&self, dir: &Path) -> Result<()> {
         let st = self.state.read();
-        let tmp = dir.with_extension("tmp");
+        let tmp = sibling(dir, "tmp")?;
         remove_dir_if_present(&tmp)?;
         fs::create_dir_all(&tmp)
             .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
@@ -662,18 +664,11 @@ impl CollectionIndex {
                 space.hnsw.dump(&tmp.join(id.dir_name()), st.applied_seq)?;
             }
         }
-        PointsFile::from_state(&st).write(&tmp)?;
-        remove_dir_if_present(dir)?;
-        fs::rename(&tmp, dir).map_err(|e| {
-            Error::io(
-                format!("renaming {} to {}", tmp.display(), dir.display()),
-                e,
-            )
-        })?;
-        if let Some(parent) = dir.parent() {
-            crate::storage::wal::sync_dir(parent)?;
-        }
-        Ok(())
+        write_synced(
+            &tmp.join(POINTS_FILE),
+            &PointsFile::from_state(&st).encode(),
+        )?;
+        replace_dir(&tmp, dir)
     }
 }
 
@@ -694,21 +689,12 @@ fn resolve(ents: &Entities, hits: Vec<Hit>) -> Vec<EntityHit> {
         .collect()
 }
 
-/// Removes a directory tree; absent is fine.
-pub fn remove_dir_if_present(dir: &Path) -> Result<()> {
-    match fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io(format!("removing {}", dir.display()), e)),
-    }
-}
-
 /// The `points` file of a dump: write sequence, point ids of every entity, and pending points.
 ///
-/// Layout: magic `SIDBPTS1`, then little-endian `u64` generation, `u64` next point, the items
-/// and users as (`u64` count, then per entity `u64` point, `u32` id length, id bytes), the pending
-/// sets as (`u32` count, then per space `u8` kind, `u32` modality, `u64` count, `u64` points), and
-/// a CRC32 of everything before it.
+/// Layout ([`crate::storage::codec`] encoding, little-endian): magic `SIDBPTS1`, format version,
+/// `u64` generation, `u64` next point, the items and users as (`u64` count, then per entity `u64`
+/// point and its id string), the pending sets as (`u32` count, then per space `u8` kind,
+/// `u32` modality, `u64` count, `u64` points), and a CRC32 of everything before it.
 #[derive(Debug, Default)]
 struct PointsFile {
     generation: u64,
@@ -748,42 +734,35 @@ impl PointsFile {
         }
     }
 
-    fn write(&self, dir: &Path) -> Result<()> {
-        let mut w = Vec::new();
-        w.extend_from_slice(POINTS_MAGIC);
-        w.extend_from_slice(&self.generation.to_le_bytes());
-        w.extend_from_slice(&self.next_point.to_le_bytes());
+    fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::default();
+        e.buf.extend_from_slice(POINTS_MAGIC);
+        e.u8(RECORD_VERSION);
+        e.u64(self.generation);
+        e.u64(self.next_point);
         for map in [&self.items, &self.users] {
-            w.extend_from_slice(&(map.len() as u64).to_le_bytes());
+            e.u64(map.len() as u64);
             let mut sorted: Vec<_> = map.iter().collect();
             sorted.sort();
             for (id, p) in sorted {
-                w.extend_from_slice(&p.to_le_bytes());
-                w.extend_from_slice(&(id.len() as u32).to_le_bytes());
-                w.extend_from_slice(id.as_bytes());
+                e.u64(*p);
+                e.str(id);
             }
         }
-        w.extend_from_slice(&(self.pending.len() as u32).to_le_bytes());
+        e.u32(self.pending.len() as u32);
         for (space, points) in &self.pending {
             let (kind, m) = match space {
                 SpaceId::Item(i) => (0u8, *i as u32),
                 SpaceId::User => (1u8, 0),
             };
-            w.push(kind);
-            w.extend_from_slice(&m.to_le_bytes());
-            w.extend_from_slice(&(points.len() as u64).to_le_bytes());
-            for p in points {
-                w.extend_from_slice(&p.to_le_bytes());
-            }
+            e.u8(kind);
+            e.u32(m);
+            e.u64(points.len() as u64);
+            points.iter().for_each(|p| e.u64(*p));
         }
-        let crc = crc32fast::hash(&w);
-        w.extend_from_slice(&crc.to_le_bytes());
-        let path = dir.join(POINTS_FILE);
-        let mut f = fs::File::create(&path)
-            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-        std::io::Write::write_all(&mut f, &w)
-            .and_then(|_| f.sync_all())
-            .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+        let crc = crc32fast::hash(&e.buf);
+        e.u32(crc);
+        e.buf
     }
 
     fn read(dir: &Path) -> Result<PointsFile> {
@@ -793,88 +772,45 @@ impl PointsFile {
             _ => Error::io(format!("reading {}", path.display()), e),
         })?;
         let corrupt = |what: &str| Error::DataLoss(format!("{}: {what}", path.display()));
-        if buf.len() < POINTS_MAGIC.len() + 4 || &buf[..8] != POINTS_MAGIC {
+        let magic = POINTS_MAGIC.len();
+        if buf.len() < magic + 4 || &buf[..magic] != POINTS_MAGIC {
             return Err(corrupt("not a points file"));
         }
         let (body, crc) = buf.split_at(buf.len() - 4);
         if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
             return Err(corrupt("checksum mismatch"));
         }
-        let mut r = Reader {
-            buf: &body[8..],
-            what: &path,
-        };
+        let mut d = Dec::versioned(&body[magic..], "index points file")?;
         let mut out = PointsFile {
-            generation: r.u64()?,
-            next_point: r.u64()?,
+            generation: d.u64()?,
+            next_point: d.u64()?,
             ..PointsFile::default()
         };
         for kind in [EntityKind::Items, EntityKind::Users] {
-            let n = r.u64()?;
+            let n = d.u64()?;
             let map = match kind {
                 EntityKind::Items => &mut out.items,
                 EntityKind::Users => &mut out.users,
             };
             for _ in 0..n {
-                let p = r.u64()?;
-                let len = r.u32()? as usize;
-                let id =
-                    std::str::from_utf8(r.take(len)?).map_err(|_| corrupt("an id is not UTF-8"))?;
+                let p = d.u64()?;
                 if p >= out.next_point {
                     return Err(corrupt("a point id beyond the counter"));
                 }
-                map.insert(id.to_string(), p);
+                map.insert(d.str()?, p);
             }
         }
-        for _ in 0..r.u32()? {
-            let kind = r.take(1)?[0];
-            let m = r.u32()?;
-            let space = match kind {
-                0 => SpaceId::Item(m as usize),
-                1 => SpaceId::User,
+        for _ in 0..d.u32()? {
+            let space = match (d.u8()?, d.u32()?) {
+                (0, m) => SpaceId::Item(m as usize),
+                (1, _) => SpaceId::User,
                 _ => return Err(corrupt("unknown space kind")),
             };
-            let n = r.u64()?;
-            let mut set = HashSet::new();
-            for _ in 0..n {
-                set.insert(r.u64()?);
-            }
+            let n = d.u64()?;
+            let set = (0..n).map(|_| d.u64()).collect::<Result<HashSet<_>>>()?;
             out.pending.insert(space, set);
         }
-        if !r.buf.is_empty() {
-            return Err(corrupt("trailing bytes"));
-        }
+        d.finish()?;
         Ok(out)
-    }
-}
-
-struct Reader<'a> {
-    buf: &'a [u8],
-    what: &'a Path,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        if self.buf.len() < n {
-            return Err(Error::DataLoss(format!(
-                "{}: truncated",
-                self.what.display()
-            )));
-        }
-        let (head, rest) = self.buf.split_at(n);
-        self.buf = rest;
-        Ok(head)
-    }
-
-    fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
-    }
-
-    fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
     }
 }

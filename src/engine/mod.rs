@@ -160,7 +160,7 @@ impl Engine {
             let id = e.store.collection(&name)?.entry.id;
             e.store.delete_collection(&name)?;
             e.indexes.remove(id);
-            index::remove_dir_if_present(&index_dir(e.store.dir(), id))
+            crate::fsutil::remove_dir_if_present(&index_dir(e.store.dir(), id))
         })
         .await
     }

@@ -10,7 +10,7 @@ use super::{validate, Engine};
 use crate::error::{Error, Result};
 use crate::storage::Collection;
 use crate::trie::Cursor;
-use crate::types::{CollectionConfig, EntityKind, SemanticId};
+use crate::types::{CollectionConfig, EntityKind, InteractionRecord, SemanticId};
 
 /// Largest HNSW search breadth a request may ask for.
 pub const MAX_EF: u32 = 10_000;
@@ -113,23 +113,14 @@ impl Engine {
     pub async fn search(&self, collection: &str, input: SearchInput) -> Result<Vec<SearchHit>> {
         let (coll, index) = self.collection_index(collection)?;
         let config = coll.config().clone();
-        let k = validate_k("k", input.k, self.limits.max_k)?;
+        let k = validate::k("k", input.k, &self.limits)?;
         let ef = self.ef(input.ef)?;
         let space = space_for(&config, input.entity, &input.modality)?;
         validate::sid_codes("sid_prefix", &input.sid_prefix, &config)?;
         if !input.sid_prefix.is_empty() {
             require_sids(&coll)?;
         }
-        if input.exclude_ids.len() > self.limits.max_ids {
-            return Err(Error::invalid(format!(
-                "exclude_ids: {} ids, at most {} allowed",
-                input.exclude_ids.len(),
-                self.limits.max_ids
-            )));
-        }
-        for (i, id) in input.exclude_ids.iter().enumerate() {
-            validate::id(&format!("exclude_ids[{i}]"), id)?;
-        }
+        validate::optional_ids("exclude_ids", &input.exclude_ids, &self.limits)?;
         let query = input
             .query
             .ok_or_else(|| Error::invalid("query: set one of vector, item_id or user_id"))?;
@@ -157,7 +148,7 @@ impl Engine {
                     v
                 }
                 Query::UserId(id) => {
-                    let v = e.user_vector(&coll, &index, &id, space)?;
+                    let v = e.user_vector(&coll, &index, &id, space, None)?;
                     if space == SpaceId::User {
                         exclude.push(id);
                     }
@@ -165,7 +156,7 @@ impl Engine {
                 }
             };
             let restrict = Restrict {
-                prefix: Some(&prefix),
+                prefix: &prefix,
                 exclude: &exclude,
             };
             let hits = index.search(space, &q, k, ef, &restrict, e.retrieval.exact_scan_max)?;
@@ -182,20 +173,29 @@ impl Engine {
     ) -> Result<Vec<SearchHit>> {
         let (coll, index) = self.collection_index(collection)?;
         let config = coll.config().clone();
-        let k = validate_k("k", input.k, self.limits.max_k)?;
+        let k = validate::k("k", input.k, &self.limits)?;
         validate::id("user_id", &input.user_id)?;
         let space = space_for(&config, EntityKind::Items, &input.modality)?;
         let ef = self.ef(0)?;
         self.blocking(move |e| {
             let user = input.user_id;
-            let q = e.user_vector(&coll, &index, &user, space)?;
-            let mut exclude: Vec<String> = Vec::new();
-            if input.exclude_seen {
-                let cap = e.limits.max_interactions;
-                let (seen, _) = e.store.user_history(&coll, &user, cap, None)?;
-                let unique: HashSet<String> = seen.into_iter().map(|x| x.item_id).collect();
-                exclude.extend(unique);
-            }
+            // One history read serves both the profile (its newest events) and `exclude_seen`.
+            let seen = match input.exclude_seen {
+                true => Some(
+                    e.store
+                        .user_history(&coll, &user, e.limits.max_interactions, None)?
+                        .0,
+                ),
+                false => None,
+            };
+            let q = e.user_vector(&coll, &index, &user, space, seen.as_deref())?;
+            let mut exclude: Vec<String> = match seen {
+                Some(seen) => {
+                    let unique: HashSet<String> = seen.into_iter().map(|x| x.item_id).collect();
+                    unique.into_iter().collect()
+                }
+                None => Vec::new(),
+            };
             let prefix: Vec<u32> = {
                 let st = index.state.read();
                 match st.users.trie.get(&user) {
@@ -210,7 +210,7 @@ impl Engine {
             };
             let exact_max = e.retrieval.exact_scan_max;
             let restrict = Restrict {
-                prefix: Some(&prefix),
+                prefix: &prefix,
                 exclude: &exclude,
             };
             let mut hits = index.search(space, &q, k, ef, &restrict, exact_max)?;
@@ -218,7 +218,7 @@ impl Engine {
                 // The bucket ran short (after exclusions): fill up by plain similarity.
                 exclude.extend(hits.iter().map(|h| h.id.to_string()));
                 let rest = Restrict {
-                    prefix: None,
+                    prefix: &[],
                     exclude: &exclude,
                 };
                 let more = index.search(space, &q, k - hits.len(), ef, &rest, exact_max)?;
@@ -321,13 +321,16 @@ impl Engine {
     }
 
     /// A user's query vector in `space`: its own vector when it lives there, else the
-    /// recency-weighted mean of the vectors of the items it interacted with (positive weights).
+    /// recency-weighted mean of the vectors of the items it interacted with (positive weights)
+    /// among its newest `retrieval.profile_events` interactions. `history` is the user's history,
+    /// newest first, when the caller has read it already.
     fn user_vector(
         &self,
         coll: &Collection,
         index: &CollectionIndex,
         user: &str,
         space: SpaceId,
+        history: Option<&[InteractionRecord]>,
     ) -> Result<Vec<f32>> {
         let config = coll.config();
         let own_space = match space {
@@ -347,9 +350,15 @@ impl Engine {
                 Error::NotFound(format!("user_id: user {user:?} not found"))
             });
         }
-        let (history, _) =
-            self.store
-                .user_history(coll, user, self.retrieval.profile_events, None)?;
+        let events = self.retrieval.profile_events;
+        let read;
+        let history = match history {
+            Some(h) => &h[..h.len().min(events)],
+            None => {
+                read = self.store.user_history(coll, user, events, None)?.0;
+                &read[..]
+            }
+        };
         let half_life_ms = self.retrieval.recency_half_life_days * 86_400_000.0;
         let latest = history.first().map(|x| x.timestamp_ms);
         let dim = space_dim(config, space);
@@ -416,14 +425,6 @@ impl Engine {
         }
         Ok(out)
     }
-}
-
-fn validate_k(field: &str, k: u32, max: usize) -> Result<usize> {
-    let k = k as usize;
-    if k == 0 || k > max {
-        return Err(Error::invalid(format!("{field}: {k} is outside 1..={max}")));
-    }
-    Ok(k)
 }
 
 /// The space a request searches.

@@ -379,6 +379,23 @@ pub fn ids(field: &str, ids: &[String], limits: &Limits) -> Result<()> {
         .try_for_each(|(i, x)| id(&format!("{field}[{i}]"), x))
 }
 
+/// Ids that may be absent (at most `limits.max_ids`), each a valid id.
+pub fn optional_ids(field: &str, list: &[String], limits: &Limits) -> Result<()> {
+    if list.is_empty() {
+        return Ok(());
+    }
+    ids(field, list, limits)
+}
+
+/// A result count `k` within `1..=limits.max_k`.
+pub fn k(field: &str, k: u32, limits: &Limits) -> Result<usize> {
+    let (k, max) = (k as usize, limits.max_k);
+    if k == 0 || k > max {
+        return Err(Error::invalid(format!("{field}: {k} is outside 1..={max}")));
+    }
+    Ok(k)
+}
+
 /// A page size: 0 means `default`, at most `limits.max_page`.
 pub fn page_limit(field: &str, limit: u32, default: usize, limits: &Limits) -> Result<usize> {
     match limit as usize {

@@ -555,6 +555,34 @@ async fn recommend_ranks_the_users_bucket_and_excludes_seen() {
         Code::NotFound,
         "ghost",
     );
+
+    // A user known only from its log: the profile comes from the same history read that
+    // `exclude_seen` uses; the one item it saw is its profile and is left out.
+    let seen = 42;
+    s.interactions()
+        .await
+        .write_interactions(pb::WriteInteractionsRequest {
+            collection: "c".into(),
+            interactions: vec![interaction("u-log", &d.ids[seen], 7)],
+            durability: 0,
+        })
+        .await
+        .unwrap();
+    let hits = r
+        .recommend(rec("u-log", true))
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    assert!(
+        hits.iter().all(|h| h.id != d.ids[seen]),
+        "a seen item came back"
+    );
+    let near = oracle(&d, &d.vectors[seen], 10, |i| i != seen);
+    assert!(
+        recall(&hits, &near) >= 0.9,
+        "profile of the history: {hits:?}"
+    );
 }
 
 #[tokio::test]

@@ -21,13 +21,14 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use parking_lot::{Mutex, RwLock};
 
 use super::graph::{Graph, Shape, Store};
 use super::{Book, HnswIndex, HnswParams};
 use crate::error::{Error, Result};
+use crate::fsutil::{remove_dir_if_present, replace_dir, sibling, write_synced};
 use crate::types::Metric;
 
 const MAGIC: &[u8; 8] = b"SIDBHNSW";
@@ -55,7 +56,7 @@ impl HnswIndex {
     pub fn dump(&self, dir: &Path, generation: u64) -> Result<()> {
         let _w = self.writer.lock();
         let tmp = sibling(dir, "tmp")?;
-        let _ = fs::remove_dir_all(&tmp);
+        remove_dir_if_present(&tmp)?;
         fs::create_dir_all(&tmp).map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
         let file = write_graph(&self.graph, &tmp.join(GRAPH))?;
         let meta = self.encode_meta(file, generation);
@@ -455,37 +456,4 @@ impl<'a> Reader<'a> {
         }
         (0..n).map(|_| self.u64()).collect()
     }
-}
-
-/// `dir` with `.suffix` appended to its last component.
-fn sibling(dir: &Path, suffix: &str) -> Result<PathBuf> {
-    let name = dir
-        .file_name()
-        .ok_or_else(|| Error::invalid(format!("index dump dir {} has no name", dir.display())))?;
-    let mut s = name.to_os_string();
-    s.push(format!(".{suffix}"));
-    Ok(dir.with_file_name(s))
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f =
-        fs::File::create(path).map_err(|e| Error::io(format!("create {}", path.display()), e))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| Error::io(format!("write {}", path.display()), e))
-}
-
-/// Moves `tmp` to `dir`: the old dump is moved aside first, then removed.
-fn replace_dir(tmp: &Path, dir: &Path) -> Result<()> {
-    let old = sibling(dir, "old")?;
-    let _ = fs::remove_dir_all(&old);
-    if dir.exists() {
-        fs::rename(dir, &old).map_err(|e| Error::io(format!("move aside {}", dir.display()), e))?;
-    }
-    fs::rename(tmp, dir).map_err(|e| Error::io(format!("rename into {}", dir.display()), e))?;
-    if let Some(parent) = dir.parent() {
-        let _ = fs::File::open(parent).and_then(|f| f.sync_all());
-    }
-    let _ = fs::remove_dir_all(&old);
-    Ok(())
 }

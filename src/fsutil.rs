@@ -1,0 +1,50 @@
+//! Small filesystem helpers for files written whole and replaced atomically (index dumps).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// `dir` with `.suffix` appended to its last component.
+pub fn sibling(dir: &Path, suffix: &str) -> Result<PathBuf> {
+    let name = dir
+        .file_name()
+        .ok_or_else(|| Error::invalid(format!("directory {} has no name", dir.display())))?;
+    let mut s = name.to_os_string();
+    s.push(format!(".{suffix}"));
+    Ok(dir.with_file_name(s))
+}
+
+/// Writes `bytes` to a new file at `path` and fsyncs it.
+pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f =
+        fs::File::create(path).map_err(|e| Error::io(format!("create {}", path.display()), e))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io(format!("write {}", path.display()), e))
+}
+
+/// Moves `tmp` to `dir`: the old dump is moved aside first, then removed.
+pub fn replace_dir(tmp: &Path, dir: &Path) -> Result<()> {
+    let old = sibling(dir, "old")?;
+    let _ = fs::remove_dir_all(&old);
+    if dir.exists() {
+        fs::rename(dir, &old).map_err(|e| Error::io(format!("move aside {}", dir.display()), e))?;
+    }
+    fs::rename(tmp, dir).map_err(|e| Error::io(format!("rename into {}", dir.display()), e))?;
+    if let Some(parent) = dir.parent() {
+        let _ = fs::File::open(parent).and_then(|f| f.sync_all());
+    }
+    let _ = fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// Removes a directory tree; absent is fine.
+pub fn remove_dir_if_present(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing {}", dir.display()), e)),
+    }
+}
