@@ -202,7 +202,7 @@ impl Prepared {
             item_users[i as usize].push(u);
         }
         let item_count: Vec<f32> = item_users.iter().map(|v| v.len() as f32).collect();
-        let (x_user, user_dim) = user_inputs(data, &log, &x_item, half_life_days);
+        let (x_user, user_dim) = user_inputs(data, &log, half_life_days);
         let item_stats = item_features(&log, &item_count, n_items);
         let user_stats = user_features(&user_items, &item_count);
         Ok(Self {
@@ -233,38 +233,59 @@ impl Prepared {
     }
 }
 
-/// User inputs: own embeddings when given, else the recency-weighted mean of the positives'
-/// item inputs. The weight halves every `half_life_days` before the user's latest event, so a
-/// profile follows the user's current taste; all-equal timestamps give a plain weighted mean.
-fn user_inputs(
-    data: &TrainingData,
-    log: &[Interaction],
-    x_item: &[f32],
-    half_life_days: f64,
-) -> (Vec<f32>, usize) {
+/// User inputs: own embeddings when given, else each user's [`profile_input`] over its events
+/// (in log order: user, time, item); a user without a positive event keeps a zero row.
+fn user_inputs(data: &TrainingData, log: &[Interaction], half_life_days: f64) -> (Vec<f32>, usize) {
     if let Some(u) = &data.user_emb {
         let mut x = u.clone();
         l2_normalise_rows(&mut x, data.user_dim);
         return (x, data.user_dim);
     }
     let d = data.item_dim;
-    let mut last = vec![i64::MIN; data.n_users];
-    for x in log.iter().filter(|x| x.weight > 0.0) {
-        last[x.user as usize] = last[x.user as usize].max(x.ts_ms);
-    }
-    let half_life_ms = (half_life_days * 86_400_000.0).max(1.0);
     let mut out = vec![0.0f32; data.n_users * d];
-    for x in log.iter().filter(|x| x.weight > 0.0) {
-        let (u, i) = (x.user as usize, x.item as usize);
-        let age_ms = (last[u] - x.ts_ms) as f64;
-        let w = x.weight * crate::profile::recency_weight(age_ms, half_life_ms);
-        let row = &mut out[u * d..(u + 1) * d];
-        row.iter_mut()
-            .zip(&x_item[i * d..(i + 1) * d])
-            .for_each(|(o, v)| *o += w * v);
+    // `log` is sorted by user, so each user's events are one contiguous run
+    for run in log.chunk_by(|a, b| a.user == b.user) {
+        let events: Vec<(&[f32], f32, i64)> = run
+            .iter()
+            .map(|x| {
+                let i = x.item as usize;
+                (&data.item_emb[i * d..(i + 1) * d], x.weight, x.ts_ms)
+            })
+            .collect();
+        if let Some(p) = profile_input(&events, d, half_life_days) {
+            let u = run[0].user as usize;
+            out[u * d..(u + 1) * d].copy_from_slice(&p);
+        }
     }
-    l2_normalise_rows(&mut out, d);
     (out, d)
+}
+
+/// The quantizer input of one user without an own embedding, exactly as training computes it:
+/// the recency-weighted mean of the user's positive items, L2-normalised.
+///
+/// `events` are `(raw item vector, weight, ts_ms)`; each vector is L2-normalised here (as
+/// [`Prepared`] normalises items), only `weight > 0` counts, and an event's weight halves every
+/// `half_life_days` before the user's latest positive event. Events are summed in the order
+/// given (training sums them in time order), so the same events give bit-identical inputs.
+/// Vectors whose length is not `dim` are skipped. `None` when no positive event remains.
+pub fn profile_input(
+    events: &[(&[f32], f32, i64)],
+    dim: usize,
+    half_life_days: f64,
+) -> Option<Vec<f32>> {
+    let positive = || events.iter().filter(|(v, w, _)| *w > 0.0 && v.len() == dim);
+    let last = positive().map(|&(_, _, ts)| ts).max()?;
+    let half_life_ms = (half_life_days * 86_400_000.0).max(1.0);
+    let mut out = vec![0.0f32; dim];
+    let mut item = vec![0.0f32; dim];
+    for &(v, weight, ts) in positive() {
+        item.copy_from_slice(v);
+        l2_normalise_rows(&mut item, dim);
+        let w = weight * crate::profile::recency_weight((last - ts) as f64, half_life_ms);
+        out.iter_mut().zip(&item).for_each(|(o, v)| *o += w * v);
+    }
+    l2_normalise_rows(&mut out, dim);
+    Some(out)
 }
 
 /// Item popularity features: log(1+count) / max, share of the item's events in the last 10 % of
@@ -551,6 +572,48 @@ mod tests {
             &[0.0, 0.0],
             "a user without positives has a zero profile"
         );
+    }
+
+    #[test]
+    fn profile_input_is_the_training_user_input() {
+        let s = crate::model::synth::generate(&crate::model::synth::SynthSpec {
+            n_items: 64,
+            n_users: 16,
+            ..Default::default()
+        });
+        let mut data = s.data.clone();
+        // spread the events over days (recency weights differ) and add negatives, which must not count
+        for (k, x) in data.interactions.iter_mut().enumerate() {
+            x.ts_ms = (k as i64 % 7) * 86_400_000 * 30;
+            if k % 5 == 0 {
+                x.weight = 0.0;
+            }
+        }
+        let p = Prepared::new(&data, 45.0).expect("prep");
+        let d = data.item_dim;
+        for u in [0u32, 5, 11] {
+            let mut mine: Vec<Interaction> = data
+                .interactions
+                .iter()
+                .filter(|x| x.user == u)
+                .copied()
+                .collect();
+            mine.sort_by_key(|x| (x.ts_ms, x.item));
+            let events: Vec<(&[f32], f32, i64)> = mine
+                .iter()
+                .map(|x| {
+                    let i = x.item as usize;
+                    (&data.item_emb[i * d..(i + 1) * d], x.weight, x.ts_ms)
+                })
+                .collect();
+            let got = profile_input(&events, d, 45.0).expect("has positives");
+            let u = u as usize;
+            assert_eq!(&got[..], &p.x_user[u * d..(u + 1) * d], "user {u}");
+        }
+        let t = tiny();
+        let only_negative = [(&t.item_emb[4..6], 0.0f32, 5i64)];
+        assert_eq!(profile_input(&only_negative, 2, 180.0), None);
+        assert_eq!(profile_input(&[], 2, 180.0), None);
     }
 
     #[test]
