@@ -131,18 +131,43 @@ pub fn residual_kmeans(
     let mut books = Vec::with_capacity(levels);
     for _ in 0..levels {
         let cents = kmeans(&r, d, k, iters, rng)?;
-        let rt = Tensor::from_slice(&r, (r.len() / d, d), &Device::Cpu)?;
-        let idx = assign(&rt, &Tensor::from_slice(&cents, (k, d), &Device::Cpu)?)?;
-        for (i, &c) in idx.iter().enumerate() {
-            let c = c as usize;
-            r[i * d..(i + 1) * d]
-                .iter_mut()
-                .zip(&cents[c * d..(c + 1) * d])
-                .for_each(|(v, e)| *v -= e);
-        }
+        subtract_nearest(&mut r, d, &cents)?;
         books.push(cents);
     }
     Ok(books)
+}
+
+/// Residual k-means started from `init` (one `k x d` codebook per level, e.g. the previous
+/// version's) instead of k-means++: Lloyd from each level's given centroids, so a refit of
+/// similar data keeps the codes where they were.
+pub fn residual_kmeans_from(
+    x: &[f32],
+    d: usize,
+    init: &[Vec<f32>],
+    iters: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let mut r = x.to_vec();
+    let mut books = Vec::with_capacity(init.len());
+    for start in init {
+        let cents = lloyd(&r, d, start.clone(), iters)?;
+        subtract_nearest(&mut r, d, &cents)?;
+        books.push(cents);
+    }
+    Ok(books)
+}
+
+/// Replaces every row of `r` by its residual against its nearest centroid of `cents`.
+fn subtract_nearest(r: &mut [f32], d: usize, cents: &[f32]) -> Result<()> {
+    let rt = Tensor::from_slice(r, (r.len() / d, d), &Device::Cpu)?;
+    let ct = Tensor::from_slice(cents, (cents.len() / d, d), &Device::Cpu)?;
+    for (i, &c) in assign(&rt, &ct)?.iter().enumerate() {
+        let c = c as usize;
+        r[i * d..(i + 1) * d]
+            .iter_mut()
+            .zip(&cents[c * d..(c + 1) * d])
+            .for_each(|(v, e)| *v -= e);
+    }
+    Ok(())
 }
 
 /// Greedy residual quantization of `x` (`n x d`) with `books`: codes `n x levels` and the

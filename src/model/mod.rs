@@ -14,10 +14,13 @@
 //! - [`mdam`]: InfoNCE with masked accidental positives and co-occurrence partner sampling.
 //! - [`das`]: the one-stage trainer, its baselines, checkpoints and batched inference.
 //! - [`sid`]: dedup suffixes and the SID quality report.
+//! - [`align`]: code matching across versions (relabel a retrained model's codes so code numbers
+//!   keep their meaning).
 //!
 //! **API boundary:** this module knows nothing about storage, gRPC or tokio. It takes plain
 //! vectors and interaction tuples and returns codes and vectors.
 
+pub mod align;
 pub mod config;
 pub mod das;
 pub mod data;
@@ -32,10 +35,11 @@ pub mod sparse;
 pub mod synth;
 pub mod trainer;
 
+pub use align::{align_codes, CodeAlignment, LevelAlignment};
 pub use config::DasConfig;
 pub use das::{Encoded, Method, TrainedModel};
-pub use data::{Interaction, TrainingData};
-pub use trainer::{train, TrainStats};
+pub use data::{profile_input, Interaction, TrainingData};
+pub use trainer::{train, train_with, Progress, TrainControl, TrainStats};
 
 /// Errors of the model layer, by what the caller should do about them.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +82,12 @@ pub enum ModelError {
         /// Which quantity.
         what: String,
     },
+    /// Training was cancelled through [`TrainControl::cancel`].
+    #[error("training cancelled")]
+    Cancelled,
+    /// Two models cannot be matched (different quantizer kinds or shapes).
+    #[error("incompatible models: {0}")]
+    Incompatible(String),
     /// An error from the tensor library (a bug in this module, not in the input).
     #[error("tensor error: {0}")]
     Tensor(#[from] candle_core::Error),

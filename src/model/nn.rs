@@ -45,6 +45,22 @@ impl Params {
             .collect()
     }
 
+    /// Copies into this store the value of every parameter of `from` with the same name and
+    /// shape (a copy: the two stores stay independent). Returns how many were copied.
+    pub fn copy_matching(&self, from: &Params) -> Result<usize> {
+        let mut copied = 0;
+        for (name, var) in &self.vars {
+            let Some(src) = from.vars.get(name) else {
+                continue;
+            };
+            if src.as_tensor().dims() == var.as_tensor().dims() {
+                var.set(&src.as_detached_tensor())?;
+                copied += 1;
+            }
+        }
+        Ok(copied)
+    }
+
     /// Overwrites every parameter from `loaded` (shapes must match; missing names are an error).
     pub fn load(&self, loaded: &std::collections::HashMap<String, Tensor>) -> Result<()> {
         for (name, var) in &self.vars {

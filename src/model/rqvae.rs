@@ -285,6 +285,18 @@ impl RqVae {
         Ok(())
     }
 
+    /// Relabels the codes of level `l`: row `c` of the new codebook is old row `src[c]` (`src`
+    /// is a permutation of `0..K`). Residual quantization picks the same vectors, only their
+    /// numbers change. The codebook is overwritten in place (clones of this quantizer share it).
+    pub fn permute_codes(&mut self, l: usize, src: &[u32]) -> Result<()> {
+        let idx = Tensor::from_slice(src, src.len(), &Device::Cpu)?;
+        let book = self.books[l].as_detached_tensor().index_select(&idx, 0)?;
+        self.books[l].set(&book)?;
+        let used = &self.last_used[l];
+        self.last_used[l] = src.iter().map(|&c| used[c as usize]).collect();
+        Ok(())
+    }
+
     /// Records which codes a batch used at `step`.
     pub fn mark_used(&mut self, codes: &[u32], step: usize) {
         let levels = self.shape.levels;
