@@ -29,6 +29,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Vector indexes, prefix queries and recommendations.
     pub retrieval: RetrievalConfig,
+    /// Background DAS training and model versions.
+    pub training: TrainingConfig,
 }
 
 /// `[server]`: the gRPC listener.
@@ -177,6 +179,60 @@ impl Default for RetrievalConfig {
     }
 }
 
+/// `[training]`: when the background trainer retrains a collection, and with what budget.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainingConfig {
+    /// Train automatically when the triggers below fire. Default true (`TriggerTraining` works
+    /// either way).
+    pub auto: bool,
+    /// Items a collection needs before its first training (and before `TriggerTraining` is
+    /// accepted). Default 100.
+    pub min_items: u64,
+    /// Retrain when the items written since the active version's snapshot reach this share of
+    /// the items it was trained on. Default 0.2.
+    pub new_items_ratio: f64,
+    /// Retrain when the interactions logged since the snapshot reach this share of those it was
+    /// trained on. Default 0.5.
+    pub new_interactions_ratio: f64,
+    /// Least time between the end of one automatic training and the start of the next. Default
+    /// 600 s.
+    pub min_interval_secs: u64,
+    /// How often the scheduler looks at the triggers. Default 2,000 ms.
+    pub check_interval_ms: u64,
+    /// Threads of the training's compute pool. Default 1, so serving keeps the other cores.
+    pub threads: usize,
+    /// Model versions kept for rollback (the active one included). Default 3.
+    pub keep_versions: usize,
+    /// Training steps of a first (cold) training; 0 = the DAS default (1,500).
+    pub steps: usize,
+    /// Training steps of a retrain warm-started from the active version; 0 = half of `steps`.
+    pub warm_steps: usize,
+    /// Interactions per training step; 0 = the DAS default (1,024).
+    pub batch: usize,
+    /// Seed of the trainer. Default 42.
+    pub seed: u64,
+}
+
+impl Default for TrainingConfig {
+    fn default() -> Self {
+        TrainingConfig {
+            auto: true,
+            min_items: 100,
+            new_items_ratio: 0.2,
+            new_interactions_ratio: 0.5,
+            min_interval_secs: 600,
+            check_interval_ms: 2000,
+            threads: 1,
+            keep_versions: 3,
+            steps: 0,
+            warm_steps: 0,
+            batch: 0,
+            seed: 42,
+        }
+    }
+}
+
 /// `[log]`: tracing output.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -265,6 +321,13 @@ impl Config {
             ("retrieval.index_threads", r.index_threads),
             ("retrieval.index_batch", r.index_batch),
             ("retrieval.profile_events", r.profile_events),
+            ("training.threads", self.training.threads),
+            ("training.keep_versions", self.training.keep_versions),
+            (
+                "training.check_interval_ms",
+                self.training.check_interval_ms as usize,
+            ),
+            ("training.min_items", self.training.min_items as usize),
         ];
         for (name, v) in positive {
             if v == 0 {
@@ -282,6 +345,17 @@ impl Config {
                 "retrieval.recency_half_life_days: expected a positive number, got {}",
                 r.recency_half_life_days
             )));
+        }
+        let t = &self.training;
+        for (name, v) in [
+            ("training.new_items_ratio", t.new_items_ratio),
+            ("training.new_interactions_ratio", t.new_interactions_ratio),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(ConfigError::Invalid(format!(
+                    "{name}: expected a positive number, got {v}"
+                )));
+            }
         }
         Ok(())
     }

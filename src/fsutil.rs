@@ -48,3 +48,24 @@ pub fn remove_dir_if_present(dir: &Path) -> Result<()> {
         Err(e) => Err(Error::io(format!("removing {}", dir.display()), e)),
     }
 }
+
+/// fsyncs every file and directory under `dir` (sled's own flush does not; see `storage`).
+/// A file removed while we walk needs no sync.
+pub fn sync_tree(dir: &Path) -> Result<()> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+    for entry in entries {
+        let path = entry
+            .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?
+            .path();
+        if path.is_dir() {
+            sync_tree(&path)?;
+        } else if let Err(e) = std::fs::File::open(&path).and_then(|f| f.sync_all()) {
+            // sled may remove a file (an old snapshot) while we walk: that one needs no sync.
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(Error::io(format!("syncing {}", path.display()), e));
+            }
+        }
+    }
+    crate::storage::wal::sync_dir(dir)
+}

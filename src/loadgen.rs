@@ -31,6 +31,9 @@ pub struct IngestOptions {
     pub durability: Durability,
     /// RNG seed of the vectors.
     pub seed: u64,
+    /// Write into this existing collection (its first modality and dimension) instead of a
+    /// fresh one: e.g. one with an active model, to measure online SID assignment.
+    pub collection: Option<String>,
 }
 
 /// What was measured.
@@ -114,7 +117,11 @@ impl Rng {
     }
 }
 
-fn requests(opts: &IngestOptions, collection: &str, client: usize) -> Vec<pb::UpsertItemsRequest> {
+fn requests(
+    opts: &IngestOptions,
+    (collection, modality, dim): (&str, &str, u32),
+    client: usize,
+) -> Vec<pb::UpsertItemsRequest> {
     let mut rng = Rng(opts.seed ^ (client as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let per_client = opts.items / opts.clients + usize::from(client < opts.items % opts.clients);
     let durability = match opts.durability {
@@ -130,11 +137,11 @@ fn requests(opts: &IngestOptions, collection: &str, client: usize) -> Vec<pb::Up
             items: chunk
                 .iter()
                 .map(|i| pb::Item {
-                    id: format!("c{client}-{i}"),
+                    id: format!("bench-{}-c{client}-{i}", opts.seed),
                     vectors: [(
-                        "emb".to_string(),
+                        modality.to_string(),
                         pb::Vector {
-                            values: (0..opts.dim).map(|_| rng.next_f32()).collect(),
+                            values: (0..dim).map(|_| rng.next_f32()).collect(),
                         },
                     )]
                     .into(),
@@ -153,12 +160,30 @@ pub async fn ingest(opts: &IngestOptions) -> Result<IngestReport> {
         ));
     }
     let channel = connect(&opts.addr).await?;
-    let collection = create_collection(&channel, "bench_ingest", opts.seed, opts.dim).await?;
+    let (collection, modality, dim) = match &opts.collection {
+        Some(name) => {
+            let c = pb::collections_client::CollectionsClient::new(channel.clone())
+                .get_collection(pb::GetCollectionRequest { name: name.clone() })
+                .await
+                .map_err(transport)?
+                .into_inner();
+            let m = c
+                .config
+                .and_then(|c| c.item_modalities.into_iter().next())
+                .ok_or_else(|| Error::invalid(format!("collection {name} has no modality")))?;
+            (name.clone(), m.name, m.dim)
+        }
+        None => (
+            create_collection(&channel, "bench_ingest", opts.seed, opts.dim).await?,
+            "emb".to_string(),
+            opts.dim,
+        ),
+    };
     let mut work = Vec::with_capacity(opts.clients);
     for c in 0..opts.clients {
         let client = pb::items_client::ItemsClient::new(connect(&opts.addr).await?)
             .max_encoding_message_size(usize::MAX);
-        work.push((client, requests(opts, &collection, c)));
+        work.push((client, requests(opts, (&collection, &modality, dim), c)));
     }
     let start = Instant::now();
     let tasks: Vec<_> = work

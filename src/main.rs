@@ -1,6 +1,7 @@
-//! The `sidb` command: `serve` runs the database; `bench ingest` loads a running one;
-//! `train` and `eval` run the semantic-ID model on a dataset directory.
+//! The `sidb` command: `serve` runs the database; `import` and `training` talk to a running one;
+//! `bench` loads it; `train` and `eval` run the semantic-ID model on a dataset directory.
 
+mod admin_cli;
 mod model_cli;
 
 use std::io::IsTerminal;
@@ -36,6 +37,11 @@ enum Command {
     Train(model_cli::TrainArgs),
     /// Evaluate semantic-ID methods (leave-last-out) on a dataset directory; write a JSON report.
     Eval(model_cli::EvalArgs),
+    /// Load a dataset directory (shared/datasets layout) into a running server, with progress.
+    Import(admin_cli::ImportArgs),
+    /// The background trainer of a running server: trigger, status, watch, versions, activate.
+    #[command(subcommand)]
+    Training(admin_cli::TrainingCommand),
 }
 
 #[derive(Args)]
@@ -144,9 +150,13 @@ struct IngestArgs {
     /// Which durability to measure.
     #[arg(long, value_enum, default_value = "both")]
     durability: DurabilityArg,
-    /// Seed of the generated vectors.
+    /// Seed of the generated vectors (and of the item ids).
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Write into this existing collection (its first modality and dimension; --dim is ignored)
+    /// instead of a fresh one, e.g. one with an active model to measure online SID assignment.
+    #[arg(long)]
+    collection: Option<String>,
 }
 
 fn with_plain_logging(f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
@@ -179,6 +189,9 @@ fn main() -> anyhow::Result<()> {
     match &cli.command {
         Command::Train(a) => return with_plain_logging(|| model_cli::run_train(a)),
         Command::Eval(a) => return with_plain_logging(|| model_cli::run_eval(a)),
+        // The background trainer's candle kernels: sized once, before any thread exists, to the
+        // trainer's pool (training.threads) so serving keeps the other cores.
+        Command::Serve(args) => model_cli::set_threads(args.load()?.training.threads),
         _ => {}
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -196,6 +209,8 @@ fn main() -> anyhow::Result<()> {
         Command::Config(args) => print!("{}", toml::to_string_pretty(&args.load()?)?),
         Command::Bench(BenchCommand::Ingest(a)) => rt.block_on(bench_ingest(a))?,
         Command::Bench(BenchCommand::Search(a)) => rt.block_on(bench_search(a))?,
+        Command::Import(a) => rt.block_on(admin_cli::import(a))?,
+        Command::Training(c) => rt.block_on(admin_cli::training(c))?,
         Command::Train(_) | Command::Eval(_) => unreachable!("handled above"),
     }
     Ok(())
@@ -240,6 +255,7 @@ async fn bench_ingest(a: IngestArgs) -> anyhow::Result<()> {
             batch: a.batch,
             durability,
             seed: a.seed,
+            collection: a.collection.clone(),
         };
         println!("{}", loadgen::ingest(&opts).await?);
     }

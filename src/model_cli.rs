@@ -81,7 +81,7 @@ fn config(args: &ModelArgs) -> anyhow::Result<DasConfig> {
 }
 
 /// candle reads its thread count from the environment once; set it before any tensor work.
-fn set_threads(n: usize) {
+pub(crate) fn set_threads(n: usize) {
     for var in ["RAYON_NUM_THREADS", "CANDLE_NUM_THREADS"] {
         if std::env::var_os(var).is_none() {
             std::env::set_var(var, n.to_string());

@@ -34,7 +34,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
 use parking_lot::RwLock;
+
+use super::models::LoadedModel;
 
 use crate::error::{Error, Result};
 use crate::fsutil::{remove_dir_if_present, replace_dir, sibling, write_synced};
@@ -42,7 +45,8 @@ use crate::index::flat::FlatIndex;
 use crate::index::hnsw::{DumpStamp, HnswIndex, HnswParams};
 use crate::index::{Hit, PointId};
 use crate::storage::codec::{Dec, Enc, RECORD_VERSION};
-use crate::storage::ops::WriteOp;
+use crate::storage::models::ModelSid;
+use crate::storage::ops::{SidUpdate, WriteOp};
 use crate::storage::{Collection, Scanned, Store};
 use crate::trie::SidTrie;
 use crate::types::{CollectionConfig, EntityKind, SemanticId};
@@ -80,6 +84,48 @@ pub struct Entities {
     by_point: HashMap<PointId, Arc<str>>,
     /// SIDs of the entities that have one.
     pub trie: SidTrie,
+    /// With an active model version: each entity's quantized embedding `z` and, for users, the
+    /// item-code route Recommend searches under.
+    pub model: HashMap<PointId, ModelEntry>,
+}
+
+/// What the active model gave one entity besides its SID.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelEntry {
+    /// Quantized embedding.
+    pub z: Box<[f32]>,
+    /// Users: item codes of the route (empty for items).
+    pub route: Box<[u32]>,
+}
+
+/// The SID state of one model version: both kinds' tries and model entries, keyed by id (point
+/// ids are bound when it is installed).
+#[derive(Debug, Default)]
+pub struct VersionSids {
+    /// The version.
+    pub version: u64,
+    /// Items: id -> SID.
+    pub items: HashMap<Arc<str>, ModelSid>,
+    /// Users: id -> SID.
+    pub users: HashMap<Arc<str>, ModelSid>,
+}
+
+impl VersionSids {
+    /// The map of a kind.
+    pub fn of(&self, kind: EntityKind) -> &HashMap<Arc<str>, ModelSid> {
+        match kind {
+            EntityKind::Items => &self.items,
+            EntityKind::Users => &self.users,
+        }
+    }
+
+    /// The map of a kind, mutable.
+    pub fn of_mut(&mut self, kind: EntityKind) -> &mut HashMap<Arc<str>, ModelSid> {
+        match kind {
+            EntityKind::Items => &mut self.items,
+            EntityKind::Users => &mut self.users,
+        }
+    }
 }
 
 impl Entities {
@@ -129,6 +175,47 @@ impl Entities {
                 self.trie.remove(id);
             }
         }
+    }
+
+    /// Sets (or clears) an entity's model SID of `version`, with its model entry.
+    fn set_model_sid(&mut self, id: &str, version: u64, sid: Option<&ModelSid>) {
+        let point = self.point(id);
+        match (sid, point) {
+            (Some(s), Some(p)) => {
+                self.trie.insert(id, s.semantic_id(version));
+                self.model.insert(
+                    p,
+                    ModelEntry {
+                        z: s.z.clone().into(),
+                        route: s.route.clone().into(),
+                    },
+                );
+            }
+            (_, p) => {
+                self.trie.remove(id);
+                if let Some(p) = p {
+                    self.model.remove(&p);
+                }
+            }
+        }
+    }
+
+    /// Replaces every SID by those of `sids` (entities without one there get none).
+    fn install(&mut self, version: u64, sids: &HashMap<Arc<str>, ModelSid>) {
+        self.model.clear();
+        let mut entries = Vec::with_capacity(sids.len());
+        for (id, s) in sids {
+            let Some(p) = self.point(id) else { continue };
+            entries.push((Arc::clone(id), s.semantic_id(version)));
+            self.model.insert(
+                p,
+                ModelEntry {
+                    z: s.z.clone().into(),
+                    route: s.route.clone().into(),
+                },
+            );
+        }
+        self.trie = SidTrie::from_entries(entries);
     }
 }
 
@@ -184,6 +271,11 @@ pub struct IndexState {
     pub item_spaces: Vec<Space>,
     /// The users' own vectors (`user_dim > 0` only).
     pub user_space: Option<Space>,
+    /// The model version whose SIDs the tries hold (0: the client-written SIDs).
+    pub sid_version: u64,
+    /// While a training snapshot is being published: the entities written since the snapshot
+    /// (their SIDs must be computed again from their newest state at activation).
+    pub touched: Option<HashSet<(EntityKind, Arc<str>)>>,
 }
 
 impl IndexState {
@@ -242,6 +334,99 @@ impl IndexState {
     }
 }
 
+/// Every SID stored under `version`.
+pub fn load_version_sids(store: &Store, coll: &Collection, version: u64) -> Result<VersionSids> {
+    let mut sids = VersionSids {
+        version,
+        ..Default::default()
+    };
+    store.scan_model_sids(coll, version, |kind, id, sid| {
+        sids.of_mut(kind).insert(Arc::from(id), sid);
+        Ok(())
+    })?;
+    Ok(sids)
+}
+
+fn apply_op(st: &mut IndexState, seq: u64, op: &WriteOp) {
+    let client_sids = st.sid_version == 0;
+    let touch = |st: &mut IndexState, kind: EntityKind, id: &str| {
+        if let Some(t) = st.touched.as_mut() {
+            t.insert((kind, Arc::from(id)));
+        }
+    };
+    match op {
+        WriteOp::UpsertItems(items) => {
+            for item in items {
+                let p = st.point_or_bind(EntityKind::Items, &item.id);
+                if client_sids {
+                    st.items.set_sid(&item.id, item.sid.as_ref());
+                }
+                for (space, v) in st.item_spaces.iter_mut().zip(&item.vectors) {
+                    space.upsert(p, v, seq);
+                }
+                touch(st, EntityKind::Items, &item.id);
+            }
+        }
+        WriteOp::DeleteItems(ids) => {
+            for id in ids {
+                if let Some(p) = st.items.unbind(id) {
+                    st.items.set_sid(id, None);
+                    st.items.model.remove(&p);
+                    st.item_spaces.iter_mut().for_each(|s| s.remove(p));
+                }
+                touch(st, EntityKind::Items, id);
+            }
+        }
+        WriteOp::UpsertUsers(users) => {
+            for user in users {
+                let p = st.point_or_bind(EntityKind::Users, &user.id);
+                if client_sids {
+                    st.users.set_sid(&user.id, user.sid.as_ref());
+                }
+                if let Some(space) = st.user_space.as_mut() {
+                    match &user.vector {
+                        Some(v) => space.upsert(p, v, seq),
+                        None => space.remove(p),
+                    }
+                }
+                touch(st, EntityKind::Users, &user.id);
+            }
+        }
+        WriteOp::DeleteUsers(ids) => {
+            for id in ids {
+                if let Some(p) = st.users.unbind(id) {
+                    st.users.set_sid(id, None);
+                    st.users.model.remove(&p);
+                    if let Some(space) = st.user_space.as_mut() {
+                        space.remove(p);
+                    }
+                }
+                touch(st, EntityKind::Users, id);
+            }
+        }
+        WriteOp::Interactions(_) => {}
+        WriteOp::Assigned(inner, sids) => {
+            apply_op(st, seq, inner);
+            set_model_sids(st, sids);
+        }
+        WriteOp::Activate(sids) => set_model_sids(st, sids),
+    }
+}
+
+/// Applies the model SIDs of a write to the tries when they are of the version served (the
+/// writer lock orders assignments and activations, so others only concern the store).
+fn set_model_sids(st: &mut IndexState, sids: &SidUpdate) {
+    if sids.version != st.sid_version {
+        return;
+    }
+    for (id, sid) in &sids.items {
+        st.items.set_model_sid(id, sids.version, sid.as_ref());
+    }
+    for (id, sid) in &sids.users {
+        st.users.set_model_sid(id, sids.version, sid.as_ref());
+    }
+}
+
 /// A hit resolved to its entity.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EntityHit {
@@ -273,6 +458,9 @@ pub struct CollectionIndex {
     pub params: HnswParams,
     /// Ids, tries, vectors, graphs.
     pub state: RwLock<IndexState>,
+    /// The active version's model (online assignment); swapped under the writer lock together
+    /// with the tries.
+    pub model: ArcSwapOption<LoadedModel>,
 }
 
 impl CollectionIndex {
@@ -296,7 +484,10 @@ impl CollectionIndex {
                 users: Entities::default(),
                 item_spaces,
                 user_space,
+                sid_version: 0,
+                touched: None,
             }),
+            model: ArcSwapOption::empty(),
         }
     }
 
@@ -356,6 +547,13 @@ impl CollectionIndex {
             Ok(())
         })?;
         st.applied_seq = seq;
+        let active = store.active_version(coll);
+        if active > 0 {
+            let sids = load_version_sids(store, coll, active)?;
+            st.items.install(active, &sids.items);
+            st.users.install(active, &sids.users);
+            st.sid_version = active;
+        }
         let loaded = match &dump {
             Some(d) if fresh_points == 0 => index.load_graphs(&mut st, d, dump_dir, seq),
             Some(_) => Err(Error::FailedPrecondition(format!(
@@ -445,50 +643,30 @@ impl CollectionIndex {
     /// the module docs); cannot fail.
     pub fn apply(&self, seq: u64, op: &WriteOp) {
         let mut st = self.state.write();
-        let st = &mut *st;
-        match op {
-            WriteOp::UpsertItems(items) => {
-                for item in items {
-                    let p = st.point_or_bind(EntityKind::Items, &item.id);
-                    st.items.set_sid(&item.id, item.sid.as_ref());
-                    for (space, v) in st.item_spaces.iter_mut().zip(&item.vectors) {
-                        space.upsert(p, v, seq);
-                    }
-                }
-            }
-            WriteOp::DeleteItems(ids) => {
-                for id in ids {
-                    if let Some(p) = st.items.unbind(id) {
-                        st.items.set_sid(id, None);
-                        st.item_spaces.iter_mut().for_each(|s| s.remove(p));
-                    }
-                }
-            }
-            WriteOp::UpsertUsers(users) => {
-                for user in users {
-                    let p = st.point_or_bind(EntityKind::Users, &user.id);
-                    st.users.set_sid(&user.id, user.sid.as_ref());
-                    if let Some(space) = st.user_space.as_mut() {
-                        match &user.vector {
-                            Some(v) => space.upsert(p, v, seq),
-                            None => space.remove(p),
-                        }
-                    }
-                }
-            }
-            WriteOp::DeleteUsers(ids) => {
-                for id in ids {
-                    if let Some(p) = st.users.unbind(id) {
-                        st.users.set_sid(id, None);
-                        if let Some(space) = st.user_space.as_mut() {
-                            space.remove(p);
-                        }
-                    }
-                }
-            }
-            WriteOp::Interactions(_) => {}
-        }
+        apply_op(&mut st, seq, op);
         st.applied_seq = seq;
+    }
+
+    /// Installs `sids` as the active version's SIDs (an activation), then applies the
+    /// activation's own catch-up `op`. Readers see the old SIDs or the new ones, never a mix.
+    pub fn install(&self, seq: u64, sids: &VersionSids, op: &WriteOp) {
+        let mut st = self.state.write();
+        st.items.install(sids.version, &sids.items);
+        st.users.install(sids.version, &sids.users);
+        st.sid_version = sids.version;
+        st.touched = None;
+        apply_op(&mut st, seq, op);
+        st.applied_seq = seq;
+    }
+
+    /// Starts recording the entities written from now on (see [`IndexState::touched`]).
+    pub fn start_tracking(&self) {
+        self.state.write().touched = Some(HashSet::new());
+    }
+
+    /// Stops recording (a training that will not publish).
+    pub fn stop_tracking(&self) {
+        self.state.write().touched = None;
     }
 
     /// True when some space has pending points or wants a rebuild.

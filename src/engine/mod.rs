@@ -8,7 +8,9 @@
 
 pub mod index;
 pub mod indexer;
+pub mod models;
 pub mod retrieval;
+pub mod training;
 pub mod validate;
 
 #[cfg(test)]
@@ -19,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::{Config, Limits, RetrievalConfig};
+use crate::config::{Config, Limits, RetrievalConfig, TrainingConfig};
 use crate::error::{Error, Result};
 use crate::index::hnsw::HnswParams;
 use crate::storage::keys::HistoryPos;
@@ -34,6 +36,7 @@ use indexer::Indexes;
 pub use retrieval::{
     PrefixStats, Query, RecommendInput, ScanPage, SearchHit, SearchInput, SidLookup,
 };
+use training::{TrainCtx, Trainers};
 pub use validate::{ItemInput, UserInput};
 
 /// Default page size of paged reads.
@@ -56,7 +59,9 @@ pub struct Engine {
     store: Store,
     limits: Arc<Limits>,
     retrieval: Arc<RetrievalConfig>,
+    training: Arc<TrainingConfig>,
     indexes: Arc<Indexes>,
+    trainers: Arc<Trainers>,
 }
 
 impl Engine {
@@ -73,7 +78,19 @@ impl Engine {
             let coll = store.collection(&info.name)?;
             let dir = index_dir(store.dir(), coll.entry.id);
             let t = Instant::now();
+            models::drop_aborted(&store, &coll, store.dir())?;
             let index = CollectionIndex::open(&store, &coll, params, &dir)?;
+            let active = store.active_version(&coll);
+            if active > 0 {
+                // Without its checkpoint the version's SIDs still serve; only online assignment
+                // (and warm starts) stop until the next training publishes a version.
+                match models::load_model(store.dir(), coll.entry.id, active) {
+                    Ok(m) => index.model.store(Some(Arc::new(m))),
+                    Err(e) => {
+                        tracing::error!(collection = %info.name, version = active, error = %e, "active model not loadable; new entities get no SID until the next training")
+                    }
+                }
+            }
             let pending = index.pending();
             tracing::info!(
                 collection = %info.name,
@@ -86,6 +103,15 @@ impl Engine {
             map.insert(coll.entry.id, Arc::new(index));
         }
         let indexes = Indexes::start(map, r.index_threads, r.index_batch)?;
+        let retrieval = Arc::new(r);
+        let training = Arc::new(config.training.clone());
+        let trainers = Trainers::start(TrainCtx {
+            store: store.clone(),
+            indexes: Arc::clone(&indexes),
+            retrieval: Arc::clone(&retrieval),
+            training: Arc::clone(&training),
+            data_dir: store.dir().to_path_buf(),
+        })?;
         tracing::info!(
             recovery_ms = recovered.as_millis() as u64,
             total_ms = started.elapsed().as_millis() as u64,
@@ -94,8 +120,10 @@ impl Engine {
         Ok(Engine {
             store,
             limits: Arc::new(config.limits.clone()),
-            retrieval: Arc::new(r),
+            retrieval,
+            training,
             indexes,
+            trainers,
         })
     }
 
@@ -158,8 +186,13 @@ impl Engine {
     pub async fn delete_collection(&self, name: String) -> Result<()> {
         self.blocking(move |e| {
             let id = e.store.collection(&name)?.entry.id;
+            e.trainers.remove(id);
             e.store.delete_collection(&name)?;
             e.indexes.remove(id);
+            crate::fsutil::remove_dir_if_present(&models::collection_models_dir(
+                e.store.dir(),
+                id,
+            ))?;
             crate::fsutil::remove_dir_if_present(&index_dir(e.store.dir(), id))
         })
         .await
@@ -177,9 +210,15 @@ impl Engine {
         let (result, lsn) = self
             .blocking(move |e| {
                 let op = build(coll.config(), &e.limits)?;
-                let written = e
-                    .store
-                    .write_with(&coll, op, durability, |seq, op| index.apply(seq, op))?;
+                // Online assignment: encoded here, in parallel with other writers; the SIDs'
+                // suffixes are decided under the writer lock, in sequence order.
+                let pre = models::encode_upsert(&e.store, &coll, &index, &e.retrieval, &op)?;
+                let written = e.store.write_prepared(
+                    &coll,
+                    |meta| models::assign(&e.store, &coll, &index, meta, &e.retrieval, op, pre),
+                    durability,
+                    |seq, op| index.apply(seq, op),
+                )?;
                 e.indexes.notify();
                 Ok(written)
             })
@@ -272,6 +311,13 @@ impl Engine {
             if !with_vectors {
                 found.found.iter_mut().for_each(|x| x.vectors.clear());
             }
+            // The SID served: the active version's (or the client's when no model is active).
+            let index = e.indexes.get(coll.entry.id)?;
+            let st = index.state.read();
+            for x in &mut found.found {
+                x.sid = st.items.trie.get(&x.id).cloned();
+            }
+            drop(st);
             Ok(found)
         })
         .await
@@ -292,6 +338,12 @@ impl Engine {
             if !with_vectors {
                 found.found.iter_mut().for_each(|x| x.vector = None);
             }
+            let index = e.indexes.get(coll.entry.id)?;
+            let st = index.state.read();
+            for x in &mut found.found {
+                x.sid = st.users.trie.get(&x.id).cloned();
+            }
+            drop(st);
             Ok(found)
         })
         .await
@@ -324,6 +376,7 @@ impl Engine {
     /// Flushes everything, stops taking writes and dumps the indexes for a quick restart.
     /// Blocking.
     pub fn close(&self) -> Result<()> {
+        self.trainers.stop();
         self.store.close()?;
         self.indexes.stop();
         for index in self.indexes.all() {

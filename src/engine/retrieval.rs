@@ -196,6 +196,21 @@ impl Engine {
                 }
                 None => Vec::new(),
             };
+            // With an active model: the user's route into the item codes picks the bucket, and
+            // `z_u . z_i` ranks it (the evaluation's SID-native path).
+            let min_bucket = e.retrieval.recommend_min_bucket;
+            if let Some(mut hits) = model_candidates(&index, &user, k, &exclude, min_bucket) {
+                if hits.len() < k {
+                    exclude.extend(hits.iter().map(|h| h.id.to_string()));
+                    let rest = Restrict {
+                        prefix: &[],
+                        exclude: &exclude,
+                    };
+                    let exact_max = e.retrieval.exact_scan_max;
+                    hits.extend(index.search(space, &q, k - hits.len(), ef, &rest, exact_max)?);
+                }
+                return e.finish_hits(&coll, space, hits, false);
+            }
             let prefix: Vec<u32> = {
                 let st = index.state.read();
                 match st.users.trie.get(&user) {
@@ -289,11 +304,9 @@ impl Engine {
         let (coll, index) = self.collection_index(collection)?;
         validate::ids("ids", &ids, &self.limits)?;
         require_sids(&coll)?;
-        let active = coll.entry.active_model_version;
+        let active = self.store.active_version(&coll);
         if model_version != 0 && model_version != active {
-            return Err(Error::NotFound(format!(
-                "model_version: {model_version} not found (active: {active}; no earlier versions are kept)"
-            )));
+            return self.kept_version_sids(&coll, &index, entity, ids, model_version);
         }
         let st = index.state.read();
         let trie = &st.entities(entity).trie;
@@ -304,6 +317,38 @@ impl Engine {
         for id in ids {
             match trie.get(&id) {
                 Some(sid) => out.found.push((id, sid.clone())),
+                None => out.missing.push(id),
+            }
+        }
+        Ok(out)
+    }
+
+    /// `GetSemanticIds` of a kept, inactive version: from the store, for the live entities.
+    fn kept_version_sids(
+        &self,
+        coll: &Collection,
+        index: &CollectionIndex,
+        entity: EntityKind,
+        ids: Vec<String>,
+        version: u64,
+    ) -> Result<SidLookup> {
+        let kept = self
+            .store
+            .versions(coll)?
+            .iter()
+            .any(|r| r.version == version && r.activated);
+        if !kept {
+            return Err(self.version_gone(coll, "model_version", version));
+        }
+        let sids = self.store.model_sids(coll, version, entity, &ids)?;
+        let st = index.state.read();
+        let mut out = SidLookup {
+            found: Vec::new(),
+            missing: Vec::new(),
+        };
+        for (id, sid) in ids.into_iter().zip(sids) {
+            match sid.filter(|_| st.entities(entity).point(&id).is_some()) {
+                Some(s) => out.found.push((id, s.semantic_id(version))),
                 None => out.missing.push(id),
             }
         }
@@ -468,8 +513,63 @@ fn space_dim(config: &CollectionConfig, space: SpaceId) -> usize {
 }
 
 /// SID queries need SIDs: a trained model, or SIDs written by clients.
+/// Recommend's candidates under an active model: the items of the longest prefix of the user's
+/// route holding at least `min_bucket` items, ranked by `z_u . z_i`, without `exclude`. `None`
+/// when no model version serves or the user has no model SID.
+fn model_candidates(
+    index: &CollectionIndex,
+    user: &str,
+    k: usize,
+    exclude: &[String],
+    min_bucket: u64,
+) -> Option<Vec<EntityHit>> {
+    let st = index.state.read();
+    if st.sid_version == 0 {
+        return None;
+    }
+    let entry = st.users.model.get(&st.users.point(user)?)?;
+    let prefix = st
+        .items
+        .trie
+        .longest_prefix_with_at_least(&entry.route, min_bucket)
+        .unwrap_or_default();
+    let skip: HashSet<&str> = exclude.iter().map(String::as_str).collect();
+    let mut scored: Vec<(f32, &Arc<str>)> = st
+        .items
+        .trie
+        .ids_under(prefix)
+        .filter(|id| !skip.contains(&***id))
+        .filter_map(|id| {
+            let z = &st.items.model.get(&st.items.point(id)?)?.z;
+            let dot = z
+                .iter()
+                .zip(entry.z.iter())
+                .map(|(a, b)| a * b)
+                .sum::<f32>();
+            Some((dot, id))
+        })
+        .collect();
+    let by_score =
+        |a: &(f32, &Arc<str>), b: &(f32, &Arc<str>)| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1));
+    if scored.len() > k {
+        scored.select_nth_unstable_by(k, by_score);
+        scored.truncate(k);
+    }
+    scored.sort_by(by_score);
+    Some(
+        scored
+            .into_iter()
+            .map(|(score, id)| EntityHit {
+                id: Arc::clone(id),
+                score,
+                sid: st.items.trie.get(id).cloned(),
+            })
+            .collect(),
+    )
+}
+
 fn require_sids(coll: &Collection) -> Result<()> {
-    if coll.entry.active_model_version == 0 && !coll.client_sids() {
+    if coll.info().active_model_version == 0 && !coll.client_sids() {
         return Err(Error::FailedPrecondition(format!(
             "collection {:?} has no semantic IDs yet: no model is trained and no client wrote SIDs",
             coll.entry.name

@@ -224,17 +224,25 @@ impl TrainedModel {
     /// item codebooks (the two codebooks are separate, so code indexes are not comparable
     /// directly); without one, the user's codes already are item codes.
     pub fn route_users(&self, users: &Encoded, item_z: &[f32]) -> Result<Vec<u32>> {
+        let d = users.dim;
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let mean_item = item_z.chunks(d).map(norm).sum::<f32>() / (item_z.len() / d).max(1) as f32;
+        self.route_users_scaled(users, mean_item)
+    }
+
+    /// [`TrainedModel::route_users`] with the mean item `z` norm given (the server keeps it with
+    /// the model instead of every item's `z`).
+    pub fn route_users_scaled(&self, users: &Encoded, mean_item_norm: f32) -> Result<Vec<u32>> {
         let (Some(_), Some(iq)) = (&self.user_q, &self.item_q) else {
             return Ok(users.codes.clone());
         };
         let d = users.dim;
         let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        let mean_item = item_z.chunks(d).map(norm).sum::<f32>() / (item_z.len() / d).max(1) as f32;
         let scaled: Vec<f32> = users
             .z
             .chunks(d)
             .flat_map(|row| {
-                let s = mean_item / norm(row).max(1e-9);
+                let s = mean_item_norm / norm(row).max(1e-9);
                 row.iter().map(move |v| v * s)
             })
             .collect();

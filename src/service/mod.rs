@@ -6,7 +6,7 @@
 
 mod convert;
 mod retrieval;
-mod unimplemented;
+mod training;
 
 use std::sync::Arc;
 

@@ -129,7 +129,7 @@ impl<'a> Dec<'a> {
     }
     /// Reads a count that announces `elem` bytes per element, refusing counts larger than what is
     /// left (so a corrupt length cannot make us allocate gigabytes).
-    fn count(&mut self, elem: usize) -> Result<usize> {
+    pub(crate) fn count(&mut self, elem: usize) -> Result<usize> {
         let n = self.u32()? as usize;
         if n.saturating_mul(elem) > self.buf.len() {
             return Err(Error::DataLoss(format!(

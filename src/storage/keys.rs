@@ -25,6 +25,10 @@ pub mod tag {
     pub const LOG: u8 = 0x20;
     /// Per-user history: `HISTORY | user_id (escaped) | ts i64 | seq u64 | index u32`.
     pub const HISTORY: u8 = 0x21;
+    /// Model versions: `VERSION | version u64` (see `storage::models`).
+    pub const VERSION: u8 = 0x30;
+    /// Model SIDs: `MODEL_SID | version u64 | kind u8 | id (escaped)`.
+    pub const MODEL_SID: u8 = 0x31;
 }
 
 /// Appends a big-endian `u32`.

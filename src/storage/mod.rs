@@ -22,6 +22,7 @@
 
 pub mod codec;
 pub mod keys;
+pub mod models;
 pub mod ops;
 pub mod wal;
 
@@ -132,7 +133,7 @@ impl Collection {
             name: self.entry.name.clone(),
             config: self.entry.config.clone(),
             stats: meta.stats,
-            active_model_version: self.entry.active_model_version,
+            active_model_version: meta.active_version,
             created_ms: self.entry.created_ms,
             index_pending: 0,
         }
@@ -195,7 +196,7 @@ impl Store {
         let replayed = replay(&collections, &segments)?;
         // Make what was replayed durable in sled before its segments go.
         db.flush()?;
-        sync_tree_files(&db_dir)?;
+        crate::fsutil::sync_tree(&db_dir)?;
         for (_, path) in &segments {
             std::fs::remove_file(path)
                 .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
@@ -349,6 +350,20 @@ impl Store {
         durability: Durability,
         applied: impl FnOnce(u64, &WriteOp),
     ) -> Result<(WriteResult, u64)> {
+        self.write_prepared(coll, |_| Ok(op), durability, applied)
+    }
+
+    /// Like [`Store::write_with`], with the op made by `make` under the writer lock, from the
+    /// collection's current [`Meta`]: what must be decided in sequence order (the SIDs of online
+    /// assignment, an activation's catch-up) is decided there. An error from `make` writes
+    /// nothing and consumes no sequence number.
+    pub fn write_prepared(
+        &self,
+        coll: &Collection,
+        make: impl FnOnce(&Meta) -> Result<WriteOp>,
+        durability: Durability,
+        applied: impl FnOnce(u64, &WriteOp),
+    ) -> Result<(WriteResult, u64)> {
         self.check_open()?;
         let mut meta = coll.writer.lock();
         if coll.deleted.load(Ordering::SeqCst) {
@@ -363,6 +378,7 @@ impl Store {
                 coll.entry.name
             )));
         }
+        let op = make(&meta)?;
         let seq = meta.stats.last_sequence + 1;
         let entry = LogEntry {
             collection: coll.entry.id,
@@ -515,7 +531,7 @@ impl Store {
 
     fn sync_sled(&self) -> Result<()> {
         self.inner.db.flush()?;
-        sync_tree_files(&self.inner.dir.join("db"))
+        crate::fsutil::sync_tree(&self.inner.dir.join("db"))
     }
 
     fn check_open(&self) -> Result<()> {
@@ -630,24 +646,4 @@ fn replay(
         }
     }
     Ok(applied)
-}
-
-/// fsyncs every file and directory under `dir`: sled's own flush does not (see module docs).
-fn sync_tree_files(dir: &Path) -> Result<()> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
-    for entry in entries {
-        let path = entry
-            .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?
-            .path();
-        if path.is_dir() {
-            sync_tree_files(&path)?;
-        } else if let Err(e) = std::fs::File::open(&path).and_then(|f| f.sync_all()) {
-            // sled may remove a file (an old snapshot) while we walk: that one needs no sync.
-            if e.kind() != std::io::ErrorKind::NotFound {
-                return Err(Error::io(format!("syncing {}", path.display()), e));
-            }
-        }
-    }
-    wal::sync_dir(dir)
 }

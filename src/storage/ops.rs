@@ -8,8 +8,9 @@ use sled::{Batch, Tree};
 
 use super::codec::{self, Dec, Enc};
 use super::keys::{self, tag, HistoryPos};
+use super::models::{self, ModelSid};
 use crate::error::{Error, Result};
-use crate::types::{CollectionStats, InteractionRecord, ItemRecord, UserRecord};
+use crate::types::{CollectionStats, EntityKind, InteractionRecord, ItemRecord, UserRecord};
 
 /// One write, as logged.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +25,76 @@ pub enum WriteOp {
     DeleteUsers(Vec<String>),
     /// Append interactions.
     Interactions(Vec<InteractionRecord>),
+    /// An upsert of items or users together with the SIDs the active model gave them at write
+    /// time (online assignment), applied in the same batch.
+    Assigned(Box<WriteOp>, SidUpdate),
+    /// Makes `SidUpdate::version` the active model version, writing its SIDs for the entities
+    /// written since its snapshot (the bulk was written before, see `storage::models`).
+    Activate(SidUpdate),
+}
+
+/// Model SIDs of one version for some entities; `None` clears an entity's SID.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SidUpdate {
+    /// The model version.
+    pub version: u64,
+    /// Items.
+    pub items: Vec<(String, Option<ModelSid>)>,
+    /// Users.
+    pub users: Vec<(String, Option<ModelSid>)>,
+}
+
+impl SidUpdate {
+    fn put(&self, e: &mut Enc) {
+        e.u64(self.version);
+        for list in [&self.items, &self.users] {
+            e.u32(list.len() as u32);
+            for (id, sid) in list {
+                e.str(id);
+                match sid {
+                    None => e.u8(0),
+                    Some(s) => {
+                        e.u8(1);
+                        ModelSid::put(e, s);
+                    }
+                }
+            }
+        }
+    }
+
+    fn get(d: &mut Dec) -> Result<SidUpdate> {
+        let version = d.u64()?;
+        let entry = |d: &mut Dec| -> Result<(String, Option<ModelSid>)> {
+            let id = d.str()?;
+            let sid = match d.u8()? {
+                0 => None,
+                1 => Some(ModelSid::get(d)?),
+                t => return Err(Error::DataLoss(format!("log entry: bad SID tag {t}"))),
+            };
+            Ok((id, sid))
+        };
+        Ok(SidUpdate {
+            version,
+            items: get_list(d, entry)?,
+            users: get_list(d, entry)?,
+        })
+    }
+
+    /// Stages the SIDs under `version` in `batch`.
+    fn stage(&self, batch: &mut Batch) {
+        for (kind, list) in [
+            (EntityKind::Items, &self.items),
+            (EntityKind::Users, &self.users),
+        ] {
+            for (id, sid) in list {
+                let key = models::sid_key(self.version, kind, id);
+                match sid {
+                    Some(s) => batch.insert(key, codec::encode_value(s, ModelSid::put)),
+                    None => batch.remove(key),
+                }
+            }
+        }
+    }
 }
 
 impl WriteOp {
@@ -32,6 +103,7 @@ impl WriteOp {
         match self {
             WriteOp::UpsertItems(v) => v.iter().any(|x| x.sid.is_some()),
             WriteOp::UpsertUsers(v) => v.iter().any(|x| x.sid.is_some()),
+            WriteOp::Assigned(inner, _) => inner.carries_sids(),
             _ => false,
         }
     }
@@ -45,6 +117,8 @@ pub struct Meta {
     pub stats: CollectionStats,
     /// Set once a client wrote SIDs of its own.
     pub client_sids: bool,
+    /// The active model version (0: none).
+    pub active_version: u64,
 }
 
 /// The key of [`Meta`] in a collection tree.
@@ -59,6 +133,7 @@ impl Meta {
             e.u64(v);
         }
         e.u8(self.client_sids as u8);
+        e.u64(self.active_version);
         e.buf
     }
 
@@ -72,8 +147,17 @@ impl Meta {
             interactions: d.u64()?,
         };
         let client_sids = d.u8()? != 0;
+        // Written since model versions exist; absent in older records.
+        let active_version = match d.rest().is_empty() {
+            true => 0,
+            false => d.u64()?,
+        };
         d.finish()?;
-        Ok(Meta { stats, client_sids })
+        Ok(Meta {
+            stats,
+            client_sids,
+            active_version,
+        })
     }
 
     /// Reads the meta of a tree (zero for a fresh tree).
@@ -90,6 +174,8 @@ const OP_DELETE_ITEMS: u8 = 2;
 const OP_UPSERT_USERS: u8 = 3;
 const OP_DELETE_USERS: u8 = 4;
 const OP_INTERACTIONS: u8 = 5;
+const OP_ASSIGNED: u8 = 6;
+const OP_ACTIVATE: u8 = 7;
 
 /// A logged write: which collection (by its never-reused id), which sequence, what.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,7 +195,7 @@ fn put_ids(e: &mut Enc, ids: &[String]) {
     }
 }
 
-fn get_list<T>(d: &mut Dec, get: fn(&mut Dec) -> Result<T>) -> Result<Vec<T>> {
+fn get_list<T>(d: &mut Dec, get: impl Fn(&mut Dec) -> Result<T>) -> Result<Vec<T>> {
     let n = d.u32()? as usize;
     // Every element takes at least 4 bytes: a larger count is corruption, not a reason to allocate.
     if n > d.rest().len() / 4 + 1 {
@@ -126,31 +212,7 @@ impl LogEntry {
         let mut e = Enc::versioned();
         e.u64(self.collection);
         e.u64(self.seq);
-        match &self.op {
-            WriteOp::UpsertItems(v) => {
-                e.u8(OP_UPSERT_ITEMS);
-                e.u32(v.len() as u32);
-                v.iter().for_each(|x| codec::put_item(&mut e, x));
-            }
-            WriteOp::DeleteItems(ids) => {
-                e.u8(OP_DELETE_ITEMS);
-                put_ids(&mut e, ids);
-            }
-            WriteOp::UpsertUsers(v) => {
-                e.u8(OP_UPSERT_USERS);
-                e.u32(v.len() as u32);
-                v.iter().for_each(|x| codec::put_user(&mut e, x));
-            }
-            WriteOp::DeleteUsers(ids) => {
-                e.u8(OP_DELETE_USERS);
-                put_ids(&mut e, ids);
-            }
-            WriteOp::Interactions(v) => {
-                e.u8(OP_INTERACTIONS);
-                e.u32(v.len() as u32);
-                v.iter().for_each(|x| codec::put_interaction(&mut e, x));
-            }
-        }
+        put_op(&mut e, &self.op);
         e.buf
     }
 
@@ -159,14 +221,7 @@ impl LogEntry {
         let mut d = Dec::versioned(buf, "log entry")?;
         let collection = d.u64()?;
         let seq = d.u64()?;
-        let op = match d.u8()? {
-            OP_UPSERT_ITEMS => WriteOp::UpsertItems(get_list(&mut d, codec::get_item)?),
-            OP_DELETE_ITEMS => WriteOp::DeleteItems(get_list(&mut d, |d| d.str())?),
-            OP_UPSERT_USERS => WriteOp::UpsertUsers(get_list(&mut d, codec::get_user)?),
-            OP_DELETE_USERS => WriteOp::DeleteUsers(get_list(&mut d, |d| d.str())?),
-            OP_INTERACTIONS => WriteOp::Interactions(get_list(&mut d, codec::get_interaction)?),
-            t => return Err(Error::DataLoss(format!("log entry: unknown op {t}"))),
-        };
+        let op = get_op(&mut d, true)?;
         d.finish()?;
         Ok(LogEntry {
             collection,
@@ -176,58 +231,142 @@ impl LogEntry {
     }
 }
 
+fn put_op(e: &mut Enc, op: &WriteOp) {
+    match op {
+        WriteOp::UpsertItems(v) => {
+            e.u8(OP_UPSERT_ITEMS);
+            e.u32(v.len() as u32);
+            v.iter().for_each(|x| codec::put_item(e, x));
+        }
+        WriteOp::DeleteItems(ids) => {
+            e.u8(OP_DELETE_ITEMS);
+            put_ids(e, ids);
+        }
+        WriteOp::UpsertUsers(v) => {
+            e.u8(OP_UPSERT_USERS);
+            e.u32(v.len() as u32);
+            v.iter().for_each(|x| codec::put_user(e, x));
+        }
+        WriteOp::DeleteUsers(ids) => {
+            e.u8(OP_DELETE_USERS);
+            put_ids(e, ids);
+        }
+        WriteOp::Interactions(v) => {
+            e.u8(OP_INTERACTIONS);
+            e.u32(v.len() as u32);
+            v.iter().for_each(|x| codec::put_interaction(e, x));
+        }
+        WriteOp::Assigned(inner, sids) => {
+            e.u8(OP_ASSIGNED);
+            put_op(e, inner);
+            sids.put(e);
+        }
+        WriteOp::Activate(sids) => {
+            e.u8(OP_ACTIVATE);
+            sids.put(e);
+        }
+    }
+}
+
+/// Decodes one op. Only a `top`-level op may be `Assigned` (wrapping a plain upsert) or
+/// `Activate`.
+fn get_op(d: &mut Dec, top: bool) -> Result<WriteOp> {
+    Ok(match d.u8()? {
+        OP_UPSERT_ITEMS => WriteOp::UpsertItems(get_list(d, codec::get_item)?),
+        OP_DELETE_ITEMS => WriteOp::DeleteItems(get_list(d, |d| d.str())?),
+        OP_UPSERT_USERS => WriteOp::UpsertUsers(get_list(d, codec::get_user)?),
+        OP_DELETE_USERS => WriteOp::DeleteUsers(get_list(d, |d| d.str())?),
+        OP_INTERACTIONS => WriteOp::Interactions(get_list(d, codec::get_interaction)?),
+        OP_ASSIGNED if top => {
+            let inner = get_op(d, false)?;
+            if !matches!(inner, WriteOp::UpsertItems(_) | WriteOp::UpsertUsers(_)) {
+                return Err(Error::DataLoss(
+                    "log entry: SIDs assigned to a non-upsert".into(),
+                ));
+            }
+            WriteOp::Assigned(Box::new(inner), SidUpdate::get(d)?)
+        }
+        OP_ACTIVATE if top => WriteOp::Activate(SidUpdate::get(d)?),
+        t => return Err(Error::DataLoss(format!("log entry: unknown op {t}"))),
+    })
+}
+
 /// Applies one write to a collection tree in a single atomic sled batch, together with the
 /// updated [`Meta`]. Returns the number of entities written. `meta` is updated only on success.
 pub fn apply(tree: &Tree, meta: &mut Meta, seq: u64, op: &WriteOp) -> Result<u64> {
     let mut batch = Batch::default();
     let mut next = *meta;
-    let written = match op {
-        WriteOp::UpsertItems(items) => {
-            let added = upsert(
-                tree,
-                &mut batch,
-                tag::ITEM,
-                items,
-                |x| &x.id,
-                codec::put_item,
-            )?;
-            next.stats.items += added;
-            items.len() as u64
-        }
-        WriteOp::UpsertUsers(users) => {
-            let added = upsert(
-                tree,
-                &mut batch,
-                tag::USER,
-                users,
-                |x| &x.id,
-                codec::put_user,
-            )?;
-            next.stats.users += added;
-            users.len() as u64
-        }
-        WriteOp::DeleteItems(ids) => {
-            let n = delete(tree, &mut batch, tag::ITEM, ids)?;
-            next.stats.items -= n.min(next.stats.items);
-            n
-        }
-        WriteOp::DeleteUsers(ids) => {
-            let n = delete(tree, &mut batch, tag::USER, ids)?;
-            next.stats.users -= n.min(next.stats.users);
-            n
-        }
-        WriteOp::Interactions(xs) => {
-            append_interactions(&mut batch, seq, xs)?;
-            next.stats.interactions += xs.len() as u64;
-            xs.len() as u64
-        }
-    };
+    let written = stage(tree, &mut batch, &mut next, seq, op)?;
     next.stats.last_sequence = seq;
     next.client_sids |= op.carries_sids();
     batch.insert(META_KEY, next.encode());
     tree.apply_batch(batch)?;
     *meta = next;
     Ok(written)
+}
+
+/// Stages `op` into `batch`, updating `next`.
+fn stage(tree: &Tree, batch: &mut Batch, next: &mut Meta, seq: u64, op: &WriteOp) -> Result<u64> {
+    let batch = &mut *batch;
+    Ok(match op {
+        WriteOp::UpsertItems(items) => {
+            let added = upsert(tree, batch, tag::ITEM, items, |x| &x.id, codec::put_item)?;
+            next.stats.items += added;
+            items.len() as u64
+        }
+        WriteOp::UpsertUsers(users) => {
+            let added = upsert(tree, batch, tag::USER, users, |x| &x.id, codec::put_user)?;
+            next.stats.users += added;
+            users.len() as u64
+        }
+        WriteOp::DeleteItems(ids) => {
+            let n = delete(tree, batch, tag::ITEM, ids)?;
+            next.stats.items -= n.min(next.stats.items);
+            clear_model_sids(batch, next.active_version, EntityKind::Items, ids);
+            n
+        }
+        WriteOp::DeleteUsers(ids) => {
+            let n = delete(tree, batch, tag::USER, ids)?;
+            next.stats.users -= n.min(next.stats.users);
+            clear_model_sids(batch, next.active_version, EntityKind::Users, ids);
+            n
+        }
+        WriteOp::Interactions(xs) => {
+            append_interactions(batch, seq, xs)?;
+            next.stats.interactions += xs.len() as u64;
+            xs.len() as u64
+        }
+        WriteOp::Assigned(inner, sids) => {
+            let n = stage(tree, batch, next, seq, inner)?;
+            sids.stage(batch);
+            n
+        }
+        WriteOp::Activate(sids) => {
+            let key = models::version_key(sids.version);
+            let Some(raw) = tree.get(&key)? else {
+                return Err(Error::DataLoss(format!(
+                    "activation of model version {} whose record is missing",
+                    sids.version
+                )));
+            };
+            let mut rec = models::VersionRecord::decode(&raw)?;
+            rec.activated = true;
+            batch.insert(key, rec.encode());
+            sids.stage(batch);
+            next.active_version = sids.version;
+            0
+        }
+    })
+}
+
+/// Stages the removal of the active version's SIDs of deleted entities.
+fn clear_model_sids(batch: &mut Batch, version: u64, kind: EntityKind, ids: &[String]) {
+    if version == 0 {
+        return;
+    }
+    for id in ids {
+        batch.remove(models::sid_key(version, kind, id));
+    }
 }
 
 /// Stages upserts; returns how many ids are new to the tree.
@@ -316,9 +455,14 @@ mod tests {
         for op in [
             WriteOp::UpsertItems(vec![item]),
             WriteOp::DeleteItems(vec!["a".into(), "".into()]),
-            WriteOp::UpsertUsers(vec![user]),
+            WriteOp::UpsertUsers(vec![user.clone()]),
             WriteOp::DeleteUsers(vec!["b".into()]),
             WriteOp::Interactions(vec![x]),
+            WriteOp::Assigned(
+                Box::new(WriteOp::UpsertUsers(vec![user.clone()])),
+                sid_update(),
+            ),
+            WriteOp::Activate(sid_update()),
         ] {
             let e = LogEntry {
                 collection: 3,
@@ -327,6 +471,101 @@ mod tests {
             };
             assert_eq!(LogEntry::decode(&e.encode()).unwrap(), e);
         }
+    }
+
+    fn sid_update() -> SidUpdate {
+        let s = ModelSid {
+            codes: vec![3, 1, 4],
+            suffix: 2,
+            route: vec![1, 5, 9],
+            z: vec![0.25, -1.5],
+        };
+        SidUpdate {
+            version: 7,
+            items: vec![("i".into(), Some(s.clone())), ("gone".into(), None)],
+            users: vec![("u".into(), Some(s))],
+        }
+    }
+
+    #[test]
+    fn nested_or_misplaced_model_ops_are_data_loss() {
+        // An `Assigned` must wrap a plain upsert, once.
+        let nested = WriteOp::Assigned(
+            Box::new(WriteOp::Assigned(
+                Box::new(WriteOp::UpsertItems(vec![])),
+                SidUpdate::default(),
+            )),
+            SidUpdate::default(),
+        );
+        let wraps_delete = WriteOp::Assigned(
+            Box::new(WriteOp::DeleteItems(vec!["x".into()])),
+            SidUpdate::default(),
+        );
+        for op in [nested, wraps_delete] {
+            let e = LogEntry {
+                collection: 1,
+                seq: 1,
+                op,
+            };
+            assert!(matches!(
+                LogEntry::decode(&e.encode()),
+                Err(Error::DataLoss(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn activation_flips_the_version_with_its_sids_and_deletes_clear_them() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("t").unwrap();
+        let mut meta = Meta::default();
+        // Without its record an activation is refused (nothing is applied).
+        let act = WriteOp::Activate(sid_update());
+        assert!(matches!(
+            apply(&tree, &mut meta, 1, &act),
+            Err(Error::DataLoss(_))
+        ));
+        assert_eq!(meta.active_version, 0);
+        let rec = models::VersionRecord {
+            version: 7,
+            created_ms: 1,
+            activated: false,
+            snapshot_seq: 0,
+            report: "{}".into(),
+        };
+        tree.insert(models::version_key(7), rec.encode()).unwrap();
+        apply(&tree, &mut meta, 1, &act).unwrap();
+        assert_eq!(meta.active_version, 7);
+        assert_eq!(Meta::load(&tree).unwrap(), meta);
+        let stored =
+            models::VersionRecord::decode(&tree.get(models::version_key(7)).unwrap().unwrap())
+                .unwrap();
+        assert!(stored.activated);
+        let key = models::sid_key(7, EntityKind::Items, "i");
+        assert!(tree.contains_key(&key).unwrap());
+        apply(&tree, &mut meta, 2, &WriteOp::DeleteItems(vec!["i".into()])).unwrap();
+        assert!(
+            !tree.contains_key(&key).unwrap(),
+            "a deleted item keeps its SID"
+        );
+        assert!(tree
+            .contains_key(models::sid_key(7, EntityKind::Users, "u"))
+            .unwrap());
+    }
+
+    #[test]
+    fn meta_without_active_version_reads_as_none() {
+        // A record written before model versions existed.
+        let mut e = Enc::versioned();
+        for v in [5u64, 1, 2, 3] {
+            e.u64(v);
+        }
+        e.u8(1);
+        let m = Meta::decode(&e.buf).unwrap();
+        assert_eq!(
+            (m.stats.last_sequence, m.client_sids, m.active_version),
+            (5, true, 0)
+        );
     }
 
     #[test]

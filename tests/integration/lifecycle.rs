@@ -172,23 +172,6 @@ async fn reflection_lists_every_service() {
 }
 
 #[tokio::test]
-async fn training_answers_unimplemented() {
-    let s = TestServer::start().await;
-    let mut t = pb::training_client::TrainingClient::new(s.channel().await);
-    assert_status(
-        t.trigger_training(pb::TriggerTrainingRequest::default())
-            .await,
-        Code::Unimplemented,
-        "Training.TriggerTraining",
-    );
-    assert_status(
-        t.watch_training(pb::WatchTrainingRequest::default()).await,
-        Code::Unimplemented,
-        "Training.WatchTraining",
-    );
-}
-
-#[tokio::test]
 async fn a_damaged_log_is_a_clear_startup_error() {
     let s = TestServer::start().await;
     create(&s, "c").await;

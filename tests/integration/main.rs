@@ -11,4 +11,6 @@ mod interactions;
 mod items;
 mod lifecycle;
 mod retrieval;
+mod training;
+mod training_crash;
 mod users;

@@ -1,0 +1,868 @@
+//! Model versions of a collection in the engine: the active model, online SID assignment at
+//! write time, publication (a new version, or a rollback to a kept one) and pruning.
+//!
+//! # Publishing a version (atomic)
+//! [`publish`] takes a [`Snapshot`] (the entities and interactions at a write sequence) and a
+//! model:
+//! 1. the checkpoint goes to `models/<collection id>/<version>/` (written to a `.tmp` sibling,
+//!    fsync'ed, renamed);
+//! 2. every snapshot entity is encoded; the SIDs (with dedup suffixes, kept from an earlier
+//!    publication of the same version where the codes did not change) are written in bulk under
+//!    the version, with its record (`activated = false`), then sled is flushed and fsync'ed;
+//! 3. under the collection's writer lock, the entities written since the snapshot (recorded by
+//!    the index, [`super::index::IndexState::touched`]) are encoded from their newest state, and
+//!    one logged, DURABLE `WriteOp::Activate` writes their SIDs and flips the active version: the
+//!    single durable switch;
+//! 4. still under the lock, the index installs the new tries and `z`s, and the new model becomes
+//!    the one online assignment uses. Readers see the old version or the new one, never a mix.
+//!
+//! A crash before step 3 leaves an unactivated version: [`drop_aborted`] removes it (SIDs,
+//! record, checkpoint) at the next start. After step 3 the WAL replays the switch.
+//!
+//! # Online assignment
+//! With a version active, every upsert of items or users is encoded by the active model under the
+//! writer lock ([`assign`]) and logged as `WriteOp::Assigned`: the entity's SID (suffix stable
+//! while its codes do not change, otherwise the next free one for its codes) is durable with the
+//! entity itself and reachable by prefix at once.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use super::index::{CollectionIndex, VersionSids};
+use crate::config::{RetrievalConfig, TrainingConfig};
+use crate::error::{Error, Result};
+use crate::fsutil::{remove_dir_if_present, replace_dir, sibling, sync_tree};
+use crate::model::data::{l2_normalise_rows, Prepared};
+use crate::model::{Encoded, Interaction, ModelError, TrainedModel, TrainingData};
+use crate::storage::models::{ModelSid, VersionRecord};
+use crate::storage::ops::{Meta, SidUpdate, WriteOp};
+use crate::storage::{Collection, Scanned, Store};
+use crate::trie::SidTrie;
+use crate::types::{now_ms, CollectionConfig, Durability, EntityKind, ItemRecord, UserRecord};
+
+/// Rows encoded per model call.
+const ENCODE_CHUNK: usize = 4096;
+
+/// What serving needs to know about a model besides its tensors (`serving.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServingInfo {
+    /// Users were encoded from item profiles (no own vectors).
+    pub users_from_profiles: bool,
+    /// Mean norm of the items' `z` (routes users into the item code space).
+    pub mean_item_z_norm: f32,
+    /// Profile half-life the model was trained with.
+    pub half_life_days: f64,
+}
+
+/// The model of the active version.
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// Its version.
+    pub version: u64,
+    /// The quantizers.
+    pub model: TrainedModel,
+    /// How it encodes.
+    pub info: ServingInfo,
+}
+
+/// The SID quality report of a version (stored as JSON in its record).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ModelReport {
+    /// Item quantizer, per level: (codebook size, codes used, perplexity).
+    pub levels: Vec<(u32, u32, f32)>,
+    /// User quantizer, per level.
+    pub user_levels: Vec<(u32, u32, f32)>,
+    /// Share of items whose code tuple another item already holds.
+    pub collision_rate: f32,
+    /// Items in the largest bucket of identical tuples.
+    pub max_bucket: u32,
+    /// Share of items (present in both) whose level-1 code changed vs the previous version.
+    pub churn_level1: f32,
+    /// Share whose full code tuple changed.
+    pub churn_full: f32,
+    /// Training wall seconds.
+    pub train_seconds: f64,
+    /// Items, users, interactions trained on.
+    pub items: u64,
+    /// Users trained on.
+    pub users: u64,
+    /// Interactions trained on.
+    pub interactions: u64,
+    /// Steps run, and whether warm-started from the previous version.
+    pub steps: u64,
+    /// Warm-started from the previous version.
+    pub warm_start: bool,
+}
+
+/// Where a version's checkpoint lives.
+pub fn model_dir(data_dir: &Path, coll_id: u64, version: u64) -> PathBuf {
+    collection_models_dir(data_dir, coll_id).join(version.to_string())
+}
+
+/// Where a collection's checkpoints live.
+pub fn collection_models_dir(data_dir: &Path, coll_id: u64) -> PathBuf {
+    data_dir.join("models").join(coll_id.to_string())
+}
+
+fn model_err(e: ModelError) -> Error {
+    match e {
+        ModelError::InvalidData(m) | ModelError::InvalidConfig(m) => Error::invalid(m),
+        other => Error::Internal(format!("model: {other}")),
+    }
+}
+
+/// Loads a version's checkpoint.
+pub fn load_model(data_dir: &Path, coll_id: u64, version: u64) -> Result<LoadedModel> {
+    let dir = model_dir(data_dir, coll_id, version);
+    let model = TrainedModel::load(&dir).map_err(|e| {
+        Error::DataLoss(format!(
+            "checkpoint of model version {version} ({}): {e}",
+            dir.display()
+        ))
+    })?;
+    let path = dir.join("serving.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let info = serde_json::from_str(&text)
+        .map_err(|e| Error::DataLoss(format!("{}: {e}", path.display())))?;
+    Ok(LoadedModel {
+        version,
+        model,
+        info,
+    })
+}
+
+fn save_model(data_dir: &Path, coll_id: u64, m: &LoadedModel) -> Result<()> {
+    let dir = model_dir(data_dir, coll_id, m.version);
+    let tmp = sibling(&dir, "tmp")?;
+    remove_dir_if_present(&tmp)?;
+    m.model.save(&tmp).map_err(model_err)?;
+    write_serving_info(&tmp, &m.info)?;
+    sync_tree(&tmp)?;
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+    }
+    replace_dir(&tmp, &dir)
+}
+
+fn write_serving_info(dir: &Path, info: &ServingInfo) -> Result<()> {
+    let json = serde_json::to_vec_pretty(info).expect("plain data serialises");
+    crate::fsutil::write_synced(&dir.join("serving.json"), &json)
+}
+
+/// Replaces `serving.json` of a saved version (write aside, fsync, rename).
+fn save_serving_info(data_dir: &Path, coll_id: u64, m: &LoadedModel) -> Result<()> {
+    let dir = model_dir(data_dir, coll_id, m.version);
+    let tmp = dir.join("serving.json.tmp");
+    let json = serde_json::to_vec_pretty(&m.info).expect("plain data serialises");
+    crate::fsutil::write_synced(&tmp, &json)?;
+    std::fs::rename(&tmp, dir.join("serving.json"))
+        .map_err(|e| Error::io(format!("renaming {}", tmp.display()), e))?;
+    crate::storage::wal::sync_dir(&dir)
+}
+
+/// Removes versions a crash left unactivated (SIDs, record, checkpoint) and checkpoint
+/// directories of versions that have no record. At start, before the index loads.
+pub fn drop_aborted(store: &Store, coll: &Collection, data_dir: &Path) -> Result<()> {
+    for v in store.unactivated_versions(coll)? {
+        tracing::warn!(collection = %coll.entry.name, version = v, "removing a model version whose publication did not complete");
+        store.drop_version(coll, v)?;
+        remove_dir_if_present(&model_dir(data_dir, coll.entry.id, v))?;
+    }
+    let kept: HashSet<u64> = store.versions(coll)?.iter().map(|r| r.version).collect();
+    let dir = collection_models_dir(data_dir, coll.entry.id);
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let known = name.parse::<u64>().is_ok_and(|v| kept.contains(&v));
+            if !known {
+                remove_dir_if_present(&e.path())?;
+            }
+        }
+    }
+    store.sync()
+}
+
+/// A consistent view of a collection at one write sequence.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// The write sequence it reflects.
+    pub seq: u64,
+    /// Item ids, row order of `item_x`.
+    pub item_ids: Vec<Arc<str>>,
+    /// Items' vectors, modalities concatenated in declaration order.
+    pub item_x: Vec<f32>,
+    /// Concatenated item dimension.
+    pub item_dim: usize,
+    /// User ids.
+    pub user_ids: Vec<Arc<str>>,
+    /// Users' own vectors when every user has one (`user_dim` each).
+    pub user_x: Option<Vec<f32>>,
+    /// User dimension.
+    pub user_dim: usize,
+    /// Interactions between stored users and items (dangling ones dropped), as indexes.
+    pub interactions: Vec<Interaction>,
+}
+
+impl Snapshot {
+    /// Reads the collection: entities under the writer lock (exactly at one sequence), then the
+    /// logged interactions up to that sequence.
+    pub fn take(store: &Store, coll: &Collection) -> Result<Snapshot> {
+        let cfg = coll.config();
+        let mut s = Snapshot {
+            item_dim: cfg.item_modalities.iter().map(|m| m.dim as usize).sum(),
+            user_dim: cfg.user_dim as usize,
+            ..Default::default()
+        };
+        let mut user_x = Vec::new();
+        let mut all_users_have_vectors = cfg.user_dim > 0;
+        s.seq = store.scan_entities(coll, |e| {
+            match e {
+                Scanned::Item(x) => {
+                    s.item_ids.push(Arc::from(x.id.as_str()));
+                    x.vectors.iter().for_each(|v| s.item_x.extend_from_slice(v));
+                }
+                Scanned::User(u) => {
+                    s.user_ids.push(Arc::from(u.id.as_str()));
+                    match u.vector {
+                        Some(v) if all_users_have_vectors => user_x.extend(v),
+                        _ => all_users_have_vectors = false,
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        if all_users_have_vectors && !s.user_ids.is_empty() {
+            s.user_x = Some(user_x);
+        }
+        let item_of: HashMap<&str, u32> = index_of(&s.item_ids);
+        let user_of: HashMap<&str, u32> = index_of(&s.user_ids);
+        let mut xs = Vec::new();
+        store.scan_interactions(coll, s.seq, |x| {
+            if let (Some(&u), Some(&i)) = (
+                user_of.get(x.user_id.as_str()),
+                item_of.get(x.item_id.as_str()),
+            ) {
+                xs.push(Interaction {
+                    user: u,
+                    item: i,
+                    weight: x.weight,
+                    ts_ms: x.timestamp_ms,
+                });
+            }
+            Ok(())
+        })?;
+        s.interactions = xs;
+        Ok(s)
+    }
+
+    /// The trainer's input. `profiles`: users as item-profile means even when they have vectors.
+    pub fn training_data(&self, profiles: bool) -> TrainingData {
+        let user_emb = if profiles { None } else { self.user_x.clone() };
+        TrainingData {
+            item_emb: self.item_x.clone(),
+            item_dim: self.item_dim,
+            user_dim: if user_emb.is_some() { self.user_dim } else { 0 },
+            user_emb,
+            interactions: self.interactions.clone(),
+            n_users: self.user_ids.len(),
+        }
+    }
+}
+
+fn index_of(ids: &[Arc<str>]) -> HashMap<&str, u32> {
+    ids.iter()
+        .enumerate()
+        .map(|(i, id)| (&**id, i as u32))
+        .collect()
+}
+
+/// Encodes `x` (`n x dim`) in chunks.
+fn encode_rows(
+    x: &[f32],
+    dim: usize,
+    f: impl Fn(&[f32]) -> std::result::Result<Encoded, ModelError>,
+) -> Result<Encoded> {
+    let mut out = Encoded {
+        codes: Vec::new(),
+        z: Vec::new(),
+        dim: 0,
+    };
+    for chunk in x.chunks(ENCODE_CHUNK * dim.max(1)) {
+        let e = f(chunk).map_err(model_err)?;
+        out.codes.extend(e.codes);
+        out.z.extend(e.z);
+        out.dim = e.dim;
+    }
+    Ok(out)
+}
+
+/// Splits encoded rows into per-entity SIDs (suffix 0 for now).
+fn to_sids(enc: &Encoded, routes: Option<&[u32]>, levels: usize) -> Vec<ModelSid> {
+    let n = enc.codes.len() / levels.max(1);
+    (0..n)
+        .map(|i| ModelSid {
+            codes: enc.codes[i * levels..(i + 1) * levels].to_vec(),
+            suffix: 0,
+            route: routes
+                .map(|r| r[i * levels..(i + 1) * levels].to_vec())
+                .unwrap_or_default(),
+            z: enc.z[i * enc.dim..(i + 1) * enc.dim].to_vec(),
+        })
+        .collect()
+}
+
+impl LoadedModel {
+    /// Levels of the item quantizer.
+    pub fn levels(&self) -> usize {
+        self.model.meta.config.levels
+    }
+
+    /// Item SIDs of raw concatenated item vectors.
+    pub fn encode_items(&self, x: &[f32]) -> Result<Vec<ModelSid>> {
+        let dim = self.model.meta.item_dim;
+        let enc = encode_rows(x, dim, |c| self.model.encode_items(c))?;
+        Ok(to_sids(&enc, None, self.levels()))
+    }
+
+    /// User SIDs (with routes) of user inputs (own vectors or profiles, `user_dim` each).
+    pub fn encode_users(&self, x: &[f32]) -> Result<Vec<ModelSid>> {
+        let dim = self.model.meta.user_dim;
+        let enc = encode_rows(x, dim, |c| self.model.encode_users(c))?;
+        let routes = self
+            .model
+            .route_users_scaled(&enc, self.info.mean_item_z_norm)
+            .map_err(model_err)?;
+        Ok(to_sids(&enc, Some(&routes), self.levels()))
+    }
+
+    /// The model's input for one user: its own vector, or the profile of its history.
+    fn user_input(
+        &self,
+        store: &Store,
+        coll: &Collection,
+        user: &UserRecord,
+        profile_events: usize,
+    ) -> Result<Option<Vec<f32>>> {
+        if !self.info.users_from_profiles {
+            return Ok(user.vector.clone());
+        }
+        let (history, _) = store.user_history(coll, &user.id, profile_events, None)?;
+        let ids: Vec<String> = history.iter().map(|x| x.item_id.clone()).collect();
+        let items = store.get_items(coll, &ids)?;
+        // Oldest first, the order training sums a profile in.
+        let rows: Vec<(Vec<f32>, f32, i64)> = history
+            .iter()
+            .zip(items)
+            .rev()
+            .filter_map(|(x, it)| it.map(|it| (it.vectors.concat(), x.weight, x.timestamp_ms)))
+            .collect();
+        let events: Vec<(&[f32], f32, i64)> =
+            rows.iter().map(|(v, w, t)| (&v[..], *w, *t)).collect();
+        Ok(crate::model::data::profile_input(
+            &events,
+            self.model.meta.item_dim,
+            self.info.half_life_days,
+        ))
+    }
+}
+
+/// Gives dedup suffixes to `sids` (in order): an entity keeps the suffix it has in `stable`
+/// when its codes are unchanged and the suffix is still free; the others take the next free
+/// suffix of their codes (above every suffix in use).
+fn assign_suffixes(ids: &[Arc<str>], sids: &mut [ModelSid], stable: &HashMap<Arc<str>, ModelSid>) {
+    let mut used: HashMap<Vec<u32>, HashSet<u32>> = HashMap::new();
+    let mut fresh = Vec::new();
+    for (i, (id, s)) in ids.iter().zip(sids.iter_mut()).enumerate() {
+        match stable.get(id) {
+            Some(old)
+                if old.codes == s.codes
+                    && used.entry(s.codes.clone()).or_default().insert(old.suffix) =>
+            {
+                s.suffix = old.suffix;
+            }
+            _ => fresh.push(i),
+        }
+    }
+    let mut next: HashMap<Vec<u32>, u32> = used
+        .iter()
+        .map(|(c, set)| (c.clone(), set.iter().max().map_or(0, |m| m + 1)))
+        .collect();
+    for i in fresh {
+        let n = next.entry(sids[i].codes.clone()).or_insert(0);
+        sids[i].suffix = *n;
+        *n += 1;
+    }
+}
+
+/// The suffix an entity written now gets for `codes`: its own when it already holds these codes
+/// in `version`, else one above the largest in use (also among `taken`, this batch's).
+fn online_suffix(
+    trie: &SidTrie,
+    version: u64,
+    id: &str,
+    codes: &[u32],
+    taken: &mut HashMap<Vec<u32>, u32>,
+) -> u32 {
+    if let Some(cur) = trie.get(id) {
+        if cur.model_version == version && cur.codes == codes {
+            return cur.suffix;
+        }
+    }
+    let in_trie = trie
+        .ids_under(codes)
+        .filter_map(|x| trie.get(x))
+        .filter(|s| s.codes == codes)
+        .map(|s| s.suffix + 1)
+        .max()
+        .unwrap_or(0);
+    let slot = taken.entry(codes.to_vec()).or_insert(0);
+    let s = in_trie.max(*slot);
+    *slot = s + 1;
+    s
+}
+
+/// The active model's SIDs of an upsert's entities, before suffixes: computed outside the
+/// writer lock by [`encode_upsert`], finished under it by [`assign`].
+pub struct EncodedUpsert {
+    version: u64,
+    /// Per entity in op order; `None`: no input (a user without vector or history).
+    sids: Vec<Option<ModelSid>>,
+}
+
+/// Encodes the entities of an upsert with the active model (no lock needed; the work that
+/// dominates online assignment, so concurrent writers encode in parallel). `None` for other ops
+/// or without an active model.
+pub fn encode_upsert(
+    store: &Store,
+    coll: &Collection,
+    index: &CollectionIndex,
+    retrieval: &RetrievalConfig,
+    op: &WriteOp,
+) -> Result<Option<EncodedUpsert>> {
+    let Some(m) = index.model.load_full() else {
+        return Ok(None);
+    };
+    let sids = match op {
+        WriteOp::UpsertItems(items) => {
+            let x: Vec<f32> = items.iter().flat_map(|it| it.vectors.concat()).collect();
+            match x.is_empty() {
+                true => Vec::new(),
+                false => m.encode_items(&x)?.into_iter().map(Some).collect(),
+            }
+        }
+        WriteOp::UpsertUsers(users) => {
+            let mut rows = Vec::new();
+            let mut has = Vec::with_capacity(users.len());
+            for u in users {
+                let x = m.user_input(store, coll, u, retrieval.profile_events)?;
+                has.push(x.is_some());
+                rows.extend(x.unwrap_or_default());
+            }
+            let mut enc = match rows.is_empty() {
+                true => Vec::new(),
+                false => m.encode_users(&rows)?,
+            }
+            .into_iter();
+            has.into_iter()
+                .map(|h| if h { enc.next() } else { None })
+                .collect()
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(EncodedUpsert {
+        version: m.version,
+        sids,
+    }))
+}
+
+/// Online assignment, under the writer lock: wraps an upsert in `WriteOp::Assigned` with the
+/// active version's SIDs and their suffixes. Uses `pre` when it was encoded by the version still
+/// active, else encodes again here (a version switched in between). Other ops pass through.
+pub fn assign(
+    store: &Store,
+    coll: &Collection,
+    index: &CollectionIndex,
+    meta: &Meta,
+    retrieval: &RetrievalConfig,
+    op: WriteOp,
+    pre: Option<EncodedUpsert>,
+) -> Result<WriteOp> {
+    if meta.active_version == 0 {
+        return Ok(op);
+    }
+    let enc = match pre {
+        Some(p) if p.version == meta.active_version => p,
+        _ => match encode_upsert(store, coll, index, retrieval, &op)? {
+            Some(p) if p.version == meta.active_version => p,
+            // The active version's model is not loaded (its checkpoint failed to load).
+            _ => return Ok(op),
+        },
+    };
+    let version = enc.version;
+    let mut upd = SidUpdate {
+        version,
+        ..Default::default()
+    };
+    let st = index.state.read();
+    let mut taken = HashMap::new();
+    let (ids, trie, out): (Vec<&String>, _, _) = match &op {
+        WriteOp::UpsertItems(v) => (
+            v.iter().map(|x| &x.id).collect(),
+            &st.items.trie,
+            &mut upd.items,
+        ),
+        WriteOp::UpsertUsers(v) => (
+            v.iter().map(|x| &x.id).collect(),
+            &st.users.trie,
+            &mut upd.users,
+        ),
+        _ => return Ok(op),
+    };
+    for (id, sid) in ids.into_iter().zip(enc.sids) {
+        let sid = sid.map(|mut s| {
+            s.suffix = online_suffix(trie, version, id, &s.codes, &mut taken);
+            s
+        });
+        out.push((id.clone(), sid));
+    }
+    drop(st);
+    Ok(WriteOp::Assigned(Box::new(op), upd))
+}
+
+/// Everything a publication needs besides the model.
+pub struct PublishCtx<'a> {
+    /// The store.
+    pub store: &'a Store,
+    /// The collection.
+    pub coll: &'a Collection,
+    /// Its retrieval state.
+    pub index: &'a CollectionIndex,
+    /// The data directory (checkpoints).
+    pub data_dir: &'a Path,
+    /// Retrieval settings (profile length).
+    pub retrieval: &'a RetrievalConfig,
+    /// Training settings (versions kept).
+    pub training: &'a TrainingConfig,
+}
+
+/// Encodes every snapshot entity with `m`: the SIDs of a version before catch-up. Sets the mean
+/// item `z` norm that routes users (from these items).
+pub fn encode_snapshot(m: &mut LoadedModel, snap: &Snapshot) -> Result<VersionSids> {
+    let mut out = VersionSids {
+        version: m.version,
+        ..Default::default()
+    };
+    if !snap.item_ids.is_empty() {
+        let items = m.encode_items(&snap.item_x)?;
+        let norms: f64 = items
+            .iter()
+            .map(|s| s.z.iter().map(|v| (v * v) as f64).sum::<f64>().sqrt())
+            .sum();
+        m.info.mean_item_z_norm = (norms / items.len() as f64) as f32;
+        for (id, s) in snap.item_ids.iter().zip(items) {
+            out.items.insert(Arc::clone(id), s);
+        }
+    }
+    if !snap.user_ids.is_empty() {
+        let data = snap.training_data(m.info.users_from_profiles);
+        let prep = Prepared::new(&data, m.info.half_life_days).map_err(model_err)?;
+        let mut x = prep.x_user;
+        l2_normalise_rows(&mut x, prep.user_dim);
+        // Users with no own vector and no positive interaction have no input: no SID.
+        let has_input: Vec<bool> = x
+            .chunks(prep.user_dim.max(1))
+            .map(|r| r.iter().any(|v| *v != 0.0))
+            .collect();
+        let rows: Vec<f32> = x
+            .chunks(prep.user_dim.max(1))
+            .zip(&has_input)
+            .filter(|(_, h)| **h)
+            .flat_map(|(r, _)| r.iter().copied())
+            .collect();
+        let mut sids = m.encode_users(&rows)?.into_iter();
+        for (id, h) in snap.user_ids.iter().zip(has_input) {
+            if h {
+                if let Some(s) = sids.next() {
+                    out.users.insert(Arc::clone(id), s);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Makes the kept version `version` active again: its SIDs are computed afresh from the
+/// collection as it is now (suffixes kept where the codes did not change).
+pub fn rollback(ctx: &PublishCtx, version: u64) -> Result<()> {
+    let mut m = load_model(ctx.data_dir, ctx.coll.entry.id, version)?;
+    ctx.index.start_tracking();
+    let result = (|| {
+        let snap = Snapshot::take(ctx.store, ctx.coll)?;
+        let sids = encode_snapshot(&mut m, &snap)?;
+        publish(ctx, m, &snap, sids, None)
+    })();
+    ctx.index.stop_tracking();
+    result.map(|_| ())
+}
+
+/// Publishes `m` as the active version with `sids` (from [`encode_snapshot`] of `snap`; see the
+/// module docs). `report` is stored with a new version; a rollback (the version has a record)
+/// keeps its report.
+pub fn publish(
+    ctx: &PublishCtx,
+    m: LoadedModel,
+    snap: &Snapshot,
+    mut sids: VersionSids,
+    report: Option<&ModelReport>,
+) -> Result<u64> {
+    let (store, coll, index) = (ctx.store, ctx.coll, ctx.index);
+    let version = m.version;
+    let existing = store
+        .versions(coll)?
+        .into_iter()
+        .find(|r| r.version == version);
+    match existing {
+        None => save_model(ctx.data_dir, coll.entry.id, &m)?,
+        // A rollback: its users are routed with the norm of today's items.
+        Some(_) => save_serving_info(ctx.data_dir, coll.entry.id, &m)?,
+    }
+    // Suffixes: stable against what this version gave before (a rollback), else fresh.
+    let mut stable = VersionSids::default();
+    if existing.is_some() {
+        store.scan_model_sids(coll, version, |kind, id, s| {
+            stable.of_mut(kind).insert(Arc::from(id), s);
+            Ok(())
+        })?;
+    }
+    for kind in [EntityKind::Items, EntityKind::Users] {
+        let map = sids.of_mut(kind);
+        let mut ids: Vec<Arc<str>> = map.keys().cloned().collect();
+        ids.sort();
+        let mut rows: Vec<ModelSid> = ids.iter().map(|id| map[id].clone()).collect();
+        assign_suffixes(&ids, &mut rows, stable.of(kind));
+        for (id, s) in ids.into_iter().zip(rows) {
+            map.insert(id, s);
+        }
+    }
+    let record = match existing {
+        Some(r) => {
+            store.clear_version_sids(coll, version)?;
+            r
+        }
+        None => VersionRecord {
+            version,
+            created_ms: now_ms(),
+            activated: false,
+            snapshot_seq: snap.seq,
+            report: serde_json::to_string(&report.cloned().unwrap_or_default())
+                .expect("plain data serialises"),
+        },
+    };
+    store.put_version(coll, &record)?;
+    for kind in [EntityKind::Items, EntityKind::Users] {
+        let mut rows: Vec<(String, ModelSid)> = sids
+            .of(kind)
+            .iter()
+            .map(|(id, s)| (id.to_string(), s.clone()))
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        store.put_model_sids(coll, version, kind, &rows)?;
+    }
+    store.sync()?;
+    pause_point("after-bulk");
+
+    // The switch: catch up on the entities written since the snapshot, under the writer lock.
+    let sids = Mutex::new(sids);
+    let m = Arc::new(m);
+    let (_, lsn) = store.write_prepared(
+        coll,
+        |_meta| {
+            let touched = index.state.write().touched.take().unwrap_or_default();
+            let mut sids = sids.lock();
+            let upd = catch_up(ctx, &m, &mut sids, touched)?;
+            Ok(WriteOp::Activate(upd))
+        },
+        Durability::Durable,
+        |seq, op| {
+            index.install(seq, &sids.lock(), op);
+            index.model.store(Some(Arc::clone(&m)));
+        },
+    )?;
+    store.wait_durable_blocking(lsn)?;
+    pause_point("after-activate");
+    prune(ctx)?;
+    Ok(version)
+}
+
+/// SIDs of the entities written since the snapshot, from their newest state; `sids` is updated
+/// to match.
+fn catch_up(
+    ctx: &PublishCtx,
+    m: &LoadedModel,
+    sids: &mut VersionSids,
+    touched: HashSet<(EntityKind, Arc<str>)>,
+) -> Result<SidUpdate> {
+    let mut upd = SidUpdate {
+        version: m.version,
+        ..Default::default()
+    };
+    let (mut item_ids, mut user_ids): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+    for (kind, id) in touched {
+        match kind {
+            EntityKind::Items => item_ids.push(id.to_string()),
+            EntityKind::Users => user_ids.push(id.to_string()),
+        }
+    }
+    item_ids.sort();
+    user_ids.sort();
+    let items: Vec<Option<ItemRecord>> = ctx.store.get_items(ctx.coll, &item_ids)?;
+    let live: Vec<&ItemRecord> = items.iter().flatten().collect();
+    let x: Vec<f32> = live.iter().flat_map(|it| it.vectors.concat()).collect();
+    let mut enc = if live.is_empty() {
+        Vec::new()
+    } else {
+        m.encode_items(&x)?
+    }
+    .into_iter();
+    let mut taken = HashMap::new();
+    for (id, rec) in item_ids.iter().zip(&items) {
+        let s = match rec {
+            Some(_) => enc.next(),
+            None => None,
+        };
+        let s = s.map(|mut s| {
+            s.suffix = suffix_in_map(&sids.items, id, &s.codes, &mut taken);
+            s
+        });
+        set_in_map(&mut sids.items, id, s.clone());
+        upd.items.push((id.clone(), s));
+    }
+    let users = ctx.store.get_users(ctx.coll, &user_ids)?;
+    let mut taken = HashMap::new();
+    for (id, rec) in user_ids.iter().zip(&users) {
+        let input = match rec {
+            Some(u) => m.user_input(ctx.store, ctx.coll, u, ctx.retrieval.profile_events)?,
+            None => None,
+        };
+        let s = match input {
+            Some(x) => m.encode_users(&x)?.pop().map(|mut s| {
+                s.suffix = suffix_in_map(&sids.users, id, &s.codes, &mut taken);
+                s
+            }),
+            None => None,
+        };
+        set_in_map(&mut sids.users, id, s.clone());
+        upd.users.push((id.clone(), s));
+    }
+    Ok(upd)
+}
+
+fn set_in_map(map: &mut HashMap<Arc<str>, ModelSid>, id: &str, s: Option<ModelSid>) {
+    match s {
+        Some(s) => {
+            map.insert(Arc::from(id), s);
+        }
+        None => {
+            map.remove(id);
+        }
+    }
+}
+
+/// [`online_suffix`] over a version's id -> SID map (catch-up before the trie exists).
+fn suffix_in_map(
+    map: &HashMap<Arc<str>, ModelSid>,
+    id: &str,
+    codes: &[u32],
+    taken: &mut HashMap<Vec<u32>, u32>,
+) -> u32 {
+    if let Some(cur) = map.get(id) {
+        if cur.codes == codes {
+            return cur.suffix;
+        }
+    }
+    let slot = taken.entry(codes.to_vec()).or_insert_with(|| {
+        map.values()
+            .filter(|s| s.codes == codes)
+            .map(|s| s.suffix + 1)
+            .max()
+            .unwrap_or(0)
+    });
+    let s = *slot;
+    *slot += 1;
+    s
+}
+
+/// Drops the oldest versions beyond `training.keep_versions` (never the active one).
+fn prune(ctx: &PublishCtx) -> Result<()> {
+    let active = ctx.store.active_version(ctx.coll);
+    let versions = ctx.store.versions(ctx.coll)?;
+    let keep = ctx.training.keep_versions.max(1);
+    if versions.len() <= keep {
+        return Ok(());
+    }
+    let mut drop: Vec<u64> = versions
+        .iter()
+        .map(|r| r.version)
+        .filter(|v| *v != active)
+        .collect();
+    drop.sort_unstable();
+    drop.truncate(versions.len() - keep);
+    for v in drop {
+        ctx.store.drop_version(ctx.coll, v)?;
+        remove_dir_if_present(&model_dir(ctx.data_dir, ctx.coll.entry.id, v))?;
+        tracing::info!(collection = %ctx.coll.entry.name, version = v, "model version pruned");
+    }
+    Ok(())
+}
+
+/// Test hook of the crash tests: with `SIDB_PAUSE_AT=<point>` the publication logs
+/// `pause point reached` and stops there for good, so a test can `kill -9` the process at an
+/// exact step. Points: `after-bulk` (SIDs written and synced, not activated), `after-activate`.
+pub fn pause_point(point: &str) {
+    if std::env::var("SIDB_PAUSE_AT").is_ok_and(|p| p == point) {
+        tracing::warn!(point, "pause point reached");
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
+/// The collection's config decides K and L when it sets them.
+pub fn das_config(
+    coll: &CollectionConfig,
+    training: &TrainingConfig,
+    half_life_days: f64,
+    warm: bool,
+) -> crate::model::DasConfig {
+    let mut cfg = crate::model::DasConfig {
+        seed: training.seed,
+        threads: training.threads,
+        recency_half_life_days: half_life_days,
+        ..Default::default()
+    };
+    if coll.sid_levels > 0 {
+        cfg.levels = coll.sid_levels as usize;
+    }
+    if coll.sid_codebook_size > 0 {
+        cfg.codes = Some(coll.sid_codebook_size as usize);
+    }
+    if training.batch > 0 {
+        cfg.batch = training.batch;
+    }
+    let cold = match training.steps {
+        0 => cfg.steps,
+        s => s,
+    };
+    cfg.steps = match (warm, training.warm_steps) {
+        (false, _) => cold,
+        (true, 0) => (cold / 2).max(1),
+        (true, s) => s,
+    };
+    cfg
+}

@@ -1,0 +1,706 @@
+//! The background trainer: one scheduler thread that retrains collections with DAS and publishes
+//! the results as new model versions (see [`super::models`]).
+//!
+//! - **Triggers** (`[training]`): a collection is trained when it has at least `min_items` items
+//!   and either has no version yet, or has grown by `new_items_ratio` items or
+//!   `new_interactions_ratio` interactions since the active version's snapshot, and
+//!   `min_interval_secs` passed since the last training ended; or when `TriggerTraining` asks.
+//! - **One training at a time**, on the scheduler thread, with candle's kernels in a rayon pool
+//!   of `training.threads` (default 1): serving keeps the other cores.
+//! - **Warm start and stable codes:** a retrain starts from the active version's quantizers and
+//!   its new codebooks are matched to the old ones level by level (`model::align_codes`), so code
+//!   numbers keep their meaning; the churn against the previous version is in the report.
+//! - **Failure** (an error, a panic, a cancel at shutdown or collection deletion) leaves the
+//!   active version serving; the status says `FAILED` and why.
+//! - **Status:** each collection has a `tokio::sync::watch` channel of [`TrainingStatus`]:
+//!   `GetTrainingStatus` reads it, `WatchTraining` streams it.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use super::index::VersionSids;
+use super::indexer::Indexes;
+use super::models::{
+    self, das_config, encode_snapshot, LoadedModel, ModelReport, PublishCtx, ServingInfo, Snapshot,
+};
+use crate::config::{RetrievalConfig, TrainingConfig};
+use crate::error::{Error, Result};
+use crate::model::data::Prepared;
+use crate::model::{self as das, Method, Progress, TrainControl};
+use crate::storage::{Collection, Store};
+use crate::types::EntityKind;
+
+/// Phase of a collection's trainer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Phase {
+    /// Nothing running.
+    #[default]
+    Idle,
+    /// Reading the collection.
+    Snapshot,
+    /// Training.
+    Training,
+    /// Writing and activating the new version.
+    Publishing,
+    /// The last training failed (the active version keeps serving).
+    Failed,
+}
+
+impl Phase {
+    /// The name of api.md.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Idle => "IDLE",
+            Phase::Snapshot => "SNAPSHOT",
+            Phase::Training => "TRAINING",
+            Phase::Publishing => "PUBLISHING",
+            Phase::Failed => "FAILED",
+        }
+    }
+}
+
+/// What `GetTrainingStatus` / `WatchTraining` report.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TrainingStatus {
+    /// Collection name.
+    pub collection: String,
+    /// Phase.
+    pub phase: Phase,
+    /// Passes over the positive interactions so far.
+    pub epoch: u32,
+    /// Steps so far.
+    pub step: u64,
+    /// Last losses by name (`sem`, `cf`, `align`).
+    pub losses: Vec<(String, f32)>,
+    /// 0..1 of the current training.
+    pub progress: f64,
+    /// Seconds left, estimated from the pace so far (0 when unknown).
+    pub eta_seconds: f64,
+    /// The version serving.
+    pub active_model_version: u64,
+    /// The version being trained (0 when none).
+    pub training_model_version: u64,
+    /// The last failure.
+    pub error: String,
+}
+
+/// One collection's trainer state.
+struct Slot {
+    status: watch::Sender<TrainingStatus>,
+    requested: AtomicBool,
+    running: AtomicBool,
+    cancel: AtomicBool,
+    last_end: Mutex<Option<Instant>>,
+}
+
+impl Slot {
+    fn update(&self, f: impl FnOnce(&mut TrainingStatus)) {
+        self.status.send_modify(f);
+    }
+}
+
+/// Everything a training needs from the engine.
+#[derive(Clone)]
+pub struct TrainCtx {
+    /// The store.
+    pub store: Store,
+    /// The retrieval states (one per collection).
+    pub indexes: Arc<Indexes>,
+    /// Retrieval settings.
+    pub retrieval: Arc<RetrievalConfig>,
+    /// Training settings.
+    pub training: Arc<TrainingConfig>,
+    /// Data directory (checkpoints).
+    pub data_dir: PathBuf,
+}
+
+/// The background trainer of every collection.
+pub struct Trainers {
+    ctx: TrainCtx,
+    slots: Mutex<HashMap<u64, Arc<Slot>>>,
+    wake: Arc<(std::sync::Mutex<bool>, Condvar)>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+    pool: rayon::ThreadPool,
+}
+
+impl Trainers {
+    /// Starts the scheduler thread.
+    pub fn start(ctx: TrainCtx) -> Result<Arc<Trainers>> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(ctx.training.threads.max(1))
+            .thread_name(|i| format!("sidb-train-{i}"))
+            .build()
+            .map_err(|e| Error::Internal(format!("training pool: {e}")))?;
+        let t = Arc::new(Trainers {
+            ctx,
+            slots: Mutex::new(HashMap::new()),
+            wake: Arc::new((std::sync::Mutex::new(false), Condvar::new())),
+            worker: Mutex::new(None),
+            pool,
+        });
+        let weak = Arc::downgrade(&t);
+        let wake = Arc::clone(&t.wake);
+        let every = Duration::from_millis(t.ctx.training.check_interval_ms);
+        let handle = std::thread::Builder::new()
+            .name("sidb-trainer".into())
+            .spawn(move || loop {
+                {
+                    let (lock, cv) = &*wake;
+                    let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+                    if *guard {
+                        return;
+                    }
+                    let (guard, _) = cv
+                        .wait_timeout(guard, every)
+                        .unwrap_or_else(|e| e.into_inner());
+                    if *guard {
+                        return;
+                    }
+                }
+                let Some(t) = weak.upgrade() else { return };
+                t.round();
+            })
+            .map_err(|e| Error::Internal(format!("starting the trainer: {e}")))?;
+        *t.worker.lock() = Some(handle);
+        Ok(t)
+    }
+
+    /// Stops the scheduler: cancels a running training and waits for the thread.
+    pub fn stop(&self) {
+        for slot in self.slots.lock().values() {
+            slot.cancel.store(true, Ordering::SeqCst);
+        }
+        {
+            let (lock, cv) = &*self.wake;
+            *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            cv.notify_all();
+        }
+        if let Some(h) = self.worker.lock().take() {
+            let _ = h.join();
+        }
+    }
+
+    fn notify(&self) {
+        self.wake.1.notify_all();
+    }
+
+    fn slot(&self, coll: &Collection) -> Arc<Slot> {
+        let mut slots = self.slots.lock();
+        let slot = slots.entry(coll.entry.id).or_insert_with(|| {
+            let status = TrainingStatus {
+                collection: coll.entry.name.clone(),
+                active_model_version: self.ctx.store.active_version(coll),
+                ..Default::default()
+            };
+            Arc::new(Slot {
+                status: watch::Sender::new(status),
+                requested: AtomicBool::new(false),
+                running: AtomicBool::new(false),
+                cancel: AtomicBool::new(false),
+                last_end: Mutex::new(None),
+            })
+        });
+        Arc::clone(slot)
+    }
+
+    /// Forgets a deleted collection (cancelling its training).
+    pub fn remove(&self, coll_id: u64) {
+        if let Some(slot) = self.slots.lock().remove(&coll_id) {
+            slot.cancel.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// The collection's status now.
+    pub fn status(&self, coll: &Collection) -> TrainingStatus {
+        self.slot(coll).status.borrow().clone()
+    }
+
+    /// A receiver of the collection's status changes.
+    pub fn watch(&self, coll: &Collection) -> watch::Receiver<TrainingStatus> {
+        self.slot(coll).status.subscribe()
+    }
+
+    /// Asks for a training now. FAILED_PRECONDITION when one is running or queued, or the
+    /// collection has too few items.
+    pub fn trigger(&self, coll: &Collection) -> Result<TrainingStatus> {
+        let min = self.ctx.training.min_items;
+        let items = coll.info().stats.items;
+        if items < min {
+            return Err(Error::FailedPrecondition(format!(
+                "collection {:?} has {items} items; training needs at least {min} (training.min_items)",
+                coll.entry.name
+            )));
+        }
+        let slot = self.slot(coll);
+        if slot.running.load(Ordering::SeqCst) || slot.requested.swap(true, Ordering::SeqCst) {
+            return Err(Error::FailedPrecondition(format!(
+                "a training of collection {:?} is already running",
+                coll.entry.name
+            )));
+        }
+        self.notify();
+        let now = slot.status.borrow().clone();
+        Ok(now)
+    }
+
+    /// Runs `f` as the collection's only model-changing job (a rollback), or FAILED_PRECONDITION
+    /// while a training runs.
+    pub fn exclusive<T>(&self, coll: &Collection, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let slot = self.slot(coll);
+        if slot
+            .running
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "a training of collection {:?} is running; wait for it to finish",
+                coll.entry.name
+            )));
+        }
+        let out = f();
+        slot.running.store(false, Ordering::SeqCst);
+        let active = self.ctx.store.active_version(coll);
+        slot.update(|s| s.active_model_version = active);
+        out
+    }
+
+    /// One scheduler round: train every collection that is due, one after the other.
+    fn round(&self) {
+        for info in self.ctx.store.list_collections() {
+            let Ok(coll) = self.ctx.store.collection(&info.name) else {
+                continue;
+            };
+            let slot = self.slot(&coll);
+            let asked = slot.requested.load(Ordering::SeqCst);
+            let due = asked || (self.ctx.training.auto && self.due(&coll, &slot));
+            if !due {
+                continue;
+            }
+            if slot
+                .running
+                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+            {
+                continue;
+            }
+            slot.requested.store(false, Ordering::SeqCst);
+            slot.cancel.store(false, Ordering::SeqCst);
+            self.run(&coll, &slot);
+            *slot.last_end.lock() = Some(Instant::now());
+            slot.running.store(false, Ordering::SeqCst);
+            if *self.wake.0.lock().unwrap_or_else(|e| e.into_inner()) {
+                return;
+            }
+        }
+    }
+
+    /// Whether the automatic triggers fire for `coll`.
+    fn due(&self, coll: &Collection, slot: &Slot) -> bool {
+        let t = &self.ctx.training;
+        let stats = coll.info().stats;
+        if stats.items < t.min_items {
+            return false;
+        }
+        let since_last = slot.last_end.lock().map(|e| e.elapsed());
+        if since_last.is_some_and(|d| d < Duration::from_secs(t.min_interval_secs)) {
+            return false;
+        }
+        let active = self.ctx.store.active_version(coll);
+        if active == 0 {
+            return true;
+        }
+        let Some(report) = self.report_of(coll, active) else {
+            return false;
+        };
+        let grown = |now: u64, then: u64, ratio: f64| now as f64 >= then as f64 * (1.0 + ratio);
+        grown(stats.items, report.items, t.new_items_ratio)
+            || grown(
+                stats.interactions,
+                report.interactions.max(1),
+                t.new_interactions_ratio,
+            )
+    }
+
+    fn report_of(&self, coll: &Collection, version: u64) -> Option<ModelReport> {
+        let rec = self
+            .ctx
+            .store
+            .versions(coll)
+            .ok()?
+            .into_iter()
+            .find(|r| r.version == version)?;
+        serde_json::from_str(&rec.report).ok()
+    }
+
+    /// One training of `coll`, start to end; failures end up in the status.
+    fn run(&self, coll: &Collection, slot: &Slot) {
+        let name = coll.entry.name.clone();
+        let Ok(index) = self.ctx.indexes.get(coll.entry.id) else {
+            return;
+        };
+        let next = self
+            .ctx
+            .store
+            .versions(coll)
+            .map(|v| v.iter().map(|r| r.version).max().unwrap_or(0) + 1)
+            .unwrap_or(1);
+        slot.update(|s| {
+            *s = TrainingStatus {
+                collection: name.clone(),
+                phase: Phase::Snapshot,
+                active_model_version: s.active_model_version,
+                training_model_version: next,
+                ..Default::default()
+            }
+        });
+        tracing::info!(collection = %name, version = next, "training started");
+        let started = Instant::now();
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.train_and_publish(coll, slot, next)
+        }));
+        let result = match outcome {
+            Ok(r) => r,
+            Err(panic) => Err(Error::Internal(format!(
+                "training panicked: {}",
+                panic_message(&panic)
+            ))),
+        };
+        index.stop_tracking();
+        let active = self.ctx.store.active_version(coll);
+        match result {
+            Ok(report) => {
+                tracing::info!(collection = %name, version = next, seconds = started.elapsed().as_secs_f64(), churn_level1 = report.churn_level1, "model version published");
+                slot.update(|s| {
+                    s.phase = Phase::Idle;
+                    s.progress = 1.0;
+                    s.eta_seconds = 0.0;
+                    s.active_model_version = active;
+                    s.training_model_version = 0;
+                });
+            }
+            Err(e) => {
+                tracing::warn!(collection = %name, version = next, error = %e, "training failed; the active version keeps serving");
+                slot.update(|s| {
+                    s.phase = Phase::Failed;
+                    s.error = e.to_string();
+                    s.eta_seconds = 0.0;
+                    s.active_model_version = active;
+                    s.training_model_version = 0;
+                });
+            }
+        }
+    }
+
+    fn train_and_publish(
+        &self,
+        coll: &Collection,
+        slot: &Slot,
+        version: u64,
+    ) -> Result<ModelReport> {
+        let ctx = &self.ctx;
+        let index = ctx.indexes.get(coll.entry.id)?;
+        index.start_tracking();
+        let snap = Snapshot::take(&ctx.store, coll)?;
+        if snap.item_ids.len() < 2 {
+            return Err(Error::FailedPrecondition("fewer than 2 items".into()));
+        }
+        let prev = index.model.load_full();
+        let half_life = ctx.retrieval.recency_half_life_days;
+        let cfg = das_config(coll.config(), &ctx.training, half_life, prev.is_some());
+        let data = snap.training_data(false);
+        let users_from_profiles = data.user_emb.is_none();
+        let prep = Prepared::new(&data, half_life).map_err(models_err)?;
+        slot.update(|s| s.phase = Phase::Training);
+        let started = Instant::now();
+        let positives = prep.positives.len().max(1);
+        let progress = |p: &Progress| {
+            let frac = p.step as f64 / p.total_steps.max(1) as f64;
+            let elapsed = started.elapsed().as_secs_f64();
+            slot.update(|s| {
+                s.step = p.step as u64;
+                s.epoch = (p.step * cfg.batch / positives) as u32;
+                s.progress = frac;
+                s.eta_seconds = match frac > 0.0 {
+                    true => elapsed / frac * (1.0 - frac),
+                    false => 0.0,
+                };
+                s.losses = vec![
+                    ("sem".into(), p.losses[0]),
+                    ("cf".into(), p.losses[1]),
+                    ("align".into(), p.losses[2]),
+                ];
+            });
+        };
+        let warm = prev
+            .as_ref()
+            .filter(|p| p.info.users_from_profiles == users_from_profiles);
+        let ctl = TrainControl {
+            cancel: Some(&slot.cancel),
+            progress: Some(&progress),
+            warm_start: warm.map(|p| &p.model),
+        };
+        let (mut model, stats) = self
+            .pool
+            .install(|| das::train_with(&prep, Method::Das, &cfg, &ctl))
+            .map_err(models_err)?;
+        if let Some(p) = warm {
+            if let Err(e) = das::align_codes(&mut model, &p.model) {
+                tracing::warn!(collection = %coll.entry.name, error = %e, "codes of the new version not matched to the previous one");
+            }
+        }
+        slot.update(|s| s.phase = Phase::Publishing);
+        let mut loaded = LoadedModel {
+            version,
+            model,
+            info: ServingInfo {
+                users_from_profiles,
+                mean_item_z_norm: 1.0,
+                half_life_days: half_life,
+            },
+        };
+        let sids = self.pool.install(|| encode_snapshot(&mut loaded, &snap))?;
+        let mut report = quality_report(&loaded, &sids);
+        if let Some(p) = &prev {
+            let (l1, full) = churn_vs_index(&index, &sids, p.version);
+            report.churn_level1 = l1;
+            report.churn_full = full;
+        }
+        report.train_seconds = stats.seconds;
+        report.items = snap.item_ids.len() as u64;
+        report.users = snap.user_ids.len() as u64;
+        report.interactions = snap.interactions.len() as u64;
+        report.steps = stats.steps as u64;
+        report.warm_start = warm.is_some();
+        let pctx = PublishCtx {
+            store: &ctx.store,
+            coll,
+            index: &index,
+            data_dir: &ctx.data_dir,
+            retrieval: &ctx.retrieval,
+            training: &ctx.training,
+        };
+        models::publish(&pctx, loaded, &snap, sids, Some(&report))?;
+        Ok(report)
+    }
+}
+
+impl Drop for Trainers {
+    fn drop(&mut self) {
+        let (lock, cv) = &*self.wake;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cv.notify_all();
+    }
+}
+
+fn models_err(e: das::ModelError) -> Error {
+    match e {
+        das::ModelError::Cancelled => Error::Unavailable("training cancelled".into()),
+        das::ModelError::InvalidData(m) => Error::FailedPrecondition(format!("training data: {m}")),
+        other => Error::Internal(format!("training: {other}")),
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// The SID quality of a version's items and users.
+fn quality_report(m: &LoadedModel, sids: &VersionSids) -> ModelReport {
+    let levels = m.levels();
+    let k = m.model.meta.codes;
+    let side = |kind: EntityKind| {
+        let mut ids: Vec<_> = sids.of(kind).keys().collect();
+        ids.sort();
+        let codes: Vec<u32> = ids
+            .iter()
+            .flat_map(|id| sids.of(kind)[*id].codes.iter().copied())
+            .collect();
+        das::sid::quality(&codes, levels, k, None)
+    };
+    let per_level = |q: &das::sid::QualityReport| {
+        q.levels
+            .iter()
+            .map(|l| (l.codes as u32, l.used as u32, l.perplexity as f32))
+            .collect()
+    };
+    let items = side(EntityKind::Items);
+    let users = side(EntityKind::Users);
+    ModelReport {
+        levels: per_level(&items),
+        user_levels: per_level(&users),
+        collision_rate: items.collision_rate as f32,
+        max_bucket: items.largest_bucket as u32,
+        ..Default::default()
+    }
+}
+
+/// Churn of the new items' codes against those the index serves now (version `prev`), over the
+/// items in both.
+fn churn_vs_index(
+    index: &super::index::CollectionIndex,
+    sids: &VersionSids,
+    prev: u64,
+) -> (f32, f32) {
+    let st = index.state.read();
+    let (mut n, mut l1, mut full) = (0u64, 0u64, 0u64);
+    for (id, new) in &sids.items {
+        let Some(old) = st.items.trie.get(id) else {
+            continue;
+        };
+        if old.model_version != prev {
+            continue;
+        }
+        n += 1;
+        l1 += u64::from(old.codes.first() != new.codes.first());
+        full += u64::from(old.codes != new.codes);
+    }
+    let n = n.max(1) as f32;
+    (l1 as f32 / n, full as f32 / n)
+}
+
+/// One kept model version, as `ListModelVersions` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionInfo {
+    /// Version number.
+    pub version: u64,
+    /// When it was published.
+    pub created_ms: i64,
+    /// Whether it serves.
+    pub active: bool,
+    /// Its quality report.
+    pub report: ModelReport,
+}
+
+impl super::Engine {
+    /// `TriggerTraining`.
+    pub fn trigger_training(&self, collection: &str) -> Result<TrainingStatus> {
+        let coll = self.store.collection(collection)?;
+        self.trainers.trigger(&coll)
+    }
+
+    /// `GetTrainingStatus`.
+    pub fn training_status(&self, collection: &str) -> Result<TrainingStatus> {
+        let coll = self.store.collection(collection)?;
+        Ok(self.trainers.status(&coll))
+    }
+
+    /// `WatchTraining`: the current status, then every change.
+    pub fn watch_training(&self, collection: &str) -> Result<watch::Receiver<TrainingStatus>> {
+        let coll = self.store.collection(collection)?;
+        Ok(self.trainers.watch(&coll))
+    }
+
+    /// `ListModelVersions`: the kept versions, oldest first.
+    pub async fn model_versions(&self, collection: &str) -> Result<Vec<VersionInfo>> {
+        let coll = self.store.collection(collection)?;
+        self.blocking(move |e| {
+            let active = e.store.active_version(&coll);
+            e.store
+                .versions(&coll)?
+                .into_iter()
+                .filter(|r| r.activated)
+                .map(|r| {
+                    Ok(VersionInfo {
+                        version: r.version,
+                        created_ms: r.created_ms,
+                        active: r.version == active,
+                        report: parse_report(&r.report, r.version)?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// `GetModelReport` (`version` 0 = the active one).
+    pub async fn model_report(&self, collection: &str, version: u64) -> Result<VersionInfo> {
+        let coll = self.store.collection(collection)?;
+        let versions = self.model_versions(collection).await?;
+        let want = match version {
+            0 => self.store.active_version(&coll),
+            v => v,
+        };
+        if want == 0 {
+            return Err(Error::FailedPrecondition(format!(
+                "collection {collection:?} has no model version yet"
+            )));
+        }
+        versions
+            .into_iter()
+            .find(|v| v.version == want)
+            .ok_or_else(|| self.version_gone(&coll, "version", want))
+    }
+
+    /// `ActivateModelVersion`: rollback or pin to a kept version. FAILED_PRECONDITION while a
+    /// training runs or when the version is no longer kept; NOT_FOUND when it never existed.
+    pub async fn activate_version(&self, collection: &str, version: u64) -> Result<VersionInfo> {
+        if version == 0 {
+            return Err(Error::invalid(
+                "version: must be a published version (>= 1)",
+            ));
+        }
+        let coll = self.store.collection(collection)?;
+        let kept = self.model_versions(collection).await?;
+        if !kept.iter().any(|v| v.version == version) {
+            return Err(self.version_gone(&coll, "version", version));
+        }
+        let c = Arc::clone(&coll);
+        self.blocking(move |e| {
+            if e.store.active_version(&c) == version {
+                return Ok(());
+            }
+            let index = e.indexes.get(c.entry.id)?;
+            e.trainers.exclusive(&c, || {
+                let ctx = PublishCtx {
+                    store: &e.store,
+                    coll: &c,
+                    index: &index,
+                    data_dir: e.store.dir(),
+                    retrieval: &e.retrieval,
+                    training: &e.training,
+                };
+                models::rollback(&ctx, version)
+            })
+        })
+        .await?;
+        tracing::info!(collection, version, "model version activated");
+        self.model_report(collection, version).await
+    }
+
+    /// NOT_FOUND for a version never published, FAILED_PRECONDITION for one pruned; the message
+    /// starts with the request `field`.
+    pub(super) fn version_gone(&self, coll: &Collection, field: &str, version: u64) -> Error {
+        let newest = self
+            .store
+            .versions(coll)
+            .ok()
+            .and_then(|v| v.iter().map(|r| r.version).max())
+            .unwrap_or(0);
+        match version <= newest {
+            true => Error::FailedPrecondition(format!(
+                "{field}: {version}: that model version of {:?} is no longer kept (training.keep_versions)",
+                coll.entry.name
+            )),
+            false => Error::NotFound(format!(
+                "{field}: {version} not found: {:?} never published that model version",
+                coll.entry.name
+            )),
+        }
+    }
+}
+
+fn parse_report(json: &str, version: u64) -> Result<ModelReport> {
+    serde_json::from_str(json)
+        .map_err(|e| Error::DataLoss(format!("report of model version {version}: {e}")))
+}

@@ -1,0 +1,535 @@
+//! The background trainer over real gRPC: a training starts by itself, SIDs appear on every
+//! entity, new entities get theirs at write time, PrefixScan and Recommend use them, a second
+//! training publishes version 2 with its churn, rollback to version 1, restart.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use sidb::config::Config;
+use sidb::proto as pb;
+use tonic::transport::Channel;
+use tonic::Code;
+
+use crate::common::*;
+
+pub type TrainingClient = pb::training_client::TrainingClient<Channel>;
+pub type RetrievalClient = pb::retrieval_client::RetrievalClient<Channel>;
+
+/// Small, quick training settings for tests.
+pub fn quick_training(c: &mut Config) {
+    let t = &mut c.training;
+    t.min_items = 60;
+    t.check_interval_ms = 100;
+    t.min_interval_secs = 0;
+    t.steps = 120;
+    t.warm_steps = 80;
+    t.batch = 128;
+    t.keep_versions = 2;
+    // Only the first training is automatic here; later ones are asked for.
+    t.new_items_ratio = 100.0;
+    t.new_interactions_ratio = 100.0;
+    c.retrieval.recommend_min_bucket = 8;
+}
+
+pub const DIM: usize = 16;
+
+/// A seeded vector near centre `c` of 4 content clusters.
+pub fn planted_vector(c: usize, i: usize) -> Vec<f32> {
+    (0..DIM)
+        .map(|d| {
+            let centre = if d % 4 == c { 1.0 } else { 0.0 };
+            let noise = (((i * 31 + d * 17) % 97) as f32 / 97.0 - 0.5) * 0.4;
+            centre + noise
+        })
+        .collect()
+}
+
+/// Writes `n_items` items (4 content clusters), `n_users` users without vectors, and
+/// interactions (written first: logs may arrive before catalogues): user `u` of behaviour group `u % 4` touches 15 items of group `g` (items of
+/// group `g` are those with `i % 4 == g`, across content clusters `i / 4 % 4`).
+pub async fn load_planted(ch: &Channel, coll: &str, n_items: usize, n_users: usize) {
+    let mut colls = CollectionsClient::new(ch.clone());
+    colls
+        .create_collection(pb::CreateCollectionRequest {
+            name: coll.into(),
+            config: Some(config(DIM as u32, 0)),
+        })
+        .await
+        .expect("create");
+    let items: Vec<pb::Item> = (0..n_items)
+        .map(|i| pb::Item {
+            id: format!("i{i:04}"),
+            vectors: [(
+                "text".to_string(),
+                pb::Vector {
+                    values: planted_vector(i / 4 % 4, i),
+                },
+            )]
+            .into(),
+            ..Default::default()
+        })
+        .collect();
+    let users: Vec<pb::User> = (0..n_users)
+        .map(|u| pb::User {
+            id: format!("u{u:03}"),
+            ..Default::default()
+        })
+        .collect();
+    UsersClient::new(ch.clone())
+        .upsert_users(pb::UpsertUsersRequest {
+            collection: coll.into(),
+            users,
+            durability: 0,
+        })
+        .await
+        .expect("users");
+    let mut xs = Vec::new();
+    for u in 0..n_users {
+        let g = u % 4;
+        for j in 0..15 {
+            let i = ((u * 7 + j * 13) % (n_items / 4)) * 4 + g;
+            xs.push(interaction(
+                &format!("u{u:03}"),
+                &format!("i{i:04}"),
+                1_000 + (u * 100 + j) as i64,
+            ));
+        }
+    }
+    let mut inter = InteractionsClient::new(ch.clone());
+    for chunk in xs.chunks(500) {
+        inter
+            .write_interactions(pb::WriteInteractionsRequest {
+                collection: coll.into(),
+                interactions: chunk.to_vec(),
+                durability: 0,
+            })
+            .await
+            .expect("interactions");
+    }
+    // Items last and in one request: the first automatic training sees everything.
+    ItemsClient::new(ch.clone())
+        .upsert_items(upsert(coll, items))
+        .await
+        .expect("items");
+}
+
+/// Polls until the collection's active version is `v` and the trainer is idle.
+pub async fn wait_active(ch: &Channel, coll: &str, v: u64, timeout: Duration) {
+    let mut t = TrainingClient::new(ch.clone());
+    let start = Instant::now();
+    loop {
+        let s = t
+            .get_training_status(pb::GetTrainingStatusRequest {
+                collection: coll.into(),
+            })
+            .await
+            .expect("status")
+            .into_inner();
+        assert_ne!(s.phase, "FAILED", "training failed: {}", s.error);
+        if s.active_model_version == v && s.phase == "IDLE" {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "version {v} not active after {timeout:?}: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn sids(
+    ch: &Channel,
+    coll: &str,
+    entity: pb::EntityKind,
+    ids: &[String],
+    version: u64,
+) -> Result<pb::GetSemanticIdsResponse, tonic::Status> {
+    RetrievalClient::new(ch.clone())
+        .get_semantic_ids(pb::GetSemanticIdsRequest {
+            collection: coll.into(),
+            entity: entity as i32,
+            ids: ids.to_vec(),
+            model_version: version,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn ids(prefix: &str, n: usize, width: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i:0width$}")).collect()
+}
+
+#[tokio::test]
+async fn training_publishes_versions_assigns_online_and_rolls_back() {
+    let s = TestServer::start_with(quick_training).await;
+    let ch = s.channel().await;
+    let coll = "movies";
+    let (n_items, n_users) = (240, 80);
+    let mut t = TrainingClient::new(ch.clone());
+
+    // Too small for a training: FAILED_PRECONDITION, and no SIDs yet.
+    load_planted(&ch, coll, n_items, n_users).await;
+    let item_ids = ids("i", n_items, 4);
+    let user_ids = ids("u", n_users, 3);
+
+    // The first training starts by itself (enough items) and publishes version 1.
+    wait_active(&ch, coll, 1, Duration::from_secs(300)).await;
+    let got = sids(&ch, coll, pb::EntityKind::Items, &item_ids, 0)
+        .await
+        .unwrap();
+    assert!(
+        got.missing_ids.is_empty(),
+        "items without SID: {:?}",
+        got.missing_ids
+    );
+    assert!(got
+        .sids
+        .values()
+        .all(|s| s.model_version == 1 && s.codes.len() == 3));
+    // Dedup suffixes make every full SID unique.
+    let full: HashSet<(Vec<u32>, u32)> = got
+        .sids
+        .values()
+        .map(|s| (s.codes.clone(), s.suffix))
+        .collect();
+    assert_eq!(full.len(), n_items);
+    let v1_items = got.sids.clone();
+    let got = sids(&ch, coll, pb::EntityKind::Users, &user_ids, 0)
+        .await
+        .unwrap();
+    assert!(
+        got.missing_ids.is_empty(),
+        "users without SID: {:?}",
+        got.missing_ids
+    );
+    let info = get_collection(&s, coll).await;
+    assert_eq!(info.active_model_version, 1);
+
+    // A new item gets its SID at write time, reachable by prefix at once.
+    let new_id = "new-item".to_string();
+    let mut items = s.items().await;
+    items
+        .upsert_items(upsert(
+            coll,
+            vec![pb::Item {
+                id: new_id.clone(),
+                vectors: [(
+                    "text".to_string(),
+                    pb::Vector {
+                        values: planted_vector(2, 999),
+                    },
+                )]
+                .into(),
+                ..Default::default()
+            }],
+        ))
+        .await
+        .unwrap();
+    let got = sids(
+        &ch,
+        coll,
+        pb::EntityKind::Items,
+        std::slice::from_ref(&new_id),
+        0,
+    )
+    .await
+    .unwrap();
+    let new_sid = got.sids[&new_id].clone();
+    assert_eq!(new_sid.model_version, 1);
+    let twins = v1_items
+        .values()
+        .filter(|s| s.codes == new_sid.codes)
+        .map(|s| s.suffix)
+        .collect::<HashSet<_>>();
+    assert!(
+        !twins.contains(&new_sid.suffix),
+        "suffix collides: {new_sid:?}"
+    );
+    let mut r = RetrievalClient::new(ch.clone());
+    let page = r
+        .prefix_scan(pb::PrefixScanRequest {
+            collection: coll.into(),
+            entity: pb::EntityKind::Items as i32,
+            prefix: new_sid.codes.clone(),
+            limit: 1000,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(page.entries.iter().any(|e| e.id == new_id));
+
+    // Recommend takes its candidates from one SID bucket of the user's route.
+    let rec = r
+        .recommend(pb::RecommendRequest {
+            collection: coll.into(),
+            user_id: "u005".into(),
+            k: 5,
+            exclude_seen: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rec.hits.len(), 5);
+    let first: HashSet<u32> = rec
+        .hits
+        .iter()
+        .map(|h| h.sid.as_ref().expect("hit SID").codes[0])
+        .collect();
+    assert_eq!(first.len(), 1, "hits from several level-1 buckets: {rec:?}");
+
+    // A second training (asked for) warm-starts and publishes version 2 with its churn.
+    t.trigger_training(pb::TriggerTrainingRequest {
+        collection: coll.into(),
+    })
+    .await
+    .unwrap();
+    wait_active(&ch, coll, 2, Duration::from_secs(300)).await;
+    let versions = t
+        .list_model_versions(pb::ListModelVersionsRequest {
+            collection: coll.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .versions;
+    let listed: Vec<(u64, bool)> = versions.iter().map(|v| (v.version, v.active)).collect();
+    assert_eq!(listed, vec![(2, true), (1, false)]);
+    let rep = t
+        .get_model_report(pb::GetModelReportRequest {
+            collection: coll.into(),
+            version: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rep.version, 2);
+    assert!(rep.warm_start);
+    assert_eq!(rep.items as usize, n_items + 1);
+    assert_eq!(rep.levels.len(), 3);
+    assert!((0.0..=1.0).contains(&rep.churn_level1));
+    assert!(rep.levels[0].codes_used > 0);
+    let v2 = sids(&ch, coll, pb::EntityKind::Items, &item_ids, 0)
+        .await
+        .unwrap();
+    assert!(v2.sids.values().all(|s| s.model_version == 2));
+    // The kept version 1 still answers by version.
+    let old = sids(&ch, coll, pb::EntityKind::Items, &item_ids, 1)
+        .await
+        .unwrap();
+    assert!(old.sids.values().all(|s| s.model_version == 1));
+    assert_eq!(old.sids["i0007"].codes, v1_items["i0007"].codes);
+
+    // Rollback to version 1: every entity, the new item included, serves a version-1 SID.
+    let act = t
+        .activate_model_version(pb::ActivateModelVersionRequest {
+            collection: coll.into(),
+            version: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(act.active && act.version == 1);
+    let mut all = item_ids.clone();
+    all.push(new_id.clone());
+    let back = sids(&ch, coll, pb::EntityKind::Items, &all, 0)
+        .await
+        .unwrap();
+    assert!(back.missing_ids.is_empty());
+    assert!(back.sids.values().all(|s| s.model_version == 1));
+    // Same model, same vectors: the same codes and (stable) suffixes as before.
+    for (id, sid) in &v1_items {
+        assert_eq!(&back.sids[id], sid, "{id}");
+    }
+    assert_eq!(back.sids[&new_id], new_sid);
+
+    // Errors: unknown version, version 0, a trigger while one runs is covered by the unit
+    // tests; a third version prunes version 1 (keep_versions = 2).
+    assert_status(
+        t.activate_model_version(pb::ActivateModelVersionRequest {
+            collection: coll.into(),
+            version: 99,
+        })
+        .await,
+        Code::NotFound,
+        "99",
+    );
+    assert_status(
+        t.activate_model_version(pb::ActivateModelVersionRequest {
+            collection: coll.into(),
+            version: 0,
+        })
+        .await,
+        Code::InvalidArgument,
+        "version",
+    );
+    t.trigger_training(pb::TriggerTrainingRequest {
+        collection: coll.into(),
+    })
+    .await
+    .unwrap();
+    wait_active(&ch, coll, 3, Duration::from_secs(300)).await;
+    assert_status(
+        sids(&ch, coll, pb::EntityKind::Items, &item_ids, 1).await,
+        Code::FailedPrecondition,
+        "no longer kept",
+    );
+
+    // Restart: version 3 still serves and still assigns at write time.
+    let (r0, tmp) = s.stop().await;
+    r0.unwrap();
+    let tmp = tmp.unwrap();
+    let s = TestServer::start_in(tmp.path(), quick_training).await;
+    let ch = s.channel().await;
+    let info = get_collection(&s, coll).await;
+    assert_eq!(info.active_model_version, 3);
+    let after = sids(&ch, coll, pb::EntityKind::Items, &all, 0)
+        .await
+        .unwrap();
+    assert!(after.sids.values().all(|s| s.model_version == 3));
+    s.items()
+        .await
+        .upsert_items(upsert(
+            coll,
+            vec![pb::Item {
+                id: "after-restart".into(),
+                vectors: [(
+                    "text".to_string(),
+                    pb::Vector {
+                        values: planted_vector(1, 7),
+                    },
+                )]
+                .into(),
+                ..Default::default()
+            }],
+        ))
+        .await
+        .unwrap();
+    let got = sids(
+        &ch,
+        coll,
+        pb::EntityKind::Items,
+        &["after-restart".into()],
+        0,
+    )
+    .await
+    .unwrap();
+    assert_eq!(got.sids["after-restart"].model_version, 3);
+}
+
+#[tokio::test]
+async fn trigger_needs_enough_items_and_sid_queries_wait_for_a_model() {
+    let s = TestServer::start_with(|c| {
+        quick_training(c);
+        c.training.auto = false;
+    })
+    .await;
+    let ch = s.channel().await;
+    load_planted(&ch, "small", 40, 8).await;
+    let mut t = TrainingClient::new(ch.clone());
+    assert_status(
+        t.trigger_training(pb::TriggerTrainingRequest {
+            collection: "small".into(),
+        })
+        .await,
+        Code::FailedPrecondition,
+        "at least 60",
+    );
+    assert_status(
+        sids(&ch, "small", pb::EntityKind::Items, &["i0001".into()], 0).await,
+        Code::FailedPrecondition,
+        "no semantic IDs",
+    );
+    assert_status(
+        t.get_model_report(pb::GetModelReportRequest {
+            collection: "small".into(),
+            version: 0,
+        })
+        .await,
+        Code::FailedPrecondition,
+        "no model version",
+    );
+    assert_status(
+        t.trigger_training(pb::TriggerTrainingRequest {
+            collection: "nope".into(),
+        })
+        .await,
+        Code::NotFound,
+        "nope",
+    );
+    let st = t
+        .get_training_status(pb::GetTrainingStatusRequest {
+            collection: "small".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((st.phase.as_str(), st.active_model_version), ("IDLE", 0));
+}
+
+#[tokio::test]
+async fn watch_training_streams_progress_to_the_end() {
+    let s = TestServer::start_with(|c| {
+        quick_training(c);
+        c.training.auto = false;
+    })
+    .await;
+    let ch = s.channel().await;
+    load_planted(&ch, "w", 120, 40).await;
+    let mut t = TrainingClient::new(ch.clone());
+    let mut stream = t
+        .watch_training(pb::WatchTrainingRequest {
+            collection: "w".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.phase, "IDLE");
+    t.trigger_training(pb::TriggerTrainingRequest {
+        collection: "w".into(),
+    })
+    .await
+    .unwrap();
+    // A second trigger while the first is queued or running is refused.
+    assert_status(
+        t.trigger_training(pb::TriggerTrainingRequest {
+            collection: "w".into(),
+        })
+        .await,
+        Code::FailedPrecondition,
+        "already running",
+    );
+    let mut phases = Vec::new();
+    let mut last_step = 0;
+    let mut saw_losses = false;
+    while let Some(st) = stream.message().await.unwrap() {
+        if phases.last() != Some(&st.phase) {
+            phases.push(st.phase.clone());
+        }
+        if st.phase == "TRAINING" {
+            assert!(st.step >= last_step, "steps go back: {st:?}");
+            last_step = st.step;
+            saw_losses |= st.losses.contains_key("sem") && st.losses.contains_key("align");
+            assert!((0.0..=1.0).contains(&st.progress));
+        }
+        if st.phase == "IDLE" && st.active_model_version == 1 {
+            break;
+        }
+        assert_ne!(st.phase, "FAILED", "{st:?}");
+    }
+    assert!(saw_losses, "no losses streamed");
+    assert!(last_step > 0);
+    // A watch stream may skip short phases (it carries the newest status), never reorder them.
+    let order = ["IDLE", "SNAPSHOT", "TRAINING", "PUBLISHING", "IDLE"];
+    let mut at = 0;
+    for p in &phases {
+        at += order[at..]
+            .iter()
+            .position(|o| o == p)
+            .expect("phase out of order");
+    }
+    assert!(phases.iter().any(|p| p == "TRAINING"), "phases {phases:?}");
+    assert_eq!(phases.last().map(String::as_str), Some("IDLE"));
+}
