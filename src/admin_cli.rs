@@ -261,7 +261,7 @@ fn print_version(v: &pb::ModelVersion) {
         })
         .collect();
     println!(
-        "v{}{} created_ms {} items {} users {} interactions {} levels [{}] collisions {:.2}% max bucket {} churn l1 {:.2}% full {:.2}% train {:.1}s steps {}{}",
+        "v{}{} created_ms {} items {} users {} interactions {} levels [{}] collisions {:.2}% max bucket {} churn per level {:?} train {:.1}s steps {}{}",
         v.version,
         if v.active { " (active)" } else { "" },
         v.created_ms,
@@ -271,8 +271,10 @@ fn print_version(v: &pb::ModelVersion) {
         levels.join(", "),
         r.collision_rate * 100.0,
         r.max_bucket,
-        r.churn_level1 * 100.0,
-        r.churn_full * 100.0,
+        r.churn_per_level
+            .iter()
+            .map(|c| format!("{:.2}%", c * 100.0))
+            .collect::<Vec<_>>(),
         r.train_seconds,
         r.steps,
         if r.warm_start { " warm" } else { "" }

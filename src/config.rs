@@ -198,10 +198,23 @@ pub struct TrainingConfig {
     /// Least time between the end of one automatic training and the start of the next. Default
     /// 600 s.
     pub min_interval_secs: u64,
+    /// Automatic trainings wait until the collection has taken no write for this long, so a
+    /// bulk load is trained on whole, not on its first batches. Default 10 s.
+    pub quiet_secs: u64,
     /// How often the scheduler looks at the triggers. Default 2,000 ms.
     pub check_interval_ms: u64,
     /// Threads of the training's compute pool. Default 1, so serving keeps the other cores.
     pub threads: usize,
+    /// Nice value (0..=19) of the training threads, so that serving threads win the CPU when
+    /// both want it. Default 10; 0 = same priority as serving.
+    pub nice: i32,
+    /// Run the training threads under Linux's `SCHED_IDLE` policy: they get a core only when
+    /// no serving thread wants it (a retrain takes longer under load, serving does not wait).
+    /// Default true.
+    pub sched_idle: bool,
+    /// Weight of the warm-start stability anchor (see `model::DasConfig::stability_weight`):
+    /// higher keeps more codes across retrains, 0 lets a retrain move freely. Default 10.
+    pub stability_weight: f64,
     /// Model versions kept for rollback (the active one included). Default 3.
     pub keep_versions: usize,
     /// Training steps of a first (cold) training; 0 = the DAS default (1,500).
@@ -222,8 +235,12 @@ impl Default for TrainingConfig {
             new_items_ratio: 0.2,
             new_interactions_ratio: 0.5,
             min_interval_secs: 600,
+            quiet_secs: 10,
             check_interval_ms: 2000,
             threads: 1,
+            nice: 10,
+            sched_idle: true,
+            stability_weight: 10.0,
             keep_versions: 3,
             steps: 0,
             warm_steps: 0,
@@ -347,6 +364,18 @@ impl Config {
             )));
         }
         let t = &self.training;
+        if !(0..=19).contains(&t.nice) {
+            return Err(ConfigError::Invalid(format!(
+                "training.nice: expected 0..=19, got {}",
+                t.nice
+            )));
+        }
+        if !(t.stability_weight.is_finite() && t.stability_weight >= 0.0) {
+            return Err(ConfigError::Invalid(format!(
+                "training.stability_weight: expected a number >= 0, got {}",
+                t.stability_weight
+            )));
+        }
         for (name, v) in [
             ("training.new_items_ratio", t.new_items_ratio),
             ("training.new_interactions_ratio", t.new_interactions_ratio),

@@ -247,11 +247,17 @@ pub struct SearchOptions {
     pub recall_sample: usize,
     /// RNG seed of data and queries.
     pub seed: u64,
+    /// Search this collection, loaded by an earlier run with the same `items`, `dim` and
+    /// `seed` (so the data and the recall oracle match), instead of loading a fresh one: runs
+    /// before and during a training then measure the same index.
+    pub reuse: Option<String>,
 }
 
 /// What `sidb bench search` measured.
 #[derive(Debug, Clone)]
 pub struct SearchReport {
+    /// The collection searched.
+    pub collection: String,
     /// Seconds the load took (acknowledged, BUFFERED).
     pub load_seconds: f64,
     /// Seconds from the end of the load until every vector was in the graph.
@@ -271,7 +277,8 @@ impl std::fmt::Display for SearchReport {
         let [p50, p90, p99, max] = self.latency_ms;
         write!(
             f,
-            "load {:.1} s, graph caught up {:.1} s later\nsearch: {} queries in {:.2} s = {:.0} QPS | latency ms p50 {p50:.2} p90 {p90:.2} p99 {p99:.2} max {max:.2} | recall@k {:.3}",
+            "collection {}: load {:.1} s, graph caught up {:.1} s later\nsearch: {} queries in {:.2} s = {:.0} QPS | latency ms p50 {p50:.2} p90 {p90:.2} p99 {p99:.2} max {max:.2} | recall@k {:.3}",
+            self.collection,
             self.load_seconds,
             self.index_seconds,
             self.queries,
@@ -298,13 +305,20 @@ pub async fn search(opts: &SearchOptions) -> Result<SearchReport> {
         crate::index::synth::clustered(opts.items + opts.queries, dim, 100, 0.25, opts.seed);
     let queries = data.split_off(opts.items * dim);
     let channel = connect(&opts.addr).await?;
-    let collection = create_collection(&channel, "bench_search", opts.seed, opts.dim).await?;
+    let (collection, load) = match &opts.reuse {
+        Some(name) => (name.clone(), false),
+        None => (
+            create_collection(&channel, "bench_search", opts.seed, opts.dim).await?,
+            true,
+        ),
+    };
     let mut collections = pb::collections_client::CollectionsClient::new(channel.clone());
 
     let start = Instant::now();
     let mut items =
         pb::items_client::ItemsClient::new(channel.clone()).max_encoding_message_size(usize::MAX);
-    for (b, chunk) in data.chunks(512 * dim).enumerate() {
+    let to_load = if load { &data[..] } else { &[] };
+    for (b, chunk) in to_load.chunks(512 * dim).enumerate() {
         let batch = chunk
             .chunks(dim)
             .enumerate()
@@ -416,6 +430,7 @@ pub async fn search(opts: &SearchOptions) -> Result<SearchReport> {
     let seconds = start.elapsed().max(Duration::from_micros(1)).as_secs_f64();
     let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
     Ok(SearchReport {
+        collection: collection.clone(),
         load_seconds,
         index_seconds,
         queries: all.len(),

@@ -121,6 +121,10 @@ struct SearchArgs {
     /// Seed of data and queries.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Search this collection, loaded by an earlier run with the same --items, --dim and --seed,
+    /// instead of loading a fresh one (e.g. to compare runs before and during a training).
+    #[arg(long)]
+    reuse: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -231,6 +235,7 @@ async fn bench_search(a: SearchArgs) -> anyhow::Result<()> {
         ef: a.ef,
         recall_sample: a.recall_sample,
         seed: a.seed,
+        reuse: a.reuse,
     };
     println!("{}", loadgen::search(&opts).await?);
     Ok(())

@@ -84,6 +84,9 @@ pub struct ModelReport {
     pub churn_level1: f32,
     /// Share whose full code tuple changed.
     pub churn_full: f32,
+    /// Per level `l`: share whose code prefix of length `l + 1` changed.
+    #[serde(default)]
+    pub churn_per_level: Vec<f32>,
     /// Training wall seconds.
     pub train_seconds: f64,
     /// Items, users, interactions trained on.
@@ -855,6 +858,7 @@ pub fn das_config(
     if training.batch > 0 {
         cfg.batch = training.batch;
     }
+    cfg.stability_weight = training.stability_weight;
     let cold = match training.steps {
         0 => cfg.steps,
         s => s,

@@ -3,8 +3,9 @@
 //!
 //! - **Triggers** (`[training]`): a collection is trained when it has at least `min_items` items
 //!   and either has no version yet, or has grown by `new_items_ratio` items or
-//!   `new_interactions_ratio` interactions since the active version's snapshot, and
-//!   `min_interval_secs` passed since the last training ended; or when `TriggerTraining` asks.
+//!   `new_interactions_ratio` interactions since the active version's snapshot,
+//!   `min_interval_secs` passed since the last training ended, and no write came for
+//!   `quiet_secs` (a bulk load is trained on whole); or when `TriggerTraining` asks.
 //! - **One training at a time**, on the scheduler thread, with candle's kernels in a rayon pool
 //!   of `training.threads` (default 1): serving keeps the other cores.
 //! - **Warm start and stable codes:** a retrain starts from the active version's quantizers and
@@ -99,6 +100,8 @@ struct Slot {
     running: AtomicBool,
     cancel: AtomicBool,
     last_end: Mutex<Option<Instant>>,
+    /// The last write sequence seen by the scheduler, and when it was first seen.
+    last_write: Mutex<(u64, Instant)>,
 }
 
 impl Slot {
@@ -134,9 +137,11 @@ pub struct Trainers {
 impl Trainers {
     /// Starts the scheduler thread.
     pub fn start(ctx: TrainCtx) -> Result<Arc<Trainers>> {
+        let (nice, idle) = (ctx.training.nice, ctx.training.sched_idle);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(ctx.training.threads.max(1))
             .thread_name(|i| format!("sidb-train-{i}"))
+            .start_handler(move |_| lower_priority(nice, idle))
             .build()
             .map_err(|e| Error::Internal(format!("training pool: {e}")))?;
         let t = Arc::new(Trainers {
@@ -151,22 +156,25 @@ impl Trainers {
         let every = Duration::from_millis(t.ctx.training.check_interval_ms);
         let handle = std::thread::Builder::new()
             .name("sidb-trainer".into())
-            .spawn(move || loop {
-                {
-                    let (lock, cv) = &*wake;
-                    let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
-                    if *guard {
-                        return;
+            .spawn(move || {
+                lower_priority(nice, idle);
+                loop {
+                    {
+                        let (lock, cv) = &*wake;
+                        let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+                        if *guard {
+                            return;
+                        }
+                        let (guard, _) = cv
+                            .wait_timeout(guard, every)
+                            .unwrap_or_else(|e| e.into_inner());
+                        if *guard {
+                            return;
+                        }
                     }
-                    let (guard, _) = cv
-                        .wait_timeout(guard, every)
-                        .unwrap_or_else(|e| e.into_inner());
-                    if *guard {
-                        return;
-                    }
+                    let Some(t) = weak.upgrade() else { return };
+                    t.round();
                 }
-                let Some(t) = weak.upgrade() else { return };
-                t.round();
             })
             .map_err(|e| Error::Internal(format!("starting the trainer: {e}")))?;
         *t.worker.lock() = Some(handle);
@@ -206,6 +214,7 @@ impl Trainers {
                 running: AtomicBool::new(false),
                 cancel: AtomicBool::new(false),
                 last_end: Mutex::new(None),
+                last_write: Mutex::new((0, Instant::now())),
             })
         });
         Arc::clone(slot)
@@ -308,6 +317,16 @@ impl Trainers {
         let stats = coll.info().stats;
         if stats.items < t.min_items {
             return false;
+        }
+        {
+            // Quiet period: wait for the writes to pause (a bulk load trains once, whole).
+            let mut seen = slot.last_write.lock();
+            if seen.0 != stats.last_sequence {
+                *seen = (stats.last_sequence, Instant::now());
+            }
+            if seen.1.elapsed() < Duration::from_secs(t.quiet_secs) {
+                return false;
+            }
         }
         let since_last = slot.last_end.lock().map(|e| e.elapsed());
         if since_last.is_some_and(|d| d < Duration::from_secs(t.min_interval_secs)) {
@@ -469,9 +488,10 @@ impl Trainers {
         let sids = self.pool.install(|| encode_snapshot(&mut loaded, &snap))?;
         let mut report = quality_report(&loaded, &sids);
         if let Some(p) = &prev {
-            let (l1, full) = churn_vs_index(&index, &sids, p.version);
-            report.churn_level1 = l1;
-            report.churn_full = full;
+            let per_level = churn_vs_index(&index, &sids, p.version);
+            report.churn_level1 = per_level.first().copied().unwrap_or(0.0);
+            report.churn_full = per_level.last().copied().unwrap_or(0.0);
+            report.churn_per_level = per_level;
         }
         report.train_seconds = stats.seconds;
         report.items = snap.item_ids.len() as u64;
@@ -498,6 +518,33 @@ impl Drop for Trainers {
         *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
         cv.notify_all();
     }
+}
+
+/// Lowers the calling thread's CPU priority (Linux: nice values and scheduling policies are per
+/// thread): `nice`, and `SCHED_IDLE` when `idle`, so the trainer yields the CPU to serving
+/// threads. Best effort: a failure is logged.
+fn lower_priority(nice: i32, idle: bool) {
+    #[cfg(target_os = "linux")]
+    {
+        if nice != 0 {
+            // SAFETY: setpriority with PRIO_PROCESS and who = 0 changes only the calling
+            // thread's nice value; it reads no memory of ours.
+            let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+            if rc != 0 {
+                tracing::warn!(nice, error = %std::io::Error::last_os_error(), "could not lower the trainer's priority");
+            }
+        }
+        if idle {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: pid 0 is the calling thread; `param` outlives the call.
+            let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+            if rc != 0 {
+                tracing::warn!(error = %std::io::Error::last_os_error(), "could not move the trainer to SCHED_IDLE");
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (nice, idle);
 }
 
 fn models_err(e: das::ModelError) -> Error {
@@ -546,27 +593,33 @@ fn quality_report(m: &LoadedModel, sids: &VersionSids) -> ModelReport {
 }
 
 /// Churn of the new items' codes against those the index serves now (version `prev`), over the
-/// items in both.
+/// items in both: per level `l`, the share whose code prefix of length `l + 1` changed (so the
+/// first is the level-1 churn and the last the full-tuple churn).
 fn churn_vs_index(
     index: &super::index::CollectionIndex,
     sids: &VersionSids,
     prev: u64,
-) -> (f32, f32) {
+) -> Vec<f32> {
     let st = index.state.read();
-    let (mut n, mut l1, mut full) = (0u64, 0u64, 0u64);
+    let mut n = 0u64;
+    let mut changed: Vec<u64> = Vec::new();
     for (id, new) in &sids.items {
         let Some(old) = st.items.trie.get(id) else {
             continue;
         };
-        if old.model_version != prev {
+        if old.model_version != prev || old.codes.len() != new.codes.len() {
             continue;
         }
         n += 1;
-        l1 += u64::from(old.codes.first() != new.codes.first());
-        full += u64::from(old.codes != new.codes);
+        changed.resize(new.codes.len(), 0);
+        for (l, c) in changed.iter_mut().enumerate() {
+            *c += u64::from(old.codes[..=l] != new.codes[..=l]);
+        }
     }
-    let n = n.max(1) as f32;
-    (l1 as f32 / n, full as f32 / n)
+    changed
+        .into_iter()
+        .map(|c| c as f32 / n.max(1) as f32)
+        .collect()
 }
 
 /// One kept model version, as `ListModelVersions` shows it.

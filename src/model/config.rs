@@ -103,6 +103,15 @@ pub struct DasConfig {
     pub ramp_steps: usize,
     /// Learning rate of the dense parameters (MLPs, codebooks). Default 1e-3.
     pub lr: f64,
+    /// Warm starts only: weight of the stability anchor `||enc(x) - enc_prev(x)||^2` (summed
+    /// over dimensions, mean over the batch's rows, both quantizers), which keeps a retrain's
+    /// encoders, and so its codes, near the previous version's unless the data pulls them away.
+    /// Default 1.0; 0 = off.
+    pub stability_weight: f64,
+    /// Warm starts only: the dense learning rate (`lr`; the ID tables keep `lr_id`, new
+    /// entities must still be learned) is scaled by this, so a retrain refines the previous
+    /// version instead of travelling as far as a first training does. Default 0.03.
+    pub warm_lr_scale: f64,
     /// Learning rate of the ID tables (row-wise Adam). Default 1e-2.
     pub lr_id: f64,
     /// Half-life (in days) of the recency weights of the user input. Default 180.
@@ -154,6 +163,8 @@ impl Default for DasConfig {
             warmup_steps: 200,
             ramp_steps: 200,
             lr: 1e-3,
+            stability_weight: 1.0,
+            warm_lr_scale: 0.03,
             lr_id: 1e-2,
             recency_half_life_days: 180.0,
             threads: 1,
@@ -190,7 +201,12 @@ impl DasConfig {
         if self.id_dim != self.code_dim {
             return bad("id_dim must equal code_dim (alignment compares the two spaces)");
         }
-        if self.tau_cf <= 0.0 || self.tau_align <= 0.0 || self.lr <= 0.0 || self.lr_id <= 0.0 {
+        if self.tau_cf <= 0.0
+            || self.tau_align <= 0.0
+            || self.lr <= 0.0
+            || self.lr_id <= 0.0
+            || self.warm_lr_scale <= 0.0
+        {
             return bad("temperatures and learning rates must be > 0");
         }
         if self.hidden.contains(&0) || self.threads == 0 {

@@ -51,7 +51,7 @@ pub struct RqVae {
 #[derive(Debug)]
 pub struct QuantRows {
     /// Inputs of the distinct entities, in order of first appearance (`u x in_dim`).
-    x: Tensor,
+    pub(crate) x: Tensor,
     /// Slot in `x` of every batch row (`n`).
     pos: Tensor,
     /// Distinct slots among the reconstructed rows (the first `recon_rows` batch rows) ...
@@ -124,6 +124,8 @@ pub struct QuantOut {
     pub code_loss: Tensor,
     /// Detached residual entering each level (for dead-code re-seeding).
     pub residuals: Vec<Tensor>,
+    /// Encoder output of the distinct input rows (`QuantRows::x`), with gradient.
+    pub h_distinct: Tensor,
 }
 
 impl QuantOut {
@@ -214,6 +216,7 @@ impl RqVae {
             recon,
             code_loss,
             residuals,
+            h_distinct,
         })
     }
 

@@ -209,6 +209,17 @@ pub fn train_with(
     if let Some(prev) = warm {
         seed_cf_from_codes(&mut model, prev, &work)?;
     }
+    let scaled;
+    let cfg = match warm {
+        Some(_) => {
+            scaled = DasConfig {
+                lr: cfg.lr * cfg.warm_lr_scale,
+                ..cfg.clone()
+            };
+            &scaled
+        }
+        None => cfg,
+    };
     let mut t = Trainer::new(&work, model, cfg)?;
     t.ctl = TrainControl {
         warm_start: warm,
@@ -700,7 +711,11 @@ impl Trainer<'_> {
         } else {
             zero()?
         };
-        let loss = ((&sem + cf.affine(self.cfg.alpha, 0.0)?)? + align.affine(beta, 0.0)?)?;
+        let mut loss = ((&sem + cf.affine(self.cfg.alpha, 0.0)?)? + align.affine(beta, 0.0)?)?;
+        if let (Some(prev), true) = (self.ctl.warm_start, self.cfg.stability_weight > 0.0) {
+            let anchor = stability_anchor(prev, [(&qi, &b.x_items), (&qu, &b.x_users)])?;
+            loss = (loss + anchor.affine(self.cfg.stability_weight, 0.0)?)?;
+        }
         let parts = [
             sem.to_scalar::<f32>()?,
             cf.to_scalar::<f32>()?,
@@ -714,6 +729,23 @@ impl Trainer<'_> {
         }
         Ok((loss, parts, icdm_out, [qi, qu]))
     }
+}
+
+/// The warm-start stability anchor: `||enc(x) - enc_prev(x)||^2`, summed over dimensions,
+/// mean over the distinct rows of each quantizer's batch, summed over the two quantizers.
+fn stability_anchor(
+    prev: &TrainedModel,
+    sides: [(&Option<QuantOut>, &Option<QuantRows>); 2],
+) -> Result<Tensor> {
+    let mut total = Tensor::zeros((), candle_core::DType::F32, &Device::Cpu)?;
+    for ((out, rows), q_prev) in sides.into_iter().zip([&prev.item_q, &prev.user_q]) {
+        if let (Some(out), Some(rows), Some(q_prev)) = (out, rows, q_prev) {
+            let h_prev = q_prev.encode_h(&rows.x)?.detach();
+            let d = (&out.h_distinct - h_prev)?.sqr()?.sum(1)?.mean(0)?;
+            total = (total + d)?;
+        }
+    }
+    Ok(total)
 }
 
 impl Trainer<'_> {

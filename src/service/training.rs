@@ -55,6 +55,7 @@ fn report_out(version: u64, r: &ModelReport) -> pb::ModelReport {
         user_levels: levels_out(&r.user_levels),
         steps: r.steps,
         warm_start: r.warm_start,
+        churn_per_level: r.churn_per_level.clone(),
     }
 }
 

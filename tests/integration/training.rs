@@ -21,6 +21,7 @@ pub fn quick_training(c: &mut Config) {
     t.min_items = 60;
     t.check_interval_ms = 100;
     t.min_interval_secs = 0;
+    t.quiet_secs = 0;
     t.steps = 120;
     t.warm_steps = 80;
     t.batch = 128;
@@ -309,6 +310,10 @@ async fn training_publishes_versions_assigns_online_and_rolls_back() {
     assert_eq!(rep.items as usize, n_items + 1);
     assert_eq!(rep.levels.len(), 3);
     assert!((0.0..=1.0).contains(&rep.churn_level1));
+    assert_eq!(rep.churn_per_level.len(), 3);
+    assert_eq!(rep.churn_per_level[0], rep.churn_level1);
+    assert_eq!(rep.churn_per_level[2], rep.churn_full);
+    assert!(rep.churn_per_level.windows(2).all(|w| w[0] <= w[1]));
     assert!(rep.levels[0].codes_used > 0);
     let v2 = sids(&ch, coll, pb::EntityKind::Items, &item_ids, 0)
         .await
@@ -532,4 +537,56 @@ async fn watch_training_streams_progress_to_the_end() {
     }
     assert!(phases.iter().any(|p| p == "TRAINING"), "phases {phases:?}");
     assert_eq!(phases.last().map(String::as_str), Some("IDLE"));
+}
+
+#[tokio::test]
+async fn automatic_training_waits_for_the_writes_to_pause() {
+    let s = TestServer::start_with(|c| {
+        quick_training(c);
+        c.training.quiet_secs = 3;
+    })
+    .await;
+    let ch = s.channel().await;
+    load_planted(&ch, "q", 120, 40).await;
+    let mut t = TrainingClient::new(ch.clone());
+    let mut items = ItemsClient::new(ch.clone());
+    // Enough items for a training, but writes keep coming (every 300 ms < quiet_secs): a bulk
+    // load in progress. No training starts.
+    let start = Instant::now();
+    let mut n = 0;
+    while start.elapsed() < Duration::from_secs(5) {
+        let item = pb::Item {
+            id: format!("late{n}"),
+            vectors: [(
+                "text".to_string(),
+                pb::Vector {
+                    values: planted_vector(n % 4, n),
+                },
+            )]
+            .into(),
+            ..Default::default()
+        };
+        items.upsert_items(upsert("q", vec![item])).await.unwrap();
+        n += 1;
+        let st = t
+            .get_training_status(pb::GetTrainingStatusRequest {
+                collection: "q".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((st.phase.as_str(), st.training_model_version), ("IDLE", 0));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Once they pause, the training starts by itself and sees every item.
+    wait_active(&ch, "q", 1, Duration::from_secs(300)).await;
+    let rep = t
+        .get_model_report(pb::GetModelReportRequest {
+            collection: "q".into(),
+            version: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rep.items as usize, 120 + n);
 }

@@ -40,6 +40,7 @@ async fn spawn(dir: &std::path::Path, auto: bool, pause_at: Option<&str>) -> Pro
     .env("SIDB__TRAINING__MIN_ITEMS", "60")
     .env("SIDB__TRAINING__CHECK_INTERVAL_MS", "100")
     .env("SIDB__TRAINING__MIN_INTERVAL_SECS", "0")
+    .env("SIDB__TRAINING__QUIET_SECS", "0")
     .env("SIDB__TRAINING__STEPS", "300")
     .env("SIDB__TRAINING__WARM_STEPS", "200")
     .env("SIDB__TRAINING__BATCH", "128")
