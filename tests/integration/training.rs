@@ -45,9 +45,25 @@ pub fn planted_vector(c: usize, i: usize) -> Vec<f32> {
         .collect()
 }
 
+/// An item with a planted "text" vector (content cluster `c`, noise from `i`).
+pub fn planted_item(id: &str, c: usize, i: usize) -> pb::Item {
+    pb::Item {
+        id: id.into(),
+        vectors: [(
+            "text".to_string(),
+            pb::Vector {
+                values: planted_vector(c, i),
+            },
+        )]
+        .into(),
+        ..Default::default()
+    }
+}
+
 /// Writes `n_items` items (4 content clusters), `n_users` users without vectors, and
-/// interactions (written first: logs may arrive before catalogues): user `u` of behaviour group `u % 4` touches 15 items of group `g` (items of
-/// group `g` are those with `i % 4 == g`, across content clusters `i / 4 % 4`).
+/// interactions (written first: logs may arrive before catalogues): user `u` of behaviour group
+/// `g = u % 4` touches 15 items of group `g` (items of group `g` are those with `i % 4 == g`,
+/// across content clusters `i / 4 % 4`).
 pub async fn load_planted(ch: &Channel, coll: &str, n_items: usize, n_users: usize) {
     let mut colls = CollectionsClient::new(ch.clone());
     colls
@@ -58,17 +74,7 @@ pub async fn load_planted(ch: &Channel, coll: &str, n_items: usize, n_users: usi
         .await
         .expect("create");
     let items: Vec<pb::Item> = (0..n_items)
-        .map(|i| pb::Item {
-            id: format!("i{i:04}"),
-            vectors: [(
-                "text".to_string(),
-                pb::Vector {
-                    values: planted_vector(i / 4 % 4, i),
-                },
-            )]
-            .into(),
-            ..Default::default()
-        })
+        .map(|i| planted_item(&format!("i{i:04}"), i / 4 % 4, i))
         .collect();
     let users: Vec<pb::User> = (0..n_users)
         .map(|u| pb::User {
@@ -210,20 +216,7 @@ async fn training_publishes_versions_assigns_online_and_rolls_back() {
     let new_id = "new-item".to_string();
     let mut items = s.items().await;
     items
-        .upsert_items(upsert(
-            coll,
-            vec![pb::Item {
-                id: new_id.clone(),
-                vectors: [(
-                    "text".to_string(),
-                    pb::Vector {
-                        values: planted_vector(2, 999),
-                    },
-                )]
-                .into(),
-                ..Default::default()
-            }],
-        ))
+        .upsert_items(upsert(coll, vec![planted_item(&new_id, 2, 999)]))
         .await
         .unwrap();
     let got = sids(
@@ -395,20 +388,7 @@ async fn training_publishes_versions_assigns_online_and_rolls_back() {
     assert!(after.sids.values().all(|s| s.model_version == 3));
     s.items()
         .await
-        .upsert_items(upsert(
-            coll,
-            vec![pb::Item {
-                id: "after-restart".into(),
-                vectors: [(
-                    "text".to_string(),
-                    pb::Vector {
-                        values: planted_vector(1, 7),
-                    },
-                )]
-                .into(),
-                ..Default::default()
-            }],
-        ))
+        .upsert_items(upsert(coll, vec![planted_item("after-restart", 1, 7)]))
         .await
         .unwrap();
     let got = sids(
@@ -555,17 +535,7 @@ async fn automatic_training_waits_for_the_writes_to_pause() {
     let start = Instant::now();
     let mut n = 0;
     while start.elapsed() < Duration::from_secs(5) {
-        let item = pb::Item {
-            id: format!("late{n}"),
-            vectors: [(
-                "text".to_string(),
-                pb::Vector {
-                    values: planted_vector(n % 4, n),
-                },
-            )]
-            .into(),
-            ..Default::default()
-        };
+        let item = planted_item(&format!("late{n}"), n % 4, n);
         items.upsert_items(upsert("q", vec![item])).await.unwrap();
         n += 1;
         let st = t
