@@ -161,6 +161,8 @@ struct Inner {
     closed: AtomicBool,
     /// Set by `close`; the checkpoint thread waits on it between runs.
     stop_checkpoints: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    /// The checkpoint thread, joined by `close` (a checkpoint in flight holds the store open).
+    checkpointer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// The storage engine. Cheap to clone.
@@ -219,6 +221,7 @@ impl Store {
                 wal,
                 collections: RwLock::new(collections),
                 catalog_lock: Mutex::new(()),
+                checkpointer: Mutex::new(None),
                 closed: AtomicBool::new(false),
                 stop_checkpoints: Arc::new((
                     std::sync::Mutex::new(false),
@@ -552,6 +555,13 @@ impl Store {
             *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
             cv.notify_all();
         }
+        // A checkpoint in flight holds a strong reference: wait for it, so that dropping the
+        // store after `close` releases sled's file lock at once (a reopen right after works).
+        if let Some(h) = self.inner.checkpointer.lock().take() {
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
         let segments = self.inner.wal.close()?;
         let _g = self.inner.catalog_lock.lock();
         self.checkpoint_segments(&segments)
@@ -562,7 +572,7 @@ impl Store {
         // releases sled (and its file lock) at once.
         let weak = Arc::downgrade(&self.inner);
         let stop = self.inner.stop_checkpoints.clone();
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("sidb-checkpoint".into())
             .spawn(move || loop {
                 let (lock, cv) = &*stop;
@@ -579,8 +589,9 @@ impl Store {
                     tracing::error!(error = %e, "checkpoint failed; the log keeps its segments");
                 }
             })
-            .map(|_| ())
-            .map_err(|e| Error::io("starting the checkpoint thread", e))
+            .map_err(|e| Error::io("starting the checkpoint thread", e))?;
+        *self.inner.checkpointer.lock() = Some(handle);
+        Ok(())
     }
 }
 
