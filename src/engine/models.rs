@@ -36,7 +36,7 @@ use super::index::{CollectionIndex, VersionSids};
 use crate::config::{RetrievalConfig, TrainingConfig};
 use crate::error::{Error, Result};
 use crate::fsutil::{remove_dir_if_present, replace_dir, sibling, sync_tree};
-use crate::model::data::{l2_normalise_rows, Prepared};
+use crate::model::data::Prepared;
 use crate::model::{Encoded, Interaction, ModelError, TrainedModel, TrainingData};
 use crate::storage::models::{ModelSid, VersionRecord};
 use crate::storage::ops::{Meta, SidUpdate, WriteOp};
@@ -375,59 +375,76 @@ impl LoadedModel {
     }
 }
 
-/// Gives dedup suffixes to `sids` (in order): an entity keeps the suffix it has in `stable`
-/// when its codes are unchanged and the suffix is still free; the others take the next free
-/// suffix of their codes (above every suffix in use).
-fn assign_suffixes(ids: &[Arc<str>], sids: &mut [ModelSid], stable: &HashMap<Arc<str>, ModelSid>) {
-    let mut used: HashMap<Vec<u32>, HashSet<u32>> = HashMap::new();
-    let mut fresh = Vec::new();
-    for (i, (id, s)) in ids.iter().zip(sids.iter_mut()).enumerate() {
-        match stable.get(id) {
-            Some(old)
-                if old.codes == s.codes
-                    && used.entry(s.codes.clone()).or_default().insert(old.suffix) =>
-            {
-                s.suffix = old.suffix;
-            }
-            _ => fresh.push(i),
+/// The next free dedup suffix per code tuple, among one version's entities of one kind.
+#[derive(Debug, Default)]
+struct Suffixes(HashMap<Vec<u32>, u32>);
+
+impl Suffixes {
+    /// Next free suffixes above every one `held`.
+    fn above<'a>(held: impl IntoIterator<Item = &'a ModelSid>) -> Suffixes {
+        let mut next: HashMap<Vec<u32>, u32> = HashMap::new();
+        for s in held {
+            let n = next.entry(s.codes.clone()).or_insert(0);
+            *n = (*n).max(s.suffix + 1);
         }
+        Suffixes(next)
     }
-    let mut next: HashMap<Vec<u32>, u32> = used
-        .iter()
-        .map(|(c, set)| (c.clone(), set.iter().max().map_or(0, |m| m + 1)))
-        .collect();
-    for i in fresh {
-        let n = next.entry(sids[i].codes.clone()).or_insert(0);
-        sids[i].suffix = *n;
-        *n += 1;
+
+    /// The suffix of an entity that gets `codes`: the one it holds (`current`: its codes and
+    /// suffix in this version) when its codes did not change, else the next free one for
+    /// `codes`. `in_use` gives the first suffix above those this allocator does not know of
+    /// (asked once per tuple).
+    fn pick(
+        &mut self,
+        current: Option<(&[u32], u32)>,
+        codes: &[u32],
+        in_use: impl FnOnce() -> u32,
+    ) -> u32 {
+        if let Some((c, s)) = current {
+            if c == codes {
+                return s;
+            }
+        }
+        let slot = self.0.entry(codes.to_vec()).or_insert_with(in_use);
+        let s = *slot;
+        *slot += 1;
+        s
     }
 }
 
-/// The suffix an entity written now gets for `codes`: its own when it already holds these codes
-/// in `version`, else one above the largest in use (also among `taken`, this batch's).
-fn online_suffix(
-    trie: &SidTrie,
-    version: u64,
-    id: &str,
-    codes: &[u32],
-    taken: &mut HashMap<Vec<u32>, u32>,
-) -> u32 {
-    if let Some(cur) = trie.get(id) {
-        if cur.model_version == version && cur.codes == codes {
-            return cur.suffix;
+/// Gives dedup suffixes to `sids` (in order): an entity keeps the suffix it has in `stable`
+/// when its codes are unchanged and the suffix is still free; the others take the next free
+/// suffix of their codes (above every suffix kept).
+fn assign_suffixes(ids: &[Arc<str>], sids: &mut [ModelSid], stable: &HashMap<Arc<str>, ModelSid>) {
+    let mut kept: HashSet<(Vec<u32>, u32)> = HashSet::new();
+    let mut fresh = vec![false; sids.len()];
+    for ((id, s), fresh) in ids.iter().zip(sids.iter_mut()).zip(&mut fresh) {
+        match stable.get(id) {
+            Some(old) if old.codes == s.codes && kept.insert((s.codes.clone(), old.suffix)) => {
+                s.suffix = old.suffix;
+            }
+            _ => *fresh = true,
         }
     }
-    let in_trie = trie
-        .ids_under(codes)
+    let mut next = Suffixes::above(
+        sids.iter()
+            .zip(&fresh)
+            .filter(|(_, f)| !**f)
+            .map(|(s, _)| s),
+    );
+    for (s, _) in sids.iter_mut().zip(&fresh).filter(|(_, f)| **f) {
+        s.suffix = next.pick(None, &s.codes, || 0);
+    }
+}
+
+/// First suffix above those the trie holds for exactly `codes`.
+fn trie_next_free(trie: &SidTrie, codes: &[u32]) -> u32 {
+    trie.ids_under(codes)
         .filter_map(|x| trie.get(x))
         .filter(|s| s.codes == codes)
         .map(|s| s.suffix + 1)
         .max()
-        .unwrap_or(0);
-    let slot = taken.entry(codes.to_vec()).or_insert(0);
-    let s = in_trie.max(*slot);
-    *slot = s + 1;
-    s
+        .unwrap_or(0)
 }
 
 /// The active model's SIDs of an upsert's entities, before suffixes: computed outside the
@@ -513,7 +530,7 @@ pub fn assign(
         ..Default::default()
     };
     let st = index.state.read();
-    let mut taken = HashMap::new();
+    let mut next = Suffixes::default();
     let (ids, trie, out): (Vec<&String>, _, _) = match &op {
         WriteOp::UpsertItems(v) => (
             v.iter().map(|x| &x.id).collect(),
@@ -529,7 +546,11 @@ pub fn assign(
     };
     for (id, sid) in ids.into_iter().zip(enc.sids) {
         let sid = sid.map(|mut s| {
-            s.suffix = online_suffix(trie, version, id, &s.codes, &mut taken);
+            let current = trie
+                .get(id)
+                .filter(|c| c.model_version == version)
+                .map(|c| (&c.codes[..], c.suffix));
+            s.suffix = next.pick(current, &s.codes, || trie_next_free(trie, &s.codes));
             s
         });
         out.push((id.clone(), sid));
@@ -554,9 +575,14 @@ pub struct PublishCtx<'a> {
     pub training: &'a TrainingConfig,
 }
 
-/// Encodes every snapshot entity with `m`: the SIDs of a version before catch-up. Sets the mean
-/// item `z` norm that routes users (from these items).
-pub fn encode_snapshot(m: &mut LoadedModel, snap: &Snapshot) -> Result<VersionSids> {
+/// Encodes every snapshot entity with `m`: the SIDs of a version before catch-up. `prep` is the
+/// snapshot's prepared data (its user inputs as `m` encodes users). Sets the mean item `z` norm
+/// that routes users (from these items).
+pub fn encode_snapshot(
+    m: &mut LoadedModel,
+    snap: &Snapshot,
+    prep: &Prepared,
+) -> Result<VersionSids> {
     let mut out = VersionSids {
         version: m.version,
         ..Default::default()
@@ -572,32 +598,26 @@ pub fn encode_snapshot(m: &mut LoadedModel, snap: &Snapshot) -> Result<VersionSi
             out.items.insert(Arc::clone(id), s);
         }
     }
-    if !snap.user_ids.is_empty() {
-        let data = snap.training_data(m.info.users_from_profiles);
-        let prep = Prepared::new(&data, m.info.half_life_days).map_err(model_err)?;
-        let mut x = prep.x_user;
-        l2_normalise_rows(&mut x, prep.user_dim);
-        // Users with no own vector and no positive interaction have no input: no SID.
-        let has_input: Vec<bool> = x
-            .chunks(prep.user_dim.max(1))
-            .map(|r| r.iter().any(|v| *v != 0.0))
-            .collect();
-        let rows: Vec<f32> = x
-            .chunks(prep.user_dim.max(1))
-            .zip(&has_input)
-            .filter(|(_, h)| **h)
-            .flat_map(|(r, _)| r.iter().copied())
-            .collect();
-        let mut sids = m.encode_users(&rows)?.into_iter();
-        for (id, h) in snap.user_ids.iter().zip(has_input) {
-            if h {
-                if let Some(s) = sids.next() {
-                    out.users.insert(Arc::clone(id), s);
-                }
-            }
+    // Users with no own vector and no positive interaction have no input (a zero row): no SID.
+    let rows: Vec<(&Arc<str>, &[f32])> = snap
+        .user_ids
+        .iter()
+        .zip(prep.x_user.chunks(prep.user_dim.max(1)))
+        .filter(|(_, r)| r.iter().any(|v| *v != 0.0))
+        .collect();
+    if !rows.is_empty() {
+        let x: Vec<f32> = rows.iter().flat_map(|(_, r)| r.iter().copied()).collect();
+        for ((id, _), s) in rows.iter().zip(m.encode_users(&x)?) {
+            out.users.insert(Arc::clone(id), s);
         }
     }
     Ok(out)
+}
+
+/// The prepared form of `snap` as `m` encodes users (own vectors or profiles).
+fn prepare(m: &LoadedModel, snap: &Snapshot) -> Result<Prepared> {
+    let data = snap.training_data(m.info.users_from_profiles);
+    Prepared::new(&data, m.info.half_life_days).map_err(model_err)
 }
 
 /// Makes the kept version `version` active again: its SIDs are computed afresh from the
@@ -607,7 +627,8 @@ pub fn rollback(ctx: &PublishCtx, version: u64) -> Result<()> {
     ctx.index.start_tracking();
     let result = (|| {
         let snap = Snapshot::take(ctx.store, ctx.coll)?;
-        let sids = encode_snapshot(&mut m, &snap)?;
+        let prep = prepare(&m, &snap)?;
+        let sids = encode_snapshot(&mut m, &snap, &prep)?;
         publish(ctx, m, &snap, sids, None)
     })();
     ctx.index.stop_tracking();
@@ -680,7 +701,12 @@ pub fn publish(
     store.sync()?;
     pause_point("after-bulk");
 
-    // The switch: catch up on the entities written since the snapshot, under the writer lock.
+    // The switch: catch up on the entities written since the snapshot, under the writer lock
+    // (the suffix allocators are built here, outside it).
+    let mut next = [
+        Suffixes::above(sids.items.values()),
+        Suffixes::above(sids.users.values()),
+    ];
     let sids = Mutex::new(sids);
     let m = Arc::new(m);
     let (_, lsn) = store.write_prepared(
@@ -688,7 +714,7 @@ pub fn publish(
         |_meta| {
             let touched = index.state.write().touched.take().unwrap_or_default();
             let mut sids = sids.lock();
-            let upd = catch_up(ctx, &m, &mut sids, touched)?;
+            let upd = catch_up(ctx, &m, &mut sids, &mut next, touched)?;
             Ok(WriteOp::Activate(upd))
         },
         Durability::Durable,
@@ -709,6 +735,7 @@ fn catch_up(
     ctx: &PublishCtx,
     m: &LoadedModel,
     sids: &mut VersionSids,
+    [next_items, next_users]: &mut [Suffixes; 2],
     touched: HashSet<(EntityKind, Arc<str>)>,
 ) -> Result<SidUpdate> {
     let mut upd = SidUpdate {
@@ -733,21 +760,20 @@ fn catch_up(
         m.encode_items(&x)?
     }
     .into_iter();
-    let mut taken = HashMap::new();
     for (id, rec) in item_ids.iter().zip(&items) {
         let s = match rec {
             Some(_) => enc.next(),
             None => None,
         };
         let s = s.map(|mut s| {
-            s.suffix = suffix_in_map(&sids.items, id, &s.codes, &mut taken);
+            let current = sids.items.get(&**id).map(|c| (&c.codes[..], c.suffix));
+            s.suffix = next_items.pick(current, &s.codes, || 0);
             s
         });
         set_in_map(&mut sids.items, id, s.clone());
         upd.items.push((id.clone(), s));
     }
     let users = ctx.store.get_users(ctx.coll, &user_ids)?;
-    let mut taken = HashMap::new();
     for (id, rec) in user_ids.iter().zip(&users) {
         let input = match rec {
             Some(u) => m.user_input(ctx.store, ctx.coll, u, ctx.retrieval.profile_events)?,
@@ -755,7 +781,8 @@ fn catch_up(
         };
         let s = match input {
             Some(x) => m.encode_users(&x)?.pop().map(|mut s| {
-                s.suffix = suffix_in_map(&sids.users, id, &s.codes, &mut taken);
+                let current = sids.users.get(&**id).map(|c| (&c.codes[..], c.suffix));
+                s.suffix = next_users.pick(current, &s.codes, || 0);
                 s
             }),
             None => None,
@@ -775,30 +802,6 @@ fn set_in_map(map: &mut HashMap<Arc<str>, ModelSid>, id: &str, s: Option<ModelSi
             map.remove(id);
         }
     }
-}
-
-/// [`online_suffix`] over a version's id -> SID map (catch-up before the trie exists).
-fn suffix_in_map(
-    map: &HashMap<Arc<str>, ModelSid>,
-    id: &str,
-    codes: &[u32],
-    taken: &mut HashMap<Vec<u32>, u32>,
-) -> u32 {
-    if let Some(cur) = map.get(id) {
-        if cur.codes == codes {
-            return cur.suffix;
-        }
-    }
-    let slot = taken.entry(codes.to_vec()).or_insert_with(|| {
-        map.values()
-            .filter(|s| s.codes == codes)
-            .map(|s| s.suffix + 1)
-            .max()
-            .unwrap_or(0)
-    });
-    let s = *slot;
-    *slot += 1;
-    s
 }
 
 /// Drops the oldest versions beyond `training.keep_versions` (never the active one).
@@ -869,4 +872,48 @@ pub fn das_config(
         (true, s) => s,
     };
     cfg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sid(codes: &[u32], suffix: u32) -> ModelSid {
+        ModelSid {
+            codes: codes.to_vec(),
+            suffix,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn suffixes_stay_where_codes_stay_and_new_ones_go_above_every_kept_one() {
+        let ids: Vec<Arc<str>> = ["a", "b", "c", "d"].into_iter().map(Arc::from).collect();
+        // a and b held (1,1) with suffixes 3 and 0; c held (2,2); d is new.
+        let stable: HashMap<Arc<str>, ModelSid> = [
+            (Arc::from("a"), sid(&[1, 1], 3)),
+            (Arc::from("b"), sid(&[1, 1], 0)),
+            (Arc::from("c"), sid(&[2, 2], 5)),
+        ]
+        .into_iter()
+        .collect();
+        let mut sids = vec![
+            sid(&[1, 1], 0),
+            sid(&[1, 1], 0),
+            sid(&[1, 1], 0),
+            sid(&[2, 2], 0),
+        ];
+        assign_suffixes(&ids, &mut sids, &stable);
+        let got: Vec<u32> = sids.iter().map(|s| s.suffix).collect();
+        // a, b keep theirs; c moved to (1,1): above the kept 3; d takes (2,2) from 0 (c left it).
+        assert_eq!(got, vec![3, 0, 4, 0]);
+
+        let mut next = Suffixes::above(&sids);
+        // Unchanged codes keep the suffix; changed ones take the next free; `in_use` is asked
+        // once per unknown tuple.
+        assert_eq!(next.pick(Some((&[1, 1], 3)), &[1, 1], || unreachable!()), 3);
+        assert_eq!(next.pick(Some((&[2, 2], 0)), &[1, 1], || unreachable!()), 5);
+        assert_eq!(next.pick(None, &[7, 7], || 9), 9);
+        assert_eq!(next.pick(None, &[7, 7], || unreachable!()), 10);
+    }
 }

@@ -356,7 +356,7 @@ impl Trainers {
             .ok()?
             .into_iter()
             .find(|r| r.version == version)?;
-        serde_json::from_str(&rec.report).ok()
+        parse_report(&rec.report, version).ok()
     }
 
     /// One training of `coll`, start to end; failures end up in the status.
@@ -485,13 +485,15 @@ impl Trainers {
                 half_life_days: half_life,
             },
         };
-        let sids = self.pool.install(|| encode_snapshot(&mut loaded, &snap))?;
+        let sids = self
+            .pool
+            .install(|| encode_snapshot(&mut loaded, &snap, &prep))?;
         let mut report = quality_report(&loaded, &sids);
         if let Some(p) = &prev {
-            let per_level = churn_vs_index(&index, &sids, p.version);
-            report.churn_level1 = per_level.first().copied().unwrap_or(0.0);
-            report.churn_full = per_level.last().copied().unwrap_or(0.0);
-            report.churn_per_level = per_level;
+            let c = churn_vs_index(&index, &sids, p.version, loaded.levels());
+            report.churn_level1 = c.level1 as f32;
+            report.churn_full = c.full as f32;
+            report.churn_per_level = c.per_level.iter().map(|x| *x as f32).collect();
         }
         report.train_seconds = stats.seconds;
         report.items = snap.item_ids.len() as u64;
@@ -593,33 +595,25 @@ fn quality_report(m: &LoadedModel, sids: &VersionSids) -> ModelReport {
 }
 
 /// Churn of the new items' codes against those the index serves now (version `prev`), over the
-/// items in both: per level `l`, the share whose code prefix of length `l + 1` changed (so the
-/// first is the level-1 churn and the last the full-tuple churn).
+/// items in both (`model::sid::churn`).
 fn churn_vs_index(
     index: &super::index::CollectionIndex,
     sids: &VersionSids,
     prev: u64,
-) -> Vec<f32> {
+    levels: usize,
+) -> das::sid::Churn {
     let st = index.state.read();
-    let mut n = 0u64;
-    let mut changed: Vec<u64> = Vec::new();
-    for (id, new) in &sids.items {
-        let Some(old) = st.items.trie.get(id) else {
-            continue;
-        };
-        if old.model_version != prev || old.codes.len() != new.codes.len() {
-            continue;
-        }
-        n += 1;
-        changed.resize(new.codes.len(), 0);
-        for (l, c) in changed.iter_mut().enumerate() {
-            *c += u64::from(old.codes[..=l] != new.codes[..=l]);
+    let (mut old, mut new) = (Vec::new(), Vec::new());
+    for (id, s) in &sids.items {
+        match st.items.trie.get(id) {
+            Some(o) if o.model_version == prev && o.codes.len() == levels => {
+                old.extend_from_slice(&o.codes);
+                new.extend_from_slice(&s.codes);
+            }
+            _ => {}
         }
     }
-    changed
-        .into_iter()
-        .map(|c| c as f32 / n.max(1) as f32)
-        .collect()
+    das::sid::churn(&old, &new, levels)
 }
 
 /// One kept model version, as `ListModelVersions` shows it.

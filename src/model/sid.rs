@@ -114,15 +114,28 @@ pub struct Churn {
     pub level1: f64,
     /// Share of entities whose full code tuple changed.
     pub full: f64,
+    /// Per level `l`: share of entities whose code prefix of length `l + 1` changed (the first
+    /// is `level1`, the last `full`).
+    pub per_level: Vec<f64>,
 }
 
 /// Churn of `new` against `old` (both `n x levels`, same entity order).
 pub fn churn(old: &[u32], new: &[u32], levels: usize) -> Churn {
-    let n = (old.len() / levels).max(1) as f64;
-    let pairs = || old.chunks(levels).zip(new.chunks(levels));
+    let n = (old.len() / levels.max(1)).max(1) as f64;
+    let per_level: Vec<f64> = (1..=levels)
+        .map(|len| {
+            let changed = old
+                .chunks(levels)
+                .zip(new.chunks(levels))
+                .filter(|(a, b)| a[..len] != b[..len])
+                .count();
+            changed as f64 / n
+        })
+        .collect();
     Churn {
-        level1: pairs().filter(|(a, b)| a[0] != b[0]).count() as f64 / n,
-        full: pairs().filter(|(a, b)| a != b).count() as f64 / n,
+        level1: per_level.first().copied().unwrap_or(0.0),
+        full: per_level.last().copied().unwrap_or(0.0),
+        per_level,
     }
 }
 
