@@ -217,3 +217,68 @@ pub async fn get_collection(server: &TestServer, name: &str) -> pb::Collection {
         .expect("get collection")
         .into_inner()
 }
+
+/// A real `sidb serve` process on 127.0.0.1 (for `kill -9` tests).
+pub struct SidbProcess {
+    pub child: std::process::Child,
+    pub url: String,
+    /// Its log lines (stderr, level warn and above), also echoed to the test's stderr.
+    pub log: std::sync::mpsc::Receiver<String>,
+}
+
+/// Starts the `sidb` binary on `dir` with the extra environment `env` and waits until SERVING.
+pub async fn spawn_sidb(dir: &Path, env: &[(&str, &str)]) -> SidbProcess {
+    use std::io::BufRead;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sidb"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--log-level",
+            "warn",
+            "--data-dir",
+        ])
+        .arg(dir)
+        .env_remove("SIDB_PAUSE_AT")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn sidb");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, log) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            eprintln!("[sidb] {line}");
+            let _ = tx.send(line);
+        }
+    });
+    let url = format!("http://127.0.0.1:{port}");
+    wait_serving(&url).await;
+    SidbProcess { child, url, log }
+}
+
+impl SidbProcess {
+    /// `kill -9` and reap.
+    pub fn kill_9(mut self) {
+        self.child.kill().expect("SIGKILL"); // Child::kill sends SIGKILL
+        self.child.wait().unwrap();
+    }
+}
+
+/// A channel to `url`.
+pub async fn connect(url: &str) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}

@@ -2,55 +2,13 @@
 //! SIGTERM shuts down cleanly with exit code 0.
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sidb::proto as pb;
 
 use crate::common::*;
-
-struct Proc {
-    child: Child,
-    url: String,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn spawn_sidb(dir: &std::path::Path) -> Proc {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_sidb"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--log-level",
-            "warn",
-            "--data-dir",
-        ])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn sidb");
-    let url = format!("http://127.0.0.1:{port}");
-    wait_serving(&url).await;
-    Proc { child, url }
-}
-
-async fn connect(url: &str) -> tonic::transport::Channel {
-    tonic::transport::Channel::from_shared(url.to_string())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
 
 /// Every acked item id must be readable.
 async fn assert_items_present(url: &str, acked: &[String]) {
@@ -118,7 +76,7 @@ async fn acknowledged_durable_writes_survive_kill_9() {
     let acked_ix = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
     const ROUNDS: usize = 4;
     for round in 0..ROUNDS {
-        let mut proc = spawn_sidb(tmp.path()).await;
+        let mut proc = spawn_sidb(tmp.path(), &[]).await;
         if round == 0 {
             CollectionsClient::new(connect(&proc.url).await)
                 .create_collection(pb::CreateCollectionRequest {
@@ -175,7 +133,7 @@ async fn acknowledged_durable_writes_survive_kill_9() {
         total > 4 * 20 * ROUNDS,
         "the test must have acknowledged real work, got {total}"
     );
-    let mut proc = spawn_sidb(tmp.path()).await;
+    let mut proc = spawn_sidb(tmp.path(), &[]).await;
     let (items_acked, ix_acked) = (snapshot(&acked_items), snapshot(&acked_ix));
     assert_items_present(&proc.url, &items_acked).await;
     assert_history_present(&proc.url, &ix_acked).await;
@@ -200,7 +158,7 @@ async fn acknowledged_durable_writes_survive_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_shuts_down_cleanly_with_exit_code_0() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut proc = spawn_sidb(tmp.path()).await;
+    let mut proc = spawn_sidb(tmp.path(), &[]).await;
     CollectionsClient::new(connect(&proc.url).await)
         .create_collection(pb::CreateCollectionRequest {
             name: "d".into(),
@@ -230,7 +188,7 @@ async fn sigterm_shuts_down_cleanly_with_exit_code_0() {
     let exit = exit.expect("sidb did not exit within 10 s of SIGTERM");
     assert!(exit.success(), "exit status {exit:?}");
     // The buffered write was flushed on the way out.
-    let mut proc = spawn_sidb(tmp.path()).await;
+    let mut proc = spawn_sidb(tmp.path(), &[]).await;
     assert_items_present(&proc.url, &["buffered".to_string()]).await;
     proc.child.kill().unwrap();
     proc.child.wait().unwrap();

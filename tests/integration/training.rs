@@ -120,8 +120,13 @@ pub async fn load_planted(ch: &Channel, coll: &str, n_items: usize, n_users: usi
         .expect("items");
 }
 
-/// Polls until the collection's active version is `v` and the trainer is idle.
-pub async fn wait_active(ch: &Channel, coll: &str, v: u64, timeout: Duration) {
+/// Polls the collection's training status until `done`; returns that status.
+pub async fn wait_status(
+    ch: &Channel,
+    coll: &str,
+    timeout: Duration,
+    done: impl Fn(&pb::TrainingStatus) -> bool,
+) -> pb::TrainingStatus {
     let mut t = TrainingClient::new(ch.clone());
     let start = Instant::now();
     loop {
@@ -132,16 +137,24 @@ pub async fn wait_active(ch: &Channel, coll: &str, v: u64, timeout: Duration) {
             .await
             .expect("status")
             .into_inner();
-        assert_ne!(s.phase, "FAILED", "training failed: {}", s.error);
-        if s.active_model_version == v && s.phase == "IDLE" {
-            return;
+        if done(&s) {
+            return s;
         }
         assert!(
             start.elapsed() < timeout,
-            "version {v} not active after {timeout:?}: {s:?}"
+            "not reached after {timeout:?}: {s:?}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Polls until the collection's active version is `v` and the trainer is idle.
+pub async fn wait_active(ch: &Channel, coll: &str, v: u64, timeout: Duration) {
+    wait_status(ch, coll, timeout, |s| {
+        assert_ne!(s.phase, "FAILED", "training failed: {}", s.error);
+        s.active_model_version == v && s.phase == "IDLE"
+    })
+    .await;
 }
 
 pub async fn sids(

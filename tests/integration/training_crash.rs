@@ -2,91 +2,48 @@
 //! after every restart exactly one version (or none) is active, and every SID served belongs
 //! to it; an aborted publication leaves nothing behind.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use sidb::proto as pb;
 use tonic::transport::Channel;
 
 use crate::common::*;
-use crate::training::{load_planted, sids, wait_active, TrainingClient};
+use crate::training::{load_planted, sids, wait_active, wait_status, TrainingClient};
 
-struct Proc {
-    child: Child,
-    url: String,
-    paused: mpsc::Receiver<()>,
-}
+/// Quick training settings for the binary (automatic training when `auto`).
+const QUICK: [(&str, &str); 9] = [
+    ("SIDB__TRAINING__MIN_ITEMS", "60"),
+    ("SIDB__TRAINING__CHECK_INTERVAL_MS", "100"),
+    ("SIDB__TRAINING__MIN_INTERVAL_SECS", "0"),
+    ("SIDB__TRAINING__QUIET_SECS", "0"),
+    ("SIDB__TRAINING__STEPS", "300"),
+    ("SIDB__TRAINING__WARM_STEPS", "200"),
+    ("SIDB__TRAINING__BATCH", "128"),
+    ("SIDB__TRAINING__NEW_ITEMS_RATIO", "100"),
+    ("SIDB__TRAINING__NEW_INTERACTIONS_RATIO", "100"),
+];
 
 /// Starts `sidb serve` on `dir` with quick training settings; `pause_at` sets SIDB_PAUSE_AT.
-async fn spawn(dir: &std::path::Path, auto: bool, pause_at: Option<&str>) -> Proc {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sidb"));
-    cmd.args([
-        "serve",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--log-level",
-        "warn",
-        "--data-dir",
-    ])
-    .arg(dir)
-    .env("SIDB__TRAINING__AUTO", auto.to_string())
-    .env("SIDB__TRAINING__MIN_ITEMS", "60")
-    .env("SIDB__TRAINING__CHECK_INTERVAL_MS", "100")
-    .env("SIDB__TRAINING__MIN_INTERVAL_SECS", "0")
-    .env("SIDB__TRAINING__QUIET_SECS", "0")
-    .env("SIDB__TRAINING__STEPS", "300")
-    .env("SIDB__TRAINING__WARM_STEPS", "200")
-    .env("SIDB__TRAINING__BATCH", "128")
-    .env("SIDB__TRAINING__NEW_ITEMS_RATIO", "100")
-    .env("SIDB__TRAINING__NEW_INTERACTIONS_RATIO", "100")
-    .env_remove("SIDB_PAUSE_AT")
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+async fn spawn(dir: &std::path::Path, auto: bool, pause_at: Option<&str>) -> SidbProcess {
+    let mut env = QUICK.to_vec();
+    env.push(("SIDB__TRAINING__AUTO", if auto { "true" } else { "false" }));
     if let Some(p) = pause_at {
-        cmd.env("SIDB_PAUSE_AT", p);
+        env.push(("SIDB_PAUSE_AT", p));
     }
-    let mut child = cmd.spawn().expect("spawn sidb");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, paused) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[sidb] {line}");
-            if line.contains("pause point reached") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    let url = format!("http://127.0.0.1:{port}");
-    wait_serving(&url).await;
-    Proc { child, url, paused }
+    spawn_sidb(dir, &env).await
 }
 
-impl Proc {
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    }
-
-    fn kill_9(mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-
-    async fn wait_paused(&self, timeout: Duration) {
-        let start = Instant::now();
-        while self.paused.try_recv().is_err() {
-            assert!(start.elapsed() < timeout, "pause point not reached");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+/// Waits until the process logs that it reached its pause point.
+async fn wait_paused(p: &SidbProcess, timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        match p.log.try_recv() {
+            Ok(line) if line.contains("pause point reached") => return,
+            Ok(_) => {}
+            Err(_) => {
+                assert!(start.elapsed() < timeout, "pause point not reached");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
 }
@@ -139,11 +96,11 @@ async fn kill_9_during_training_and_publication_leaves_exactly_one_version() {
 
     // 1. Killed in the middle of publishing version 1: SIDs written, switch not made.
     let p = spawn(tmp.path(), true, Some("after-bulk")).await;
-    load_planted(&p.channel().await, coll, 240, 80).await;
-    p.wait_paused(Duration::from_secs(300)).await;
+    load_planted(&connect(&p.url).await, coll, 240, 80).await;
+    wait_paused(&p, Duration::from_secs(300)).await;
     p.kill_9();
     let p = spawn(tmp.path(), false, None).await;
-    assert_one_version(&p.channel().await, coll, &items, 0).await;
+    assert_one_version(&connect(&p.url).await, coll, &items, 0).await;
     assert!(
         std::fs::read_dir(tmp.path().join("models"))
             .map(|d| d
@@ -156,44 +113,33 @@ async fn kill_9_during_training_and_publication_leaves_exactly_one_version() {
 
     // 2. Killed right after the switch of version 1: it is active after the restart.
     let p = spawn(tmp.path(), false, Some("after-activate")).await;
-    let ch = p.channel().await;
+    let ch = connect(&p.url).await;
     TrainingClient::new(ch.clone())
         .trigger_training(pb::TriggerTrainingRequest {
             collection: coll.into(),
         })
         .await
         .unwrap();
-    p.wait_paused(Duration::from_secs(300)).await;
+    wait_paused(&p, Duration::from_secs(300)).await;
     p.kill_9();
     let p = spawn(tmp.path(), false, None).await;
-    assert_one_version(&p.channel().await, coll, &items, 1).await;
+    assert_one_version(&connect(&p.url).await, coll, &items, 1).await;
 
     // 3. Killed while training version 2: version 1 keeps serving after the restart.
-    let ch = p.channel().await;
+    let ch = connect(&p.url).await;
     let mut t = TrainingClient::new(ch.clone());
     t.trigger_training(pb::TriggerTrainingRequest {
         collection: coll.into(),
     })
     .await
     .unwrap();
-    let start = Instant::now();
-    loop {
-        let st = t
-            .get_training_status(pb::GetTrainingStatusRequest {
-                collection: coll.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if st.phase == "TRAINING" && st.step > 0 {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(300), "{st:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_status(&ch, coll, Duration::from_secs(300), |st| {
+        st.phase == "TRAINING" && st.step > 0
+    })
+    .await;
     p.kill_9();
     let p = spawn(tmp.path(), false, None).await;
-    let ch = p.channel().await;
+    let ch = connect(&p.url).await;
     assert_one_version(&ch, coll, &items, 1).await;
 
     // 4. And the next training completes normally as version 2.
