@@ -513,7 +513,8 @@ pub fn assign(
     op: WriteOp,
     pre: Option<EncodedUpsert>,
 ) -> Result<WriteOp> {
-    if meta.active_version == 0 {
+    let upsert = matches!(op, WriteOp::UpsertItems(_) | WriteOp::UpsertUsers(_));
+    if meta.active_version == 0 || !upsert {
         return Ok(op);
     }
     let enc = match pre {
