@@ -128,6 +128,10 @@ fn parse_method(name: &str, base: &DasConfig) -> Result<Option<(Method, DasConfi
             cfg.debias = false;
             Method::Das
         }
+        "das-no-logq" => {
+            cfg.align_logq = false;
+            Method::Das
+        }
         other => other.parse()?,
     };
     Ok(Some((method, cfg)))

@@ -68,6 +68,10 @@ pub struct DasConfig {
     /// Use the debiased vectors (`u_int`, `i_pro`) in the alignment; when false the fused full
     /// vectors are used and the debiasing terms are off (ablation `das-no-debias`). Default true.
     pub debias: bool,
+    /// Apply the logQ correction to the dual user-to-item InfoNCE too: in-batch candidates are
+    /// drawn in proportion to their interaction counts, and without the correction the codes
+    /// learn a score biased against popular items. Default true.
+    pub align_logq: bool,
     /// Weight of the dual user-to-item terms within `L_align`. Default 1.0.
     pub w_u2i: f64,
     /// Weight of the dual self terms within `L_align`. Default 1.0.
@@ -150,6 +154,7 @@ impl Default for DasConfig {
             align_self: true,
             align_co: true,
             debias: true,
+            align_logq: true,
             w_u2i: 1.0,
             w_self: 1.0,
             w_co: 1.0,

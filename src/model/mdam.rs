@@ -30,6 +30,10 @@ fn negative_mask(ids: &[u32], weights: &[f32]) -> Vec<bool> {
 /// One direction: rows of `a` must pick their own row of `b` among all of `b`. Computed as
 /// `logsumexp_j(logit_ij)` over the unmasked cells minus `logit_ii`, with the positive logit
 /// taken row-wise, so the only `B x B` work is the score matrix and its fused log-sum-exp.
+/// With `log_q_b` (the log sampling probability of each row of `b`), every logit of column `j`
+/// is lowered by `log_q_b[j]` (logQ correction): in-batch negatives are drawn in proportion to
+/// how often an entity appears in the log, and without the correction the loss learns a score
+/// biased against frequent entities (a PMI rather than the full softmax).
 fn nce_direction(
     an: &Tensor,
     bn: &Tensor,
@@ -37,14 +41,18 @@ fn nce_direction(
     w: &Tensor,
     wv: &[f32],
     tau: f64,
+    log_q_b: Option<&[f32]>,
 ) -> Result<Tensor> {
     let lse = masked_lse(
         &an.matmul(&bn.t()?)?,
         1.0 / tau,
-        None,
+        log_q_b.map(|q| q.iter().map(|v| -v).collect()),
         negative_mask(ids_b, wv),
     )?;
-    let pos = (an * bn)?.sum(1)?.affine(1.0 / tau, 0.0)?;
+    let mut pos = (an * bn)?.sum(1)?.affine(1.0 / tau, 0.0)?;
+    if let Some(q) = log_q_b {
+        pos = (pos - Tensor::from_slice(q, q.len(), &Device::Cpu)?)?;
+    }
     let total: f32 = wv.iter().sum();
     Ok(((lse - pos)? * w)?
         .sum_all()?
@@ -61,13 +69,28 @@ pub fn info_nce(
     weights: &[f32],
     tau: f64,
 ) -> Result<Tensor> {
+    info_nce_q(a, b, ids_a, ids_b, weights, tau, None)
+}
+
+/// [`info_nce`] with the logQ correction: `log_q = (per row of a, per row of b)`, the log of the
+/// probability with which each row's entity is sampled into a batch. Each direction corrects
+/// the logits of its candidate side.
+pub fn info_nce_q(
+    a: &Tensor,
+    b: &Tensor,
+    ids_a: &[u32],
+    ids_b: &[u32],
+    weights: &[f32],
+    tau: f64,
+    log_q: Option<(&[f32], &[f32])>,
+) -> Result<Tensor> {
     if weights.iter().all(|&w| w <= 0.0) {
         return Ok(Tensor::zeros((), candle_core::DType::F32, &Device::Cpu)?);
     }
     let w = Tensor::from_slice(weights, weights.len(), &Device::Cpu)?;
     let (an, bn) = (l2n(a)?, l2n(b)?);
-    let ab = nce_direction(&an, &bn, ids_b, &w, weights, tau)?;
-    let ba = nce_direction(&bn, &an, ids_a, &w, weights, tau)?;
+    let ab = nce_direction(&an, &bn, ids_b, &w, weights, tau, log_q.map(|q| q.1))?;
+    let ba = nce_direction(&bn, &an, ids_a, &w, weights, tau, log_q.map(|q| q.0))?;
     Ok(((ab + ba)? * 0.5)?)
 }
 
@@ -161,6 +184,72 @@ mod tests {
             &|a| info_nce(a, &b, &ids, &ids, &w, 0.5).expect("nce"),
             &av,
             (5, 3),
+            2e-2,
+            false,
+        );
+    }
+
+    /// Plain reference of one direction of [`info_nce_q`] with every weight 1 and distinct ids:
+    /// mean over rows `i` of `lse_j(cos(a_i, b_j) / tau - q_j) - (cos(a_i, b_i) / tau - q_i)`.
+    fn reference_direction(a: &[f32], b: &[f32], q: &[f32], n: usize, d: usize, tau: f64) -> f64 {
+        let cos = |x: &[f32], y: &[f32]| {
+            let dot: f64 = x.iter().zip(y).map(|(p, q)| (*p * *q) as f64).sum();
+            let nx: f64 = x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+            let ny: f64 = y.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+            dot / (nx * ny)
+        };
+        let row = |m: &[f32], i: usize| m[i * d..(i + 1) * d].to_vec();
+        let mut total = 0.0;
+        for i in 0..n {
+            let logit = |j: usize| cos(&row(a, i), &row(b, j)) / tau - q[j] as f64;
+            let lse = (0..n).map(|j| logit(j).exp()).sum::<f64>().ln();
+            total += lse - logit(i);
+        }
+        total / n as f64
+    }
+
+    #[test]
+    fn logq_correction_lowers_each_candidate_by_its_log_probability() {
+        let (n, d, tau) = (6, 4, 0.2);
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let (av, bv) = (rand_t(&mut rng, n, d), rand_t(&mut rng, n, d));
+        let a = Tensor::from_vec(av.clone(), (n, d), &Device::Cpu).expect("t");
+        let b = Tensor::from_vec(bv.clone(), (n, d), &Device::Cpu).expect("t");
+        let ids: Vec<u32> = (0..n as u32).collect();
+        let w = vec![1.0; n];
+        // a skewed sampling distribution: the first rows are "popular"
+        let qa: Vec<f32> = (0..n).map(|k| -(k as f32) * 0.7).collect();
+        let qb: Vec<f32> = (0..n).map(|k| -((n - k) as f32) * 0.4).collect();
+        let got = info_nce_q(&a, &b, &ids, &ids, &w, tau, Some((&qa, &qb)))
+            .expect("nce")
+            .to_scalar::<f32>()
+            .expect("s") as f64;
+        let want = 0.5
+            * (reference_direction(&av, &bv, &qb, n, d, tau)
+                + reference_direction(&bv, &av, &qa, n, d, tau));
+        assert!(
+            (got - want).abs() < 1e-4,
+            "logQ loss {got} vs reference {want}"
+        );
+        let plain = info_nce(&a, &b, &ids, &ids, &w, tau)
+            .expect("nce")
+            .to_scalar::<f32>()
+            .expect("s") as f64;
+        assert!(
+            (got - plain).abs() > 1e-3,
+            "a skewed q must change the loss"
+        );
+        // a uniform q is a constant shift of every logit: the softmax does not change
+        let flat = vec![-3.0f32; n];
+        let uniform = info_nce_q(&a, &b, &ids, &ids, &w, tau, Some((&flat, &flat)))
+            .expect("nce")
+            .to_scalar::<f32>()
+            .expect("s") as f64;
+        assert!((uniform - plain).abs() < 1e-5, "{uniform} vs {plain}");
+        crate::model::nn::testing::check_grad(
+            &|x| info_nce_q(x, &b, &ids, &ids, &w, 0.5, Some((&qa, &qb))).expect("nce"),
+            &av,
+            (n, d),
             2e-2,
             false,
         );

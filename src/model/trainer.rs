@@ -25,7 +25,7 @@ use super::config::DasConfig;
 use super::das::{Method, ModelMeta, TrainedModel};
 use super::data::{center_rows, col_mean, Prepared, TrainingData};
 use super::icdm::IcdmOut;
-use super::mdam::{info_nce, sample_partners};
+use super::mdam::{info_nce, info_nce_q, sample_partners};
 use super::nn::rng_for;
 use super::rqvae::{QuantOut, QuantRows, RqVae};
 use super::{kmeans, ModelError, Result};
@@ -130,6 +130,17 @@ struct Trainer<'a> {
     /// Progress steps done and planned.
     done: usize,
     total: usize,
+    /// Log of the probability that a batch row holds each item / user (positives are sampled
+    /// uniformly, so it is the entity's share of them): the logQ correction of the alignment.
+    log_q_items: Vec<f32>,
+    log_q_users: Vec<f32>,
+}
+
+/// `ln(count / total)` per entity (a count of 0 is taken as 1: such rows are never sampled).
+fn log_share(counts: impl Iterator<Item = f32>) -> Vec<f32> {
+    let c: Vec<f32> = counts.collect();
+    let total = c.iter().sum::<f32>().max(1.0);
+    c.iter().map(|&v| (v.max(1.0) / total).ln()).collect()
 }
 
 /// Trains `method` on `data` with `cfg`. Same seed and data give identical SIDs.
@@ -332,6 +343,8 @@ impl<'a> Trainer<'a> {
             ctl: TrainControl::default(),
             done: 0,
             total: 0,
+            log_q_items: log_share(prep.item_count.iter().copied()),
+            log_q_users: log_share(prep.user_items.iter().map(|v| v.len() as f32)),
         })
     }
 
@@ -822,8 +835,16 @@ impl Trainer<'_> {
             terms.push((w, info_nce(&z_i, &i_cf, is, is, &ones, tau)?));
         }
         if plan.align == Align::Joint && c.align_u2i {
-            terms.push((c.w_u2i, info_nce(&z_u, &i_cf, us, is, &ones, tau)?));
-            terms.push((c.w_u2i, info_nce(&z_i, &u_cf, is, us, &ones, tau)?));
+            let pick = |t: &[f32], ids: &[u32]| -> Vec<f32> {
+                ids.iter().map(|&k| t[k as usize]).collect()
+            };
+            let (q_u, q_i) = (pick(&self.log_q_users, us), pick(&self.log_q_items, is));
+            let (ui, iu) = (
+                c.align_logq.then_some((&q_u[..], &q_i[..])),
+                c.align_logq.then_some((&q_i[..], &q_u[..])),
+            );
+            terms.push((c.w_u2i, info_nce_q(&z_u, &i_cf, us, is, &ones, tau, ui)?));
+            terms.push((c.w_u2i, info_nce_q(&z_i, &u_cf, is, us, &ones, tau, iu)?));
         }
         if plan.align == Align::Joint && self.cfg.align_co {
             let (z_ip, z_up) = (qi.z_align.narrow(0, p0, n)?, qu.z_align.narrow(0, p0, n)?);
