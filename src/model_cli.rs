@@ -3,7 +3,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use sidb::eval::{evaluate_with_progress, markdown_table, EvalOptions};
-use sidb::model::{data::load_dataset, sid::dedup_suffixes, DasConfig, Method, TrainingData};
+use sidb::model::data::{load_dataset, Prepared};
+use sidb::model::sid::{churn, dedup_suffixes};
+use sidb::model::{align_codes, DasConfig, Method, TrainControl, TrainedModel, TrainingData};
 
 /// Model settings shared by `train` and `eval`.
 #[derive(clap::Args)]
@@ -39,6 +41,11 @@ pub struct TrainArgs {
     /// Output directory.
     #[arg(long)]
     out: PathBuf,
+    /// A model directory written by an earlier `sidb train` to warm-start from, as the server's
+    /// retrains do: the new codebooks are then matched to the old ones and the churn of the item
+    /// SIDs against that model is printed.
+    #[arg(long)]
+    warm_start: Option<PathBuf>,
 }
 
 /// `sidb eval`.
@@ -46,8 +53,8 @@ pub struct TrainArgs {
 pub struct EvalArgs {
     #[command(flatten)]
     args: ModelArgs,
-    /// Comma-separated methods (das, das-no-u2i, das-no-self, das-no-co, das-no-debias, rqvae,
-    /// rqkmeans, two-stage, cf, popularity).
+    /// Comma-separated methods (das, das-no-u2i, das-no-self, das-no-co, das-no-debias,
+    /// das-no-logq, rqvae, rqkmeans, two-stage, cf, popularity).
     #[arg(long, default_value = "das,rqvae,rqkmeans,two-stage,cf,popularity")]
     methods: String,
     /// JSON report path.
@@ -58,7 +65,7 @@ pub struct EvalArgs {
 /// Runs `sidb train`.
 pub fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
     set_threads(a.args.threads);
-    train(&a.args, &a.method, &a.out)
+    train(&a.args, &a.method, &a.out, a.warm_start.as_deref())
 }
 
 /// Runs `sidb eval`.
@@ -89,7 +96,12 @@ pub(crate) fn set_threads(n: usize) {
     }
 }
 
-fn train(args: &ModelArgs, method: &str, out: &Path) -> anyhow::Result<()> {
+fn train(
+    args: &ModelArgs,
+    method: &str,
+    out: &Path,
+    warm_start: Option<&Path>,
+) -> anyhow::Result<()> {
     let cfg = config(args)?;
     let ds = load_dataset(&args.data)?;
     let ratings: Vec<_> = ds
@@ -100,9 +112,31 @@ fn train(args: &ModelArgs, method: &str, out: &Path) -> anyhow::Result<()> {
         .collect();
     let data: TrainingData = ds.training_data(&ratings);
     let method: Method = method.parse()?;
-    let (model, stats) = sidb::model::train(&data, method, &cfg)?;
+    let prev = warm_start
+        .map(|d| TrainedModel::load(d).with_context(|| format!("loading {}", d.display())))
+        .transpose()?;
+    let ctl = TrainControl {
+        warm_start: prev.as_ref(),
+        ..Default::default()
+    };
+    cfg.validate()?;
+    let prep = Prepared::new(&data, cfg.recency_half_life_days)?;
+    let (mut model, stats) = sidb::model::train_with(&prep, method, &cfg, &ctl)?;
+    if let Some(prev) = &prev {
+        align_codes(&mut model, prev)?;
+    }
     model.save(out)?;
     let items = model.encode_items(&ds.item_emb)?;
+    if let Some(prev) = &prev {
+        let old = prev.encode_items(&ds.item_emb)?;
+        let c = churn(&old.codes, &items.codes, cfg.levels);
+        println!(
+            "item SID churn against {}: per level (prefix length 1..{}) {:?}",
+            warm_start.unwrap_or(Path::new("")).display(),
+            cfg.levels,
+            c.per_level
+        );
+    }
     let suffix = dedup_suffixes(&items.codes, cfg.levels);
     let mut tsv = String::from("item_idx\titem_key\tsid\tsuffix\n");
     for (i, (codes, s)) in items.codes.chunks(cfg.levels).zip(suffix).enumerate() {

@@ -230,12 +230,26 @@ impl RqVae {
 
     /// Inference: codes (`n x L`, row-major) and `z` (`n x D`) for `x` (`n x in_dim`), in chunks.
     pub fn encode(&self, x: &[f32]) -> Result<(Vec<u32>, Vec<f32>)> {
+        self.encode_with(x, true)
+    }
+
+    /// The encoder outputs `h` (before quantization) of the rows of `x`, row-major `n x D`.
+    pub fn encoder_outputs(&self, x: &[f32]) -> Result<Vec<f32>> {
+        Ok(self.encode_with(x, false)?.1)
+    }
+
+    /// Codes and `z` when `quantize`, else no codes and `h`.
+    fn encode_with(&self, x: &[f32], quantize: bool) -> Result<(Vec<u32>, Vec<f32>)> {
         let d = self.shape.in_dim;
         let mut codes = Vec::with_capacity(x.len() / d * self.shape.levels);
         let mut zs = Vec::with_capacity(x.len() / d * self.shape.code_dim);
         for chunk in x.chunks(4096 * d) {
             let xt = Tensor::from_slice(chunk, (chunk.len() / d, d), &Device::Cpu)?;
             let h = self.enc.forward(&xt)?;
+            if !quantize {
+                zs.extend(h.flatten_all()?.to_vec1::<f32>()?);
+                continue;
+            }
             let (c, z) = self.quantize_h(&h)?;
             codes.extend(c);
             zs.extend(z.flatten_all()?.to_vec1::<f32>()?);

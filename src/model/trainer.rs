@@ -178,8 +178,8 @@ pub fn train_prepared(
 ///   previous codebooks instead of k-means++;
 /// - the ICDM ID tables are new, sized by the current entity counts (entity indexes are not
 ///   stable across data snapshots). `u_con` / `i_pop` start random as usual, but the debiased
-///   vectors `u_int` / `i_pro` start at the previous version's quantized vectors `z` of the
-///   current entities (`seed_cf_from_codes`): random ones would span a new orientation and the
+///   vectors `u_int` / `i_pro` start at the previous version's encoder outputs `h` of the
+///   current entities (`seed_cf_from_encoder`): random ones would span a new orientation and the
 ///   alignment would turn the whole code space after them. Measured on the planted synthetic data
 ///   (8 groups, 8 codes): level-1 churn after warm start + [`crate::model::align_codes`] is
 ///   0.4 % with these tables, 63 % with random ones (a cold retrain: 67 %). The alignment
@@ -218,7 +218,7 @@ pub fn train_with(
     work.x_item = center_rows(&prep.x_item, prep.item_dim, &model.item_mean);
     work.x_user = center_rows(&prep.x_user, prep.user_dim, &model.user_mean);
     if let Some(prev) = warm {
-        seed_cf_from_codes(&mut model, prev, &work)?;
+        seed_cf_from_encoder(&mut model, prev, &work)?;
     }
     let scaled;
     let cfg = match warm {
@@ -244,12 +244,18 @@ pub fn train_with(
 }
 
 /// Starts the debiased ID vectors (`i_pro`, `u_int`) of a warm start at the previous version's
-/// quantized vectors `z` of the current entities. Fresh random ID vectors would span an
-/// arbitrary new orientation, and the alignment would then turn the whole code space (and every
-/// code assignment) to follow it; started at `z`, the CF space the codes align with keeps the
+/// encoder outputs `h` of the current entities. Fresh random ID vectors would span an arbitrary
+/// new orientation, and the alignment would then turn the whole code space (and every code
+/// assignment) to follow it; started at `h`, the CF space the codes align with keeps the
 /// previous orientation. The tables are still sized by the current entity counts and indexed by
 /// the current entities (their inputs are encoded here), so no index needs to be stable.
-fn seed_cf_from_codes(
+///
+/// `h`, not the quantized `z`: entities that shared a full code tuple share one `z`, so seeding
+/// from `z` started them with identical CF vectors, which the self alignment then held together.
+/// On MovieLens-1M (seed 42, v1 1,500 steps with 10.97 % collisions, warm retrain 750 steps):
+/// seeded from `z` the retrain had 11.54 % collisions, from `h` 10.35 %, at level-1 churn 3.5 %
+/// and 3.8 %.
+fn seed_cf_from_encoder(
     model: &mut TrainedModel,
     prev: &TrainedModel,
     work: &Prepared,
@@ -258,10 +264,10 @@ fn seed_cf_from_codes(
         return Ok(());
     };
     if let Some(q) = &prev.item_q {
-        icdm.i_pro.data = q.encode(&work.x_item)?.1;
+        icdm.i_pro.data = q.encoder_outputs(&work.x_item)?;
     }
     if let Some(q) = &prev.user_q {
-        icdm.u_int.data = q.encode(&work.x_user)?.1;
+        icdm.u_int.data = q.encoder_outputs(&work.x_user)?;
     }
     Ok(())
 }
