@@ -212,6 +212,11 @@ pub struct TrainingConfig {
     /// no serving thread wants it (a retrain takes longer under load, serving does not wait).
     /// Default true.
     pub sched_idle: bool,
+    /// While the server is answering requests, a training runs at most this share of the time:
+    /// after a step during which requests arrived it sleeps `step time x (1 - duty) / duty`
+    /// (at most 1 s), so serving gets idle cores, not only lower priority. 1 = no pacing; a
+    /// retrain takes up to 1 / duty times longer under steady load. Default 0.5.
+    pub serving_duty: f64,
     /// Weight of the warm-start stability anchor (see `model::DasConfig::stability_weight`):
     /// higher keeps more codes across retrains, 0 lets a retrain move freely. Default 10.
     pub stability_weight: f64,
@@ -240,6 +245,7 @@ impl Default for TrainingConfig {
             threads: 1,
             nice: 10,
             sched_idle: true,
+            serving_duty: 0.5,
             stability_weight: 10.0,
             keep_versions: 3,
             steps: 0,
@@ -370,6 +376,12 @@ impl Config {
                 t.nice
             )));
         }
+        if !(t.serving_duty > 0.0 && t.serving_duty <= 1.0) {
+            return Err(ConfigError::Invalid(format!(
+                "training.serving_duty: expected a number in (0, 1], got {}",
+                t.serving_duty
+            )));
+        }
         if !(t.stability_weight.is_finite() && t.stability_weight >= 0.0) {
             return Err(ConfigError::Invalid(format!(
                 "training.stability_weight: expected a number >= 0, got {}",
@@ -486,5 +498,11 @@ mod tests {
         assert!(e.to_string().contains("flush_interval_ms"), "{e}");
         let e = Config::load(None, env(&[("SIDB__LOG__FORMAT", "xml")])).unwrap_err();
         assert!(e.to_string().contains("log.format"), "{e}");
+        for duty in ["0", "1.5", "-0.5"] {
+            let e = Config::load(None, env(&[("SIDB__TRAINING__SERVING_DUTY", duty)])).unwrap_err();
+            assert!(e.to_string().contains("training.serving_duty"), "{e}");
+        }
+        let c = Config::load(None, env(&[("SIDB__TRAINING__SERVING_DUTY", "1")])).expect("1 = off");
+        assert_eq!(c.training.serving_duty, 1.0);
     }
 }

@@ -106,6 +106,7 @@ impl Engine {
         let retrieval = Arc::new(r);
         let training = Arc::new(config.training.clone());
         let trainers = Trainers::start(TrainCtx {
+            activity: Arc::default(),
             store: store.clone(),
             indexes: Arc::clone(&indexes),
             retrieval: Arc::clone(&retrieval),

@@ -7,7 +7,9 @@
 //!   `min_interval_secs` passed since the last training ended, and no write came for
 //!   `quiet_secs` (a bulk load is trained on whole); or when `TriggerTraining` asks.
 //! - **One training at a time**, on the scheduler thread, with candle's kernels in a rayon pool
-//!   of `training.threads` (default 1): serving keeps the other cores.
+//!   of `training.threads` (default 1): serving keeps the other cores. The pool runs at
+//!   `training.nice` under `SCHED_IDLE`, and while requests arrive it is paced to
+//!   `training.serving_duty` of the time ([`Pacer`]), so serving also gets idle cores.
 //! - **Warm start and stable codes:** a retrain starts from the active version's quantizers and
 //!   its new codebooks are matched to the old ones level by level (`model::align_codes`), so code
 //!   numbers keep their meaning; the churn against the previous version is in the report.
@@ -19,7 +21,7 @@
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -113,6 +115,8 @@ impl Slot {
 /// Everything a training needs from the engine.
 #[derive(Clone)]
 pub struct TrainCtx {
+    /// Requests served (pacing).
+    pub activity: Arc<Activity>,
     /// The store.
     pub store: Store,
     /// The retrieval states (one per collection).
@@ -123,6 +127,64 @@ pub struct TrainCtx {
     pub training: Arc<TrainingConfig>,
     /// Data directory (checkpoints).
     pub data_dir: PathBuf,
+}
+
+/// Requests the server has started (every RPC through the engine counts); the trainer's
+/// [`Pacer`] watches it to see whether the server is busy.
+#[derive(Debug, Default)]
+pub struct Activity(AtomicU64);
+
+impl Activity {
+    /// Counts one request.
+    pub fn note(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Paces a training while the server is busy: after a step during which requests arrived, it
+/// sleeps so that training runs at most `duty` of the time (each pause at most 1 s, so a cancel
+/// is still seen quickly). `SCHED_IDLE` alone gives serving priority on a core, but a core busy
+/// with the trainer still slowed the serving threads next to it (Search p99 2.1x its idle value
+/// on the 2-core machine); pauses give serving idle cores.
+struct Pacer<'a> {
+    activity: &'a Activity,
+    duty: f64,
+    /// Requests seen at the last step, the end of the last pause, and the time slept so far.
+    state: std::sync::Mutex<(u64, Instant, Duration)>,
+}
+
+impl<'a> Pacer<'a> {
+    fn new(activity: &'a Activity, duty: f64) -> Self {
+        Pacer {
+            activity,
+            duty,
+            state: std::sync::Mutex::new((activity.count(), Instant::now(), Duration::ZERO)),
+        }
+    }
+
+    /// Called after each training step.
+    fn pace(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = self.activity.count();
+        if self.duty < 1.0 && seen != st.0 {
+            let ran = st.1.elapsed();
+            let pause = ran
+                .mul_f64((1.0 - self.duty) / self.duty)
+                .min(Duration::from_secs(1));
+            std::thread::sleep(pause);
+            st.2 += pause;
+        }
+        st.0 = seen;
+        st.1 = Instant::now();
+    }
+
+    fn slept(&self) -> Duration {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).2
+    }
 }
 
 /// The background trainer of every collection.
@@ -461,15 +523,19 @@ impl Trainers {
         let warm = prev
             .as_ref()
             .filter(|p| p.info.users_from_profiles == users_from_profiles);
+        let pacer = Pacer::new(&ctx.activity, ctx.training.serving_duty);
+        let pace = || pacer.pace();
         let ctl = TrainControl {
             cancel: Some(&slot.cancel),
             progress: Some(&progress),
             warm_start: warm.map(|p| &p.model),
+            pace: Some(&pace),
         };
         let (mut model, stats) = self
             .pool
             .install(|| das::train_with(&prep, Method::Das, &cfg, &ctl))
             .map_err(models_err)?;
+        tracing::info!(collection = %coll.entry.name, seconds = started.elapsed().as_secs_f64(), paused_s = pacer.slept().as_secs_f64(), "training done (paused while serving: paused_s)");
         if let Some(p) = warm {
             if let Err(e) = das::align_codes(&mut model, &p.model) {
                 tracing::warn!(collection = %coll.entry.name, error = %e, "codes of the new version not matched to the previous one");
@@ -630,6 +696,11 @@ pub struct VersionInfo {
 }
 
 impl super::Engine {
+    /// Counts one request the server started (the trainer paces itself while requests come).
+    pub fn note_request(&self) {
+        self.trainers.ctx.activity.note();
+    }
+
     /// `TriggerTraining`.
     pub fn trigger_training(&self, collection: &str) -> Result<TrainingStatus> {
         let coll = self.store.collection(collection)?;
@@ -750,4 +821,43 @@ impl super::Engine {
 fn parse_report(json: &str, version: u64) -> Result<ModelReport> {
     serde_json::from_str(json)
         .map_err(|e| Error::DataLoss(format!("report of model version {version}: {e}")))
+}
+
+#[cfg(test)]
+mod pacer_tests {
+    use super::*;
+
+    /// Runs "a step" of `work`, with `requests` arriving during it, then paces; returns the pause.
+    fn step(p: &Pacer, a: &Activity, work: Duration, requests: usize) -> Duration {
+        std::thread::sleep(work);
+        for _ in 0..requests {
+            a.note();
+        }
+        let before = p.slept();
+        p.pace();
+        p.slept() - before
+    }
+
+    #[test]
+    fn pauses_only_while_requests_arrive_and_in_proportion_to_the_step() {
+        let a = Activity::default();
+        let p = Pacer::new(&a, 0.25);
+        let work = Duration::from_millis(20);
+        assert_eq!(
+            step(&p, &a, work, 0),
+            Duration::ZERO,
+            "idle server: no pause"
+        );
+        let paused = step(&p, &a, work, 3);
+        // (1 - 0.25) / 0.25 = 3 step times (the step took at least `work`)
+        assert!(paused >= work * 3, "{paused:?}");
+        assert!(paused <= Duration::from_secs(1), "capped: {paused:?}");
+        assert_eq!(step(&p, &a, work, 0), Duration::ZERO, "requests stopped");
+        // a long step pauses at most 1 s
+        let long = step(&p, &a, Duration::from_millis(400), 1);
+        assert_eq!(long, Duration::from_secs(1));
+        // duty 1 never pauses
+        let off = Pacer::new(&a, 1.0);
+        assert_eq!(step(&off, &a, work, 5), Duration::ZERO);
+    }
 }

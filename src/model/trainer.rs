@@ -90,6 +90,9 @@ pub struct TrainControl<'a> {
     pub progress: Option<&'a (dyn Fn(&Progress) + Sync)>,
     /// The previous version to start from, if compatible (see [`train_with`]).
     pub warm_start: Option<&'a TrainedModel>,
+    /// Called on the training thread after every progress step; a background trainer paces
+    /// itself here (sleeps while the server is busy).
+    pub pace: Option<&'a (dyn Fn() + Sync)>,
 }
 
 impl std::fmt::Debug for TrainControl<'_> {
@@ -98,6 +101,7 @@ impl std::fmt::Debug for TrainControl<'_> {
             .field("cancel", &self.cancel)
             .field("progress", &self.progress.is_some())
             .field("warm_start", &self.warm_start.map(|m| m.meta.method))
+            .field("pace", &self.pace.is_some())
             .finish()
     }
 }
@@ -365,6 +369,9 @@ impl<'a> Trainer<'a> {
     /// Counts one progress step of `stage`; reports every 10th step and the stage's last.
     fn tick(&mut self, stage: &'static str, stage_end: bool) {
         self.done += 1;
+        if let Some(pace) = self.ctl.pace {
+            pace();
+        }
         let Some(report) = self.ctl.progress else {
             return;
         };
@@ -1165,9 +1172,18 @@ mod tests {
             warm_start: Some(&model),
             ..TrainControl::default()
         };
+        let paced = std::sync::atomic::AtomicUsize::new(0);
+        let pace = || {
+            paced.fetch_add(1, Ordering::Relaxed);
+        };
+        let warm = TrainControl {
+            pace: Some(&pace),
+            ..warm
+        };
         let (_, seen) = recorded(&prep, Method::Das, &cfg, warm);
         let last = seen.last().expect("reports");
         assert_eq!((last.step, last.total_steps), (35, 35));
+        assert_eq!(paced.load(Ordering::Relaxed), 35, "paced after every step");
         let (_, seen) = recorded(&prep, Method::RqKMeans, &cfg, TrainControl::default());
         assert_eq!(
             seen.iter()
@@ -1192,7 +1208,7 @@ mod tests {
         let ctl = TrainControl {
             cancel: Some(&cancel),
             progress: Some(&progress),
-            warm_start: None,
+            ..TrainControl::default()
         };
         let out = train_with(&prep, Method::Das, &cfg, &ctl);
         assert!(matches!(out, Err(ModelError::Cancelled)), "{out:?}");

@@ -34,10 +34,13 @@ impl EngineSlot {
         self.0.swap(None)
     }
 
+    /// The engine, for one request (counted: the trainer paces itself while requests come).
     fn get(&self) -> Result<Arc<Engine>, Status> {
-        self.0.load_full().ok_or_else(|| {
+        let engine = self.0.load_full().ok_or_else(|| {
             Status::unavailable("sidb is starting up (recovering) or shutting down; retry")
-        })
+        })?;
+        engine.note_request();
+        Ok(engine)
     }
 }
 
