@@ -60,6 +60,10 @@ pub struct EvalArgs {
     /// JSON report path.
     #[arg(long)]
     out: PathBuf,
+    /// Score each user's validation pair (second-last positive) instead of the test pair: for
+    /// choosing settings without looking at the test set.
+    #[arg(long)]
+    on_validation: bool,
 }
 
 /// Runs `sidb train`.
@@ -71,7 +75,7 @@ pub fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
 /// Runs `sidb eval`.
 pub fn run_eval(a: &EvalArgs) -> anyhow::Result<()> {
     set_threads(a.args.threads);
-    eval(&a.args, &a.methods, &a.out)
+    eval(&a.args, &a.methods, &a.out, a.on_validation)
 }
 
 fn config(args: &ModelArgs) -> anyhow::Result<DasConfig> {
@@ -164,10 +168,11 @@ fn train(
     Ok(())
 }
 
-fn eval(args: &ModelArgs, methods: &str, out: &Path) -> anyhow::Result<()> {
+fn eval(args: &ModelArgs, methods: &str, out: &Path, on_validation: bool) -> anyhow::Result<()> {
     let opts = EvalOptions {
         config: config(args)?,
         min_rating: args.min_rating,
+        on_validation,
         ..EvalOptions::default()
     };
     let ds = load_dataset(&args.data)?;

@@ -35,6 +35,9 @@ pub struct EvalOptions {
     pub min_bucket: usize,
     /// Test items with at most this many train positives form the cold slice. Default 5.
     pub cold_max: usize,
+    /// Score the validation pairs (each user's second-last positive) instead of the test pairs,
+    /// to choose settings without looking at the test set. Default false.
+    pub on_validation: bool,
 }
 
 impl Default for EvalOptions {
@@ -44,6 +47,7 @@ impl Default for EvalOptions {
             min_rating: 4.0,
             min_bucket: 50,
             cold_max: 5,
+            on_validation: false,
         }
     }
 }
@@ -103,6 +107,10 @@ pub struct MethodResult {
 pub struct EvalReport {
     /// Dataset name.
     pub dataset: String,
+    /// The held-out pairs scored: `test` (each user's last positive) or `validation` (the one
+    /// before it).
+    #[serde(default)]
+    pub holdout: String,
     /// One entry per method, in the order asked.
     pub results: Vec<MethodResult>,
 }
@@ -162,7 +170,11 @@ pub fn evaluate_with_progress(
     opts: &EvalOptions,
     progress: &mut dyn FnMut(&EvalReport),
 ) -> Result<EvalReport> {
-    let split = split::split(&ds.ratings, ds.n_users, opts.min_rating, opts.config.seed);
+    let mut split = split::split(&ds.ratings, ds.n_users, opts.min_rating, opts.config.seed);
+    if opts.on_validation {
+        // the test pairs stay out of training either way; only the held-out pairs scored change
+        split.test = split.valid.clone();
+    }
     if split.test.is_empty() {
         return Err(ModelError::InvalidData(
             "no user has 3 positives: nothing to test".into(),
@@ -186,6 +198,10 @@ pub fn evaluate_with_progress(
     };
     let mut report = EvalReport {
         dataset: ds.name.clone(),
+        holdout: match opts.on_validation {
+            true => "validation".into(),
+            false => "test".into(),
+        },
         results: Vec::new(),
     };
     for name in methods {
@@ -415,5 +431,21 @@ mod tests {
         let json = serde_json::to_value(&rep).expect("json");
         assert!(json["results"][0]["recall@10"].is_number());
         assert!(parse_method("nope", &DasConfig::default()).is_err());
+        assert_eq!(rep.holdout, "test");
+        let (_, c) = parse_method("das-no-logq", &DasConfig::default())
+            .expect("known")
+            .expect("trains");
+        assert!(!c.align_logq);
+        // the validation pairs: one per test user
+        let valid = EvalOptions {
+            on_validation: true,
+            ..opts.clone()
+        };
+        let pop = ["popularity".to_string()];
+        let v = evaluate(&ds, &pop, &valid).expect("eval");
+        assert_eq!(v.holdout, "validation");
+        assert_eq!(v.results[0].test_users, 128);
+        let sp = split::split(&ds.ratings, ds.n_users, opts.min_rating, opts.config.seed);
+        assert!(sp.valid.iter().zip(&sp.test).all(|(v, t)| v.0 == t.0));
     }
 }
