@@ -34,13 +34,19 @@ impl EngineSlot {
         self.0.swap(None)
     }
 
-    /// The engine, for one request (counted: the trainer paces itself while requests come).
+    /// The engine, for one data request (counted: the trainer paces itself while they come).
     fn get(&self) -> Result<Arc<Engine>, Status> {
-        let engine = self.0.load_full().ok_or_else(|| {
-            Status::unavailable("sidb is starting up (recovering) or shutting down; retry")
-        })?;
+        let engine = self.control()?;
         engine.note_request();
         Ok(engine)
+    }
+
+    /// The engine, for a control request (the Training service): not counted as serving load,
+    /// so following a training (`sidb training status` in a loop) does not slow it down.
+    fn control(&self) -> Result<Arc<Engine>, Status> {
+        self.0.load_full().ok_or_else(|| {
+            Status::unavailable("sidb is starting up (recovering) or shutting down; retry")
+        })
     }
 }
 

@@ -76,7 +76,7 @@ impl pb::training_server::Training for Api {
         &self,
         req: Request<pb::TriggerTrainingRequest>,
     ) -> Res<pb::TrainingStatus> {
-        let engine = self.slot.get()?;
+        let engine = self.slot.control()?;
         let s = engine
             .trigger_training(&req.into_inner().collection)
             .map_err(status)?;
@@ -87,7 +87,7 @@ impl pb::training_server::Training for Api {
         &self,
         req: Request<pb::GetTrainingStatusRequest>,
     ) -> Res<pb::TrainingStatus> {
-        let engine = self.slot.get()?;
+        let engine = self.slot.control()?;
         let s = engine
             .training_status(&req.into_inner().collection)
             .map_err(status)?;
@@ -95,7 +95,7 @@ impl pb::training_server::Training for Api {
     }
 
     async fn watch_training(&self, req: Request<pb::WatchTrainingRequest>) -> Res<StatusStream> {
-        let engine = self.slot.get()?;
+        let engine = self.slot.control()?;
         let rx = engine
             .watch_training(&req.into_inner().collection)
             .map_err(status)?;
@@ -109,7 +109,7 @@ impl pb::training_server::Training for Api {
         &self,
         req: Request<pb::ListModelVersionsRequest>,
     ) -> Res<pb::ListModelVersionsResponse> {
-        let engine = self.slot.get()?;
+        let engine = self.slot.control()?;
         let mut versions = engine
             .model_versions(&req.into_inner().collection)
             .await
@@ -124,7 +124,7 @@ impl pb::training_server::Training for Api {
         &self,
         req: Request<pb::ActivateModelVersionRequest>,
     ) -> Res<pb::ModelVersion> {
-        let engine = self.slot.get()?;
+        let engine = self.slot.control()?;
         let r = req.into_inner();
         let v = engine
             .activate_version(&r.collection, r.version)
@@ -137,7 +137,7 @@ impl pb::training_server::Training for Api {
         &self,
         req: Request<pb::GetModelReportRequest>,
     ) -> Res<pb::ModelReport> {
-        let engine = self.slot.get()?;
+        let engine = self.slot.control()?;
         let r = req.into_inner();
         let v = engine
             .model_report(&r.collection, r.version)
