@@ -116,27 +116,31 @@ fn train(
         .collect();
     let data: TrainingData = ds.training_data(&ratings);
     let method: Method = method.parse()?;
-    let prev = warm_start
-        .map(|d| TrainedModel::load(d).with_context(|| format!("loading {}", d.display())))
-        .transpose()?;
+    let prev = match warm_start {
+        Some(dir) => Some((
+            dir,
+            TrainedModel::load(dir).with_context(|| format!("loading {}", dir.display()))?,
+        )),
+        None => None,
+    };
     let ctl = TrainControl {
-        warm_start: prev.as_ref(),
+        warm_start: prev.as_ref().map(|p| &p.1),
         ..Default::default()
     };
-    cfg.validate()?;
+    cfg.validate()?; // before the half-life is used to prepare the data
     let prep = Prepared::new(&data, cfg.recency_half_life_days)?;
     let (mut model, stats) = sidb::model::train_with(&prep, method, &cfg, &ctl)?;
-    if let Some(prev) = &prev {
+    if let Some((_, prev)) = &prev {
         align_codes(&mut model, prev)?;
     }
     model.save(out)?;
     let items = model.encode_items(&ds.item_emb)?;
-    if let Some(prev) = &prev {
-        let old = prev.encode_items(&ds.item_emb)?;
-        let c = churn(&old.codes, &items.codes, cfg.levels);
+    if let Some((dir, prev)) = &prev {
+        let old = prev.encode_items(&ds.item_emb)?.codes;
+        let c = churn(&old, &items.codes, cfg.levels);
         println!(
             "item SID churn against {}: per level (prefix length 1..{}) {:?}",
-            warm_start.unwrap_or(Path::new("")).display(),
+            dir.display(),
             cfg.levels,
             c.per_level
         );

@@ -535,7 +535,7 @@ impl Trainers {
             .pool
             .install(|| das::train_with(&prep, Method::Das, &cfg, &ctl))
             .map_err(models_err)?;
-        tracing::info!(collection = %coll.entry.name, seconds = started.elapsed().as_secs_f64(), paused_s = pacer.slept().as_secs_f64(), "training done (paused while serving: paused_s)");
+        tracing::info!(collection = %coll.entry.name, seconds = started.elapsed().as_secs_f64(), paused_s = pacer.slept().as_secs_f64(), "training done; paused_s = pauses while serving");
         if let Some(p) = warm {
             if let Err(e) = das::align_codes(&mut model, &p.model) {
                 tracing::warn!(collection = %coll.entry.name, error = %e, "codes of the new version not matched to the previous one");

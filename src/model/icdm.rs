@@ -59,6 +59,15 @@ fn scalar(v: f32) -> Result<Tensor> {
     Ok(Tensor::new(v, &Device::Cpu)?)
 }
 
+/// `ln(count / total)` per entity: the log of the probability that a row sampled uniformly from
+/// the positives holds it, the logQ correction of an in-batch softmax (a count of 0 is taken as
+/// 1: such entities are never sampled).
+pub fn log_share(counts: impl Iterator<Item = f32>) -> Vec<f32> {
+    let c: Vec<f32> = counts.collect();
+    let total = c.iter().sum::<f32>().max(1.0);
+    c.iter().map(|&v| (v.max(1.0) / total).ln()).collect()
+}
+
 /// Row-wise cosine of two `B x d` tensors.
 pub fn row_cos(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok((l2n(a)? * l2n(b)?)?.sum(1)?)
@@ -115,7 +124,6 @@ impl Icdm {
         cfg: &DasConfig,
     ) -> Result<Self> {
         let (d, s, n_items) = (cfg.id_dim, 0.1, item_count.len());
-        let total: f32 = item_count.iter().sum::<f32>().max(1.0);
         Ok(Self {
             u_int: IdTable::new(n_users, d, s, rng),
             u_con: IdTable::new(n_users, d, s, rng),
@@ -125,10 +133,7 @@ impl Icdm {
             fuse_i: Mlp::new(p, rng, "icdm.fuse_i", &[2 * d, d, d])?,
             bias_u: Mlp::new(p, rng, "icdm.bias_u", &[2, cfg.bias_hidden, d])?,
             bias_i: Mlp::new(p, rng, "icdm.bias_i", &[3, cfg.bias_hidden, d])?,
-            log_pop: item_count
-                .iter()
-                .map(|&c| (c.max(1.0) / total).ln())
-                .collect(),
+            log_pop: log_share(item_count.iter().copied()),
         })
     }
 

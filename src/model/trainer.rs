@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::config::DasConfig;
 use super::das::{Method, ModelMeta, TrainedModel};
 use super::data::{center_rows, col_mean, Prepared, TrainingData};
-use super::icdm::IcdmOut;
+use super::icdm::{log_share, IcdmOut};
 use super::mdam::{info_nce, info_nce_q, sample_partners};
 use super::nn::rng_for;
 use super::rqvae::{QuantOut, QuantRows, RqVae};
@@ -138,13 +138,6 @@ struct Trainer<'a> {
     /// uniformly, so it is the entity's share of them): the logQ correction of the alignment.
     log_q_items: Vec<f32>,
     log_q_users: Vec<f32>,
-}
-
-/// `ln(count / total)` per entity (a count of 0 is taken as 1: such rows are never sampled).
-fn log_share(counts: impl Iterator<Item = f32>) -> Vec<f32> {
-    let c: Vec<f32> = counts.collect();
-    let total = c.iter().sum::<f32>().max(1.0);
-    c.iter().map(|&v| (v.max(1.0) / total).ln()).collect()
 }
 
 /// Trains `method` on `data` with `cfg`. Same seed and data give identical SIDs.

@@ -175,6 +175,18 @@ pub async fn sids(
         .map(|r| r.into_inner())
 }
 
+/// `ListModelVersions` of `coll`, newest first.
+pub async fn model_versions(ch: &Channel, coll: &str) -> Vec<pb::ModelVersion> {
+    TrainingClient::new(ch.clone())
+        .list_model_versions(pb::ListModelVersionsRequest {
+            collection: coll.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .versions
+}
+
 fn ids(prefix: &str, n: usize, width: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i:0width$}")).collect()
 }
@@ -293,14 +305,7 @@ async fn training_publishes_versions_assigns_online_and_rolls_back() {
     .await
     .unwrap();
     wait_active(&ch, coll, 2, Duration::from_secs(300)).await;
-    let versions = t
-        .list_model_versions(pb::ListModelVersionsRequest {
-            collection: coll.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .versions;
+    let versions = model_versions(&ch, coll).await;
     let listed: Vec<(u64, bool)> = versions.iter().map(|v| (v.version, v.active)).collect();
     assert_eq!(listed, vec![(2, true), (1, false)]);
     let rep = t

@@ -8,7 +8,9 @@ use sidb::proto as pb;
 use tonic::transport::Channel;
 
 use crate::common::*;
-use crate::training::{load_planted, sids, wait_active, wait_status, TrainingClient};
+use crate::training::{
+    load_planted, model_versions, sids, wait_active, wait_status, TrainingClient,
+};
 
 /// Quick training settings for the binary (automatic training when `auto`).
 const QUICK: [(&str, &str); 9] = [
@@ -57,14 +59,7 @@ async fn assert_one_version(ch: &Channel, coll: &str, items: &[String], active: 
         .unwrap()
         .into_inner();
     assert_eq!(info.active_model_version, active);
-    let versions = TrainingClient::new(ch.clone())
-        .list_model_versions(pb::ListModelVersionsRequest {
-            collection: coll.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .versions;
+    let versions = model_versions(ch, coll).await;
     let act: Vec<u64> = versions
         .iter()
         .filter(|v| v.active)
