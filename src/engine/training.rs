@@ -701,6 +701,11 @@ impl super::Engine {
         self.trainers.ctx.activity.note();
     }
 
+    /// Requests counted as serving load so far (what the trainer's pacing watches).
+    pub fn requests_noted(&self) -> u64 {
+        self.trainers.ctx.activity.count()
+    }
+
     /// `TriggerTraining`.
     pub fn trigger_training(&self, collection: &str) -> Result<TrainingStatus> {
         let coll = self.store.collection(collection)?;

@@ -349,6 +349,36 @@ mod tests {
         assert!(s.message().contains("starting up"));
     }
 
+    #[tokio::test]
+    async fn data_requests_count_as_serving_load_and_training_requests_do_not() {
+        // The trainer pauses while requests are counted; following a training must not do that.
+        use pb::training_server::Training;
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::default();
+        config.storage.data_dir = dir.path().to_path_buf();
+        let slot = EngineSlot::default();
+        slot.set(Engine::open(&config).unwrap());
+        let api = Api::new(slot.clone());
+        let noted = || slot.control().unwrap().requests_noted();
+        let before = noted();
+        let coll = || "c".to_string();
+        let _ = api
+            .get_training_status(Request::new(pb::GetTrainingStatusRequest {
+                collection: coll(),
+            }))
+            .await;
+        let _ = api
+            .list_model_versions(Request::new(pb::ListModelVersionsRequest {
+                collection: coll(),
+            }))
+            .await;
+        assert_eq!(noted(), before, "Training RPCs were counted as load");
+        api.list_collections(Request::new(pb::ListCollectionsRequest {}))
+            .await
+            .unwrap();
+        assert_eq!(noted(), before + 1, "a data RPC was not counted");
+    }
+
     #[test]
     fn tonic_size_errors_become_resource_exhausted() {
         let s = Status::out_of_range(
