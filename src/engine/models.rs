@@ -2,8 +2,8 @@
 //! write time, publication (a new version, or a rollback to a kept one) and pruning.
 //!
 //! # Publishing a version (atomic)
-//! [`publish`] takes a [`Snapshot`] (the entities and interactions at a write sequence) and a
-//! model:
+//! [`publish`] takes a [`Snapshot`] (the entities, read while writes go on, and the interactions
+//! up to the sequence at which that read began) and a model:
 //! 1. the checkpoint goes to `models/<collection id>/<version>/` (written to a `.tmp` sibling,
 //!    fsync'ed, renamed);
 //! 2. every snapshot entity is encoded; the SIDs (with dedup suffixes, kept from an earlier
@@ -213,8 +213,12 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Reads the collection: entities under the writer lock (exactly at one sequence), then the
-    /// logged interactions up to that sequence.
+    /// Reads the collection: the entities while writes go on (a snapshot of a large collection
+    /// must not hold the writer for seconds), then the logged interactions up to the sequence
+    /// at which that scan began. An entity written during the scan may be read in its old or
+    /// its new state: callers start the index's tracking of written entities before taking a
+    /// snapshot ([`CollectionIndex::start_tracking`]), and publication re-encodes those from
+    /// their newest state under the writer lock.
     pub fn take(store: &Store, coll: &Collection) -> Result<Snapshot> {
         let cfg = coll.config();
         let mut s = Snapshot {
@@ -224,7 +228,7 @@ impl Snapshot {
         };
         let mut user_x = Vec::new();
         let mut all_users_have_vectors = cfg.user_dim > 0;
-        s.seq = store.scan_entities(coll, |e| {
+        s.seq = store.scan_entities_live(coll, |e| {
             match e {
                 Scanned::Item(x) => {
                     s.item_ids.push(Arc::from(x.id.as_str()));

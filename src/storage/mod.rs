@@ -447,9 +447,32 @@ impl Store {
     pub fn scan_entities(
         &self,
         coll: &Collection,
-        mut f: impl FnMut(Scanned) -> Result<()>,
+        f: impl FnMut(Scanned) -> Result<()>,
     ) -> Result<u64> {
         let meta = coll.writer.lock();
+        Self::scan_entity_records(coll, f)?;
+        Ok(meta.stats.last_sequence)
+    }
+
+    /// [`Store::scan_entities`] without holding writes off: at a million items the scan takes
+    /// seconds, and every write of the collection would wait for it. Returns the last applied
+    /// sequence when the scan began: the scan reflects every write up to it, and may or may
+    /// not reflect each later one, so the caller must record the entities written from before
+    /// the scan on and catch up on them itself (as publishing a model version does).
+    pub fn scan_entities_live(
+        &self,
+        coll: &Collection,
+        f: impl FnMut(Scanned) -> Result<()>,
+    ) -> Result<u64> {
+        let seq = coll.writer.lock().stats.last_sequence;
+        Self::scan_entity_records(coll, f)?;
+        Ok(seq)
+    }
+
+    fn scan_entity_records(
+        coll: &Collection,
+        mut f: impl FnMut(Scanned) -> Result<()>,
+    ) -> Result<()> {
         for kv in coll.tree.scan_prefix([tag::ITEM]) {
             let (_, v) = kv?;
             f(Scanned::Item(codec::decode_value(
@@ -466,7 +489,7 @@ impl Store {
                 codec::get_user,
             )?))?;
         }
-        Ok(meta.stats.last_sequence)
+        Ok(())
     }
 
     /// Up to `limit` interactions of a user, newest first, strictly older than `before` when

@@ -121,3 +121,55 @@ proptest! {
         store.close().unwrap();
     }
 }
+
+#[test]
+fn a_live_entity_scan_lets_writes_through_and_a_locked_one_holds_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(Store::open(dir.path(), options()).unwrap());
+    let config = CollectionConfig {
+        item_modalities: vec![Modality {
+            name: "t".into(),
+            dim: 1,
+        }],
+        user_dim: 0,
+        metric: Metric::Cosine,
+        sid_levels: 3,
+        sid_codebook_size: 0,
+    };
+    store.create_collection("m", config, 1).unwrap();
+    let coll = store.collection("m").unwrap();
+    let upsert = |id: u8| WriteOp::UpsertItems(vec![item(id, 1)]);
+    store.write(&coll, upsert(0), Durability::Buffered).unwrap();
+    // A write issued from inside the scan's callback, on another thread: it completes within
+    // the callback when the scan does not hold writes off, and only after the scan otherwise.
+    let write_during_scan = |live: bool, id: u8| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (s2, c2) = (std::sync::Arc::clone(&store), coll.clone());
+        let mut writer = None;
+        let mut done_within = None;
+        let scan = |_: super::Scanned| {
+            if writer.is_none() {
+                let (s2, c2, tx) = (std::sync::Arc::clone(&s2), c2.clone(), tx.clone());
+                writer = Some(std::thread::spawn(move || {
+                    let w = s2.write(&c2, upsert(id), Durability::Buffered).unwrap().0;
+                    tx.send(w.sequence).unwrap();
+                }));
+                done_within = Some(rx.recv_timeout(Duration::from_millis(500)).is_ok());
+            }
+            Ok(())
+        };
+        let seq = if live {
+            store.scan_entities_live(&coll, scan).unwrap()
+        } else {
+            store.scan_entities(&coll, scan).unwrap()
+        };
+        writer.take().unwrap().join().unwrap();
+        (seq, done_within.unwrap())
+    };
+    let (seq, through) = write_during_scan(true, 1);
+    assert!(through, "a write waited for a live scan");
+    assert_eq!(seq, 1, "a live scan reports the sequence it began at");
+    let (seq, through) = write_during_scan(false, 2);
+    assert!(!through, "a write went through a locked scan");
+    assert_eq!(seq, 2, "a locked scan reports the sequence it reflects");
+}
