@@ -49,6 +49,13 @@ pub struct DasConfig {
     pub tau_cf: f64,
     /// Temperature of the MDAM InfoNCE. Default 0.1.
     pub tau_align: f64,
+    /// Temperature of the dual self terms (z_u<->u_int, z_i<->i_pro). At `tau_align` (0.1)
+    /// the self InfoNCE is instance discrimination: each `z` must single out its own CF vector
+    /// among the batch's, which competes with the user-to-item terms for what a few shared
+    /// codes can express; at 0.3 it is a softer pull towards the own vector. Chosen on the
+    /// validation split of MovieLens-1M over seeds 42 and 43 (`sidb eval --on-validation`):
+    /// R@10 of `z_u . z_i` 0.0683 / 0.0650 at 0.3 against 0.0572 / 0.0638 at 0.1. Default 0.3.
+    pub tau_self: f64,
     /// Weight of the CF loss `alpha`. Default 1.0.
     pub alpha: f64,
     /// Weight of the alignment loss `beta`. Default 0.5.
@@ -145,6 +152,7 @@ impl Default for DasConfig {
             bias_hidden: 16,
             tau_cf: 0.1,
             tau_align: 0.1,
+            tau_self: 0.3,
             alpha: 1.0,
             beta: 0.5,
             w_bias: 0.1,
@@ -208,6 +216,7 @@ impl DasConfig {
         }
         if self.tau_cf <= 0.0
             || self.tau_align <= 0.0
+            || self.tau_self <= 0.0
             || self.lr <= 0.0
             || self.lr_id <= 0.0
             || self.warm_lr_scale <= 0.0
@@ -244,11 +253,18 @@ mod tests {
     }
 
     #[test]
-    fn validate_rejects_inconsistent_dims() {
+    fn validate_rejects_inconsistent_dims_and_bad_temperatures() {
         let c = DasConfig {
             id_dim: 16,
             ..DasConfig::default()
         };
         assert!(matches!(c.validate(), Err(ModelError::InvalidConfig(_))));
+        for tau_self in [0.0, -1.0] {
+            let c = DasConfig {
+                tau_self,
+                ..DasConfig::default()
+            };
+            assert!(matches!(c.validate(), Err(ModelError::InvalidConfig(_))));
+        }
     }
 }

@@ -837,8 +837,8 @@ impl Trainer<'_> {
             } else {
                 c.w_self
             };
-            terms.push((w, info_nce(&z_u, &u_cf, us, us, &ones, tau)?));
-            terms.push((w, info_nce(&z_i, &i_cf, is, is, &ones, tau)?));
+            terms.push((w, info_nce(&z_u, &u_cf, us, us, &ones, c.tau_self)?));
+            terms.push((w, info_nce(&z_i, &i_cf, is, is, &ones, c.tau_self)?));
         }
         if plan.align == Align::Joint && c.align_u2i {
             let pick = |t: &[f32], ids: &[u32]| -> Vec<f32> {
