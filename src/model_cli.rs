@@ -88,6 +88,8 @@ fn config(args: &ModelArgs) -> anyhow::Result<DasConfig> {
     cfg.seed = args.seed.unwrap_or(cfg.seed);
     cfg.steps = args.steps.unwrap_or(cfg.steps);
     cfg.threads = args.threads;
+    // checked here, before the dataset is loaded and prepared, for `train` and `eval` alike
+    cfg.validate()?;
     Ok(cfg)
 }
 
@@ -127,7 +129,6 @@ fn train(
         warm_start: prev.as_ref().map(|p| &p.1),
         ..Default::default()
     };
-    cfg.validate()?; // before the half-life is used to prepare the data
     let prep = Prepared::new(&data, cfg.recency_half_life_days)?;
     let (mut model, stats) = sidb::model::train_with(&prep, method, &cfg, &ctl)?;
     if let Some((_, prev)) = &prev {

@@ -129,8 +129,8 @@ pub struct TrainCtx {
     pub data_dir: PathBuf,
 }
 
-/// Requests the server has started (every RPC through the engine counts); the trainer's
-/// [`Pacer`] watches it to see whether the server is busy.
+/// Data requests the server has started (the Training service's RPCs are not counted); the
+/// trainer's [`Pacer`] watches it to see whether the server is busy.
 #[derive(Debug, Default)]
 pub struct Activity(AtomicU64);
 
@@ -535,7 +535,12 @@ impl Trainers {
             .pool
             .install(|| das::train_with(&prep, Method::Das, &cfg, &ctl))
             .map_err(models_err)?;
-        tracing::info!(collection = %coll.entry.name, seconds = started.elapsed().as_secs_f64(), paused_s = pacer.slept().as_secs_f64(), "training done; paused_s = pauses while serving");
+        tracing::info!(
+            collection = %coll.entry.name,
+            seconds = started.elapsed().as_secs_f64(),
+            paused_while_serving_s = pacer.slept().as_secs_f64(),
+            "training done"
+        );
         if let Some(p) = warm {
             if let Err(e) = das::align_codes(&mut model, &p.model) {
                 tracing::warn!(collection = %coll.entry.name, error = %e, "codes of the new version not matched to the previous one");

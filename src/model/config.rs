@@ -220,8 +220,9 @@ impl DasConfig {
             || self.lr <= 0.0
             || self.lr_id <= 0.0
             || self.warm_lr_scale <= 0.0
+            || self.recency_half_life_days <= 0.0
         {
-            return bad("temperatures and learning rates must be > 0");
+            return bad("temperatures, learning rates and the recency half-life must be > 0");
         }
         if self.hidden.contains(&0) || self.threads == 0 {
             return bad("hidden sizes and threads must be > 0");
@@ -259,12 +260,19 @@ mod tests {
             ..DasConfig::default()
         };
         assert!(matches!(c.validate(), Err(ModelError::InvalidConfig(_))));
-        for tau_self in [0.0, -1.0] {
-            let c = DasConfig {
-                tau_self,
-                ..DasConfig::default()
-            };
-            assert!(matches!(c.validate(), Err(ModelError::InvalidConfig(_))));
+        for bad in [0.0, -1.0] {
+            for c in [
+                DasConfig {
+                    tau_self: bad,
+                    ..DasConfig::default()
+                },
+                DasConfig {
+                    recency_half_life_days: bad,
+                    ..DasConfig::default()
+                },
+            ] {
+                assert!(matches!(c.validate(), Err(ModelError::InvalidConfig(_))));
+            }
         }
     }
 }
