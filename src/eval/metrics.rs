@@ -18,6 +18,10 @@ pub struct RankSums {
     pub hit20: f64,
     /// NDCG@10 sum.
     pub ndcg10: f64,
+    /// Hits in the top 100.
+    pub hit100: f64,
+    /// Sum of the 0-based ranks (a user whose item is not retrievable is not counted here).
+    pub rank_sum: f64,
 }
 
 impl RankSums {
@@ -25,6 +29,8 @@ impl RankSums {
     pub fn add(&mut self, rank: Option<usize>) {
         self.users += 1;
         let Some(r) = rank else { return };
+        self.rank_sum += r as f64;
+        self.hit100 += (r < 100) as u8 as f64;
         self.hit10 += (r < 10) as u8 as f64;
         self.hit20 += (r < 20) as u8 as f64;
         if r < 10 {
@@ -228,13 +234,15 @@ mod tests {
         let mut s = RankSums::default();
         s.add(Some(0));
         s.add(Some(15));
+        s.add(Some(150));
         s.add(None);
         let (r10, r20, n10) = s.means();
         assert!(
-            (r10 - 1.0 / 3.0).abs() < 1e-9
-                && (r20 - 2.0 / 3.0).abs() < 1e-9
-                && (n10 - 1.0 / 3.0).abs() < 1e-9
+            (r10 - 1.0 / 4.0).abs() < 1e-9
+                && (r20 - 2.0 / 4.0).abs() < 1e-9
+                && (n10 - 1.0 / 4.0).abs() < 1e-9
         );
+        assert_eq!((s.hit100, s.rank_sum), (2.0, 165.0));
     }
 
     #[test]

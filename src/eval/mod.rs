@@ -80,6 +80,17 @@ pub struct MethodResult {
     pub recall10_cold: f64,
     /// Test users in the cold slice.
     pub cold_users: usize,
+    /// Recall@10 of retrieval (b) on the cold slice (a diagnostic: the slice is small, and a
+    /// hit count alone hides how far off the misses are).
+    #[serde(rename = "recall@10_z_cold", default)]
+    pub recall10_z_cold: f64,
+    /// Recall@100 of retrieval (b) on the cold slice (diagnostic).
+    #[serde(rename = "recall@100_z_cold", default)]
+    pub recall100_z_cold: f64,
+    /// Mean rank of the cold slice's held-out items in retrieval (b), as a share of the
+    /// catalogue: 0 = always first, about 0.5 = no better than chance (diagnostic).
+    #[serde(default)]
+    pub cold_mean_rank_share: f64,
     /// Recall@10 of the model's own ICDM vectors `u_int . i_pro` over all items (DAS and
     /// two-stage: shows what the alignment target is worth, and whether joint training hurts it).
     #[serde(rename = "recall@10_cf")]
@@ -271,11 +282,13 @@ impl Ctx<'_> {
         sid: Option<(&PrefixIndex, &[u32], usize)>,
         shared: bool,
     ) -> Result<()> {
-        let (mut a, mut b, mut cold) = (
+        let (mut a, mut b, mut cold, mut cold_z) = (
+            RankSums::default(),
             RankSums::default(),
             RankSums::default(),
             RankSums::default(),
         );
+        let n_items = self.ds.n_items().max(1) as f64;
         let mut cand_total = 0usize;
         for chunk in self.split.test.chunks(512) {
             let ids: Vec<u32> = chunk.iter().map(|t| t.0).collect();
@@ -288,10 +301,12 @@ impl Ctx<'_> {
                 });
                 cand_total += cands.map_or(s.len(), |c| c.len());
                 let ra = rank_of(target, s, cands, excl);
+                let rb = rank_of(target, s, None, excl);
                 a.add(ra);
-                b.add(rank_of(target, s, None, excl));
+                b.add(rb);
                 if self.prep.item_count[target as usize] <= self.opts.cold_max as f32 {
                     cold.add(ra);
+                    cold_z.add(rb);
                 }
             }
         }
@@ -299,6 +314,9 @@ impl Ctx<'_> {
         (r.recall10_z, r.recall20_z, r.ndcg10_z) = b.means();
         r.recall10_cold = cold.means().0;
         r.cold_users = cold.users;
+        r.recall10_z_cold = cold_z.means().0;
+        r.recall100_z_cold = cold_z.hit100 / cold_z.users.max(1) as f64;
+        r.cold_mean_rank_share = cold_z.rank_sum / n_items / cold_z.users.max(1) as f64;
         r.mean_candidates = cand_total as f64 / a.users.max(1) as f64;
         Ok(())
     }
@@ -323,18 +341,19 @@ impl Ctx<'_> {
 /// A markdown table of the main metrics.
 pub fn markdown_table(report: &EvalReport) -> String {
     let mut s = String::from(
-        "| method | R@10 (a) | R@20 (a) | NDCG@10 (a) | R@10_z (b) | R@10 cold (a) | AUC probe | L1 usage | collisions | train s | cpu s |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| method | R@10 (a) | R@20 (a) | NDCG@10 (a) | R@10_z (b) | R@10 cold (a) | cold rank share (b) | AUC probe | L1 usage | collisions | train s | cpu s |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
     for r in &report.results {
         s.push_str(&format!(
-            "| {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {} | {} | {:.1} | {} |\n",
+            "| {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.3} | {} | {} | {} | {:.1} | {} |\n",
             r.method,
             r.recall10,
             r.recall20,
             r.ndcg10,
             r.recall10_z,
             r.recall10_cold,
+            r.cold_mean_rank_share,
             opt(r.auc_probe),
             r.level_usage
                 .first()
