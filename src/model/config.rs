@@ -102,6 +102,19 @@ pub struct DasConfig {
     /// Rows of the batch that enter the InfoNCE alignments (their cost is quadratic in this).
     /// Default 512.
     pub align_rows: usize,
+    /// When > 0, the anchors of the item-side co-occurrence term (`z_i` <-> `z_i+`) are drawn
+    /// apart from the batch, this share of them item first (an item uniformly among those with
+    /// positives, then one of its users; the partner is another item of that user), the rest
+    /// from the log. From the log alone items come in proportion to their popularity, and the
+    /// item encoder hardly learns where the catalogue's tail belongs. The user-to-item and self
+    /// terms keep the log's anchors, so the codes still learn the log's score. In [0, 1].
+    /// Chosen on the MovieLens-1M validation split (`sidb eval --on-validation`, seeds 42 / 43):
+    /// the mean rank of the held-out cold items (<= 5 train positives) under `z_u . z_i` moves
+    /// from 44 % / 39 % of the catalogue to 29 % / 34 %, while R@10 of `z_u . z_i` stays level
+    /// (0.0683 / 0.0708 -> 0.0693 / 0.0693). Anchors drawn item first for every term instead
+    /// turn the learned score into a popularity-blind PMI (R@10 0.0683 -> 0.0389 at a share of
+    /// 0.5). Default 1.0.
+    pub co_item_first: f64,
     /// Interactions per training batch. Default 1024.
     pub batch: usize,
     /// Extra uniformly sampled entities per side in the semantic loss (covers cold items). Default 256.
@@ -172,6 +185,7 @@ impl Default for DasConfig {
             align_rows: 512,
             batch: 1024,
             sem_uniform: 256,
+            co_item_first: 1.0,
             steps: 1500,
             warmup_steps: 200,
             ramp_steps: 200,
@@ -224,6 +238,9 @@ impl DasConfig {
         {
             return bad("temperatures, learning rates and the recency half-life must be > 0");
         }
+        if !(0.0..=1.0).contains(&self.co_item_first) {
+            return bad("co_item_first must be in [0, 1]");
+        }
         if self.hidden.contains(&0) || self.threads == 0 {
             return bad("hidden sizes and threads must be > 0");
         }
@@ -273,6 +290,15 @@ mod tests {
             ] {
                 assert!(matches!(c.validate(), Err(ModelError::InvalidConfig(_))));
             }
+        }
+        for share in [-0.1, 1.5, f64::NAN] {
+            let c = DasConfig {
+                co_item_first: share,
+                ..DasConfig::default()
+            };
+            assert!(
+                matches!(c.validate(), Err(ModelError::InvalidConfig(m)) if m.contains("co_item_first"))
+            );
         }
     }
 }

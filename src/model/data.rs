@@ -233,6 +233,37 @@ impl Prepared {
     }
 }
 
+/// Draws positive pairs: a share `1 - item_first` uniformly from the log (so items in
+/// proportion to their positives), the rest item first: an item uniformly among those with
+/// positives, then one of its users. The item-first share reaches the catalogue's tail, whose
+/// items the log alone almost never draws.
+pub struct PairSampler {
+    item_first: f64,
+    /// Items with at least one positive.
+    items: Vec<u32>,
+}
+
+impl PairSampler {
+    /// A sampler over `prep`'s positives with item-first share `item_first` (in [0, 1]).
+    pub fn new(prep: &Prepared, item_first: f64) -> Self {
+        let items = (0..prep.n_items as u32)
+            .filter(|&i| !prep.item_users[i as usize].is_empty())
+            .collect();
+        Self { item_first, items }
+    }
+
+    /// One positive pair (user, item). Draws nothing extra from `rng` when the item-first share
+    /// is 0, so that setting reproduces plain log sampling exactly.
+    pub fn sample(&self, prep: &Prepared, rng: &mut impl rand::Rng) -> (u32, u32) {
+        if self.item_first > 0.0 && rng.random::<f64>() < self.item_first {
+            let i = self.items[rng.random_range(0..self.items.len())];
+            let users = &prep.item_users[i as usize];
+            return (users[rng.random_range(0..users.len())], i);
+        }
+        prep.positives[rng.random_range(0..prep.positives.len())]
+    }
+}
+
 /// User inputs: own embeddings when given, else each user's [`profile_input`] over its events
 /// (in log order: user, time, item); a user without a positive event keeps a zero row.
 fn user_inputs(data: &TrainingData, log: &[Interaction], half_life_days: f64) -> (Vec<f32>, usize) {
@@ -614,6 +645,65 @@ mod tests {
         let only_negative = [(&t.item_emb[4..6], 0.0f32, 5i64)];
         assert_eq!(profile_input(&only_negative, 2, 180.0), None);
         assert_eq!(profile_input(&[], 2, 180.0), None);
+    }
+
+    #[test]
+    fn pair_sampler_mixes_log_and_item_first_draws() {
+        use rand::SeedableRng;
+        let s = crate::model::synth::generate(&crate::model::synth::SynthSpec {
+            n_items: 40,
+            n_users: 30,
+            ..Default::default()
+        });
+        let p = Prepared::new(&s.data, 180.0).expect("prep");
+        // share 0 is plain log sampling, draw for draw
+        let plain = PairSampler::new(&p, 0.0);
+        let (mut r1, mut r2) = (
+            rand_chacha::ChaCha8Rng::seed_from_u64(3),
+            rand_chacha::ChaCha8Rng::seed_from_u64(3),
+        );
+        for _ in 0..100 {
+            let want = p.positives[rand::Rng::random_range(&mut r2, 0..p.positives.len())];
+            assert_eq!(plain.sample(&p, &mut r1), want);
+        }
+        // share 0.6: item and user frequencies follow the mix of the two ways of drawing
+        let m = 0.6;
+        let mixed = PairSampler::new(&p, m);
+        let k = p.item_count.iter().filter(|&&c| c > 0.0).count() as f64;
+        let n_pos = p.positives.len() as f64;
+        let q_item: Vec<f64> = (p.item_count.iter())
+            .map(|&c| match c > 0.0 {
+                true => (1.0 - m) * c as f64 / n_pos + m / k,
+                false => 0.0,
+            })
+            .collect();
+        let q_user: Vec<f64> = (p.user_items.iter())
+            .map(|items| {
+                let tail: f64 = items
+                    .iter()
+                    .map(|&i| 1.0 / p.item_count[i as usize] as f64)
+                    .sum();
+                (1.0 - m) * items.len() as f64 / n_pos + m * tail / k
+            })
+            .collect();
+        let n = 200_000;
+        let (mut ci, mut cu) = (vec![0usize; p.n_items], vec![0usize; p.n_users]);
+        for _ in 0..n {
+            let (u, i) = mixed.sample(&p, &mut r1);
+            assert!(p.item_users[i as usize].contains(&u), "a real positive");
+            ci[i as usize] += 1;
+            cu[u as usize] += 1;
+        }
+        for (counts, q) in [(&ci, &q_item), (&cu, &q_user)] {
+            assert!((q.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+            for (e, (&c, &q)) in counts.iter().zip(q.iter()).enumerate() {
+                let want = q * n as f64;
+                assert!(
+                    (c as f64 - want).abs() < 5.0 * want.sqrt().max(1.0),
+                    "entity {e}: drawn {c}, expected {want:.0}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! The training loops: DAS in one stage, and the baselines on the same budget.
 //!
 //! One DAS step: sample `batch` positive pairs `(u, i)` from the log (so items come in proportion
-//! to popularity, like serving traffic), draw co-occurrence partners `u+` (another user of `i`)
-//! and `i+` (another item of `u`), and `sem_uniform` uniform entities per side (so cold items
-//! are reconstructed too). Each quantizer runs once on `[anchors, uniform, partners]`; ICDM runs
-//! on the pairs; the six InfoNCE terms tie `z_u`, `z_i` to `u_int`, `i_pro` and to each other.
+//! to popularity, like serving traffic), and `sem_uniform` uniform entities per side (so cold
+//! items are reconstructed too). The item-side co-occurrence term gets its own anchors, drawn
+//! item first (`co_item_first`), so the tail of the catalogue is aligned too; the other terms
+//! use the first `align_rows` pairs. Co-occurrence partners: `u+` (another user of `i`) and
+//! `i+` (another item of the anchor's user). Each quantizer runs once on
+//! `[pairs, uniform, separate anchors, partners]`; ICDM runs on the pairs; the six InfoNCE
+//! terms tie `z_u`, `z_i` to `u_int`, `i_pro` and to each other.
 //! `alpha` is on from the start (ICDM shares no parameters with the codes, so it only needs a
 //! head start); `beta` is 0 during `warmup_steps` and ramps linearly over `ramp_steps`, so
 //! untrained CF vectors do not drag the codes around.
@@ -23,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::DasConfig;
 use super::das::{Method, ModelMeta, TrainedModel};
-use super::data::{center_rows, col_mean, Prepared, TrainingData};
+use super::data::{center_rows, col_mean, PairSampler, Prepared, TrainingData};
 use super::icdm::{log_share, IcdmOut};
 use super::mdam::{info_nce, info_nce_q, sample_partners};
 use super::nn::rng_for;
@@ -138,6 +141,8 @@ struct Trainer<'a> {
     /// uniformly, so it is the entity's share of them): the logQ correction of the alignment.
     log_q_items: Vec<f32>,
     log_q_users: Vec<f32>,
+    /// Draws the item-side co-occurrence anchors apart from the batch (`co_item_first` > 0).
+    co_pairs: Option<PairSampler>,
 }
 
 /// Trains `method` on `data` with `cfg`. Same seed and data give identical SIDs.
@@ -348,6 +353,7 @@ impl<'a> Trainer<'a> {
             total: 0,
             log_q_items: log_share(prep.item_count.iter().copied()),
             log_q_users: log_share(prep.user_items.iter().map(|v| v.len() as f32)),
+            co_pairs: (cfg.co_item_first > 0.0).then(|| PairSampler::new(prep, cfg.co_item_first)),
         })
     }
 
@@ -575,14 +581,21 @@ impl Trainer<'_> {
 struct Batch {
     users: Vec<u32>,
     items: Vec<u32>,
+    /// Anchors of the item-side co-occurrence term: the batch's items, or (`co_item_first` > 0)
+    /// items drawn for it alone, as quantizer rows from `co_at` on (0: the batch's first rows).
+    co_items: Vec<u32>,
+    co_at: usize,
     users_plus: Vec<u32>,
     w_users_plus: Vec<f32>,
     items_plus: Vec<u32>,
     w_items_plus: Vec<f32>,
     negatives: Vec<(u32, u32)>,
-    /// Quantizer row of the first co-occurrence partner (partner `k` is row `partners_at + k`);
-    /// the rows before it (anchors and uniform extras) are the reconstructed ones.
+    /// Quantizer row of the first co-occurrence partner (partner `k` is row `partners_at + k`)
+    /// on the user side; the rows before it (anchors and uniform extras) are the reconstructed
+    /// ones.
     partners_at: usize,
+    /// The same on the item side (after the separately drawn anchors, if any).
+    item_partners_at: usize,
     /// Item ids fed to the item quantizer, and their inputs.
     item_rows: Vec<u32>,
     x_items: Option<QuantRows>,
@@ -606,8 +619,22 @@ impl Trainer<'_> {
         let (cap, damp) = (self.cfg.cooc_cap, self.cfg.hub_damping);
         let (users_plus, w_users_plus) =
             sample_partners(&items, &users, &prep.item_users, cap, damp, &mut self.rng);
-        let (items_plus, w_items_plus) =
-            sample_partners(&users, &items, &prep.user_items, cap, damp, &mut self.rng);
+        let co = plan.align == Align::Joint && self.cfg.align_co;
+        let (co_users, co_items): (Vec<u32>, Vec<u32>) = match &self.co_pairs {
+            Some(sampler) if co => (0..self.align_n(b))
+                .map(|_| sampler.sample(prep, &mut self.rng))
+                .unzip(),
+            _ => (users.clone(), items.clone()),
+        };
+        let separate = co && self.co_pairs.is_some();
+        let (items_plus, w_items_plus) = sample_partners(
+            &co_users,
+            &co_items,
+            &prep.user_items,
+            cap,
+            damp,
+            &mut self.rng,
+        );
         let n_neg = if plan.cf && !prep.negatives.is_empty() {
             b / 4
         } else {
@@ -623,18 +650,21 @@ impl Trainer<'_> {
         } else {
             0
         };
+        let sep_items: &[u32] = if separate { &co_items } else { &[] };
         let item_rows = self.rows_for(
             plan.sem_item || plan.align != Align::None,
             &items,
-            &items_plus[..n_co.min(items_plus.len())],
             extra,
+            sep_items,
+            &items_plus[..n_co.min(items_plus.len())],
             prep.n_items,
         );
         let user_rows = self.rows_for(
             plan.sem_user || plan.align != Align::None,
             &users,
-            &users_plus[..n_co.min(users_plus.len())],
             extra,
+            &[],
+            &users_plus[..n_co.min(users_plus.len())],
             prep.n_users,
         );
         let recon_rows = users.len() + extra;
@@ -642,8 +672,11 @@ impl Trainer<'_> {
         let x_users = Self::inputs(&user_rows, &prep.x_user, prep.user_dim, recon_rows)?;
         Ok(Batch {
             partners_at: recon_rows,
+            item_partners_at: recon_rows + sep_items.len(),
+            co_at: if separate { recon_rows } else { 0 },
             users,
             items,
+            co_items,
             users_plus,
             w_users_plus,
             items_plus,
@@ -662,22 +695,25 @@ impl Trainer<'_> {
         b.min(self.cfg.align_rows.max(2))
     }
 
-    /// Quantizer rows: anchors, then `extra` uniform ids, then partners (empty when unused).
-    /// [`Trainer::forward`] reconstructs the first `anchors + extra` rows and
-    /// [`Trainer::align_loss`] finds the partners after them: keep the three in step.
+    /// Quantizer rows: the batch's pairs, then `extra` uniform ids, then separately drawn
+    /// co-occurrence anchors (empty unless drawn), then partners (empty when unused).
+    /// [`Trainer::forward`] reconstructs the first `pairs + extra` rows and
+    /// [`Trainer::align_loss`] finds the anchors and partners after them: keep the three in step.
     fn rows_for(
         &mut self,
         used: bool,
+        pairs: &[u32],
+        extra: usize,
         anchors: &[u32],
         partners: &[u32],
-        extra: usize,
         n: usize,
     ) -> Vec<u32> {
         if !used {
             return Vec::new();
         }
-        let mut rows = anchors.to_vec();
+        let mut rows = pairs.to_vec();
         rows.extend((0..extra).map(|_| self.rng.random_range(0..n as u32)));
+        rows.extend_from_slice(anchors);
         rows.extend_from_slice(partners);
         rows
     }
@@ -853,9 +889,12 @@ impl Trainer<'_> {
             terms.push((c.w_u2i, info_nce_q(&z_i, &u_cf, is, us, &ones, tau, iu)?));
         }
         if plan.align == Align::Joint && self.cfg.align_co {
-            let (z_ip, z_up) = (qi.z_align.narrow(0, p0, n)?, qu.z_align.narrow(0, p0, n)?);
+            let z_ip = qi.z_align.narrow(0, b.item_partners_at, n)?;
+            let z_up = qu.z_align.narrow(0, p0, n)?;
+            let z_ic = qi.z_align.narrow(0, b.co_at, n)?;
             terms.push((c.w_co, info_nce(&z_u, &z_up, us, up, wup, tau)?));
-            terms.push((c.w_co, info_nce(&z_i, &z_ip, is, ip, wip, tau)?));
+            let ic = &b.co_items[..n];
+            terms.push((c.w_co, info_nce(&z_ic, &z_ip, ic, ip, wip, tau)?));
         }
         let mut total = Tensor::zeros((), candle_core::DType::F32, &Device::Cpu)?;
         for (w, t) in terms {
@@ -975,7 +1014,11 @@ mod tests {
             n_users: 64,
             ..SynthSpec::default()
         });
-        let cfg = small_cfg();
+        // every term on the log's anchors first
+        let cfg = DasConfig {
+            co_item_first: 0.0,
+            ..small_cfg()
+        };
         let prep = Prepared::new(&s.data, cfg.recency_half_life_days).expect("prep");
         let model = build_model(&prep, Method::Das, &cfg).expect("model");
         let mut t = Trainer::new(&prep, model, &cfg).expect("trainer");
@@ -992,6 +1035,31 @@ mod tests {
         let n = cfg.align_rows.min(cfg.batch);
         assert_eq!(&b.item_rows[b.partners_at..][..n], &b.items_plus[..n]);
         assert_eq!(&b.user_rows[b.partners_at..][..n], &b.users_plus[..n]);
+        assert_eq!((b.co_at, b.item_partners_at), (0, b.partners_at));
+        assert_eq!(&b.co_items[..n], &b.items[..n]);
+
+        // item-side co-occurrence anchors drawn apart sit after the reconstructed rows, their
+        // partners after them; each partner shares a user with its anchor
+        let cfg = DasConfig {
+            co_item_first: 1.0,
+            ..small_cfg()
+        };
+        let model = build_model(&prep, Method::Das, &cfg).expect("model");
+        let mut t = Trainer::new(&prep, model, &cfg).expect("trainer");
+        let b = t.sample_batch(plan).expect("batch");
+        let recon = cfg.batch + cfg.sem_uniform;
+        assert_eq!((b.co_at, b.item_partners_at), (recon, recon + n));
+        assert_eq!(b.partners_at, recon, "the user side is unchanged");
+        assert_eq!(&b.item_rows[recon..][..n], &b.co_items[..]);
+        assert_eq!(&b.item_rows[recon + n..][..n], &b.items_plus[..n]);
+        for (k, (&i, &j)) in b.co_items.iter().zip(&b.items_plus).enumerate() {
+            let shared = (prep.item_users[i as usize].iter())
+                .any(|u| prep.user_items[*u as usize].contains(&j));
+            assert!(
+                shared || b.w_items_plus[k] == 0.0,
+                "anchor {i} and partner {j}"
+            );
+        }
     }
 
     #[test]
