@@ -619,14 +619,16 @@ impl Trainer<'_> {
         let (cap, damp) = (self.cfg.cooc_cap, self.cfg.hub_damping);
         let (users_plus, w_users_plus) =
             sample_partners(&items, &users, &prep.item_users, cap, damp, &mut self.rng);
-        let co = plan.align == Align::Joint && self.cfg.align_co;
-        let (co_users, co_items): (Vec<u32>, Vec<u32>) = match &self.co_pairs {
-            Some(sampler) if co => (0..self.align_n(b))
+        // the item co-occurrence term's own anchors, when it runs and draws them apart
+        let tail =
+            (self.co_pairs.as_ref()).filter(|_| plan.align == Align::Joint && self.cfg.align_co);
+        let (co_users, co_items): (Vec<u32>, Vec<u32>) = match tail {
+            Some(sampler) => (0..self.align_n(b))
                 .map(|_| sampler.sample(prep, &mut self.rng))
                 .unzip(),
-            _ => (users.clone(), items.clone()),
+            None => (users.clone(), items.clone()),
         };
-        let separate = co && self.co_pairs.is_some();
+        let separate = tail.is_some();
         let (items_plus, w_items_plus) = sample_partners(
             &co_users,
             &co_items,
