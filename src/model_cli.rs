@@ -80,9 +80,10 @@ pub fn run_eval(a: &EvalArgs) -> anyhow::Result<()> {
 
 fn config(args: &ModelArgs) -> anyhow::Result<DasConfig> {
     let mut cfg = match &args.config {
-        Some(p) => serde_json::from_str(
+        Some(p) => DasConfig::from_json(
             &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-        )?,
+        )
+        .with_context(|| format!("settings file {}", p.display()))?,
         None => DasConfig::default(),
     };
     cfg.seed = args.seed.unwrap_or(cfg.seed);

@@ -216,6 +216,31 @@ impl DasConfig {
         self.codes.unwrap_or_else(|| default_codes(entities))
     }
 
+    /// Parses a settings file (a JSON object naming only what it changes) and validates it. A
+    /// key that is not a setting is an error: a misspelt setting would otherwise be ignored and
+    /// the run would train with the default without a word.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let bad = |m: String| ModelError::InvalidConfig(m);
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let Some(keys) = value.as_object() else {
+            return Err(bad("settings must be a JSON object".into()));
+        };
+        let known = serde_json::to_value(Self::default()).expect("plain data serialises");
+        let known = known.as_object().expect("a struct serialises to an object");
+        if let Some(k) = keys.keys().find(|k| !known.contains_key(*k)) {
+            let mut names: Vec<&str> = known.keys().map(|k| k.as_str()).collect();
+            names.sort_unstable();
+            return Err(bad(format!(
+                "unknown setting `{k}` (settings: {})",
+                names.join(", ")
+            )));
+        }
+        let cfg: Self = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     /// Checks ranges and consistency; every trainer entry point calls it.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(ModelError::InvalidConfig(m.to_string()));
@@ -268,6 +293,21 @@ mod tests {
         let back: DasConfig =
             serde_json::from_str(&serde_json::to_string(&c).expect("serialise")).expect("parse");
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn from_json_names_unknown_settings_and_bad_values() {
+        let c = DasConfig::from_json(r#"{"beta": 0.25, "codes": 32}"#).expect("valid");
+        assert_eq!((c.beta, c.codes, c.levels), (0.25, Some(32), 3));
+        let err = |text: &str| match DasConfig::from_json(text) {
+            Err(ModelError::InvalidConfig(m)) => m,
+            other => panic!("{text}: {other:?}"),
+        };
+        assert!(err(r#"{"co_item_frist": 0.5}"#).contains("unknown setting `co_item_frist`"));
+        assert!(err(r#"{"beta": "high"}"#).contains("invalid type"));
+        assert!(err(r#"{"co_item_first": 2.0}"#).contains("co_item_first"));
+        assert!(err("[1, 2]").contains("JSON object"));
+        assert!(err("{").contains("not valid JSON"));
     }
 
     #[test]
