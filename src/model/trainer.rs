@@ -138,7 +138,8 @@ struct Trainer<'a> {
     done: usize,
     total: usize,
     /// Log of the probability that a batch row holds each item / user (positives are sampled
-    /// uniformly, so it is the entity's share of them): the logQ correction of the alignment.
+    /// uniformly, so it is the entity's share of them), times `align_logq_scale`: the logQ
+    /// correction of the alignment.
     log_q_items: Vec<f32>,
     log_q_users: Vec<f32>,
     /// Draws the item-side co-occurrence anchors apart from the batch (`co_item_first` > 0).
@@ -341,6 +342,8 @@ impl<'a> Trainer<'a> {
             ..Default::default()
         };
         let opt = AdamW::new(model.params.vars(), params)?;
+        let s = cfg.align_logq_scale as f32;
+        let scaled = |q: Vec<f32>| q.into_iter().map(|v| v * s).collect();
         Ok(Self {
             prep,
             cfg: cfg.clone(),
@@ -351,8 +354,8 @@ impl<'a> Trainer<'a> {
             ctl: TrainControl::default(),
             done: 0,
             total: 0,
-            log_q_items: log_share(prep.item_count.iter().copied()),
-            log_q_users: log_share(prep.user_items.iter().map(|v| v.len() as f32)),
+            log_q_items: scaled(log_share(prep.item_count.iter().copied())),
+            log_q_users: scaled(log_share(prep.user_items.iter().map(|v| v.len() as f32))),
             co_pairs: (cfg.co_item_first > 0.0).then(|| PairSampler::new(prep, cfg.co_item_first)),
         })
     }
@@ -1062,6 +1065,36 @@ mod tests {
                 "anchor {i} and partner {j}"
             );
         }
+    }
+
+    #[test]
+    fn align_logq_scale_scales_the_alignment_correction() {
+        let s = generate(&SynthSpec {
+            n_items: 64,
+            n_users: 32,
+            ..SynthSpec::default()
+        });
+        let cfg = small_cfg();
+        let prep = Prepared::new(&s.data, cfg.recency_half_life_days).expect("prep");
+        let trainer = |scale: f64| {
+            let cfg = DasConfig {
+                align_logq_scale: scale,
+                ..cfg.clone()
+            };
+            let model = build_model(&prep, Method::Das, &cfg).expect("model");
+            Trainer::new(&prep, model, &cfg).expect("trainer")
+        };
+        let (full, half, off) = (trainer(1.0), trainer(0.5), trainer(0.0));
+        let counts = prep.item_count.iter().copied();
+        assert_eq!(full.log_q_items, crate::model::icdm::log_share(counts));
+        for (f, h) in [
+            (&full.log_q_items, &half.log_q_items),
+            (&full.log_q_users, &half.log_q_users),
+        ] {
+            assert!(f.iter().any(|v| *v < -1.0), "skewed counts");
+            assert!(f.iter().zip(h).all(|(f, h)| (f * 0.5 - h).abs() < 1e-6));
+        }
+        assert!(off.log_q_items.iter().all(|v| *v == 0.0));
     }
 
     #[test]
