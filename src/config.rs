@@ -139,8 +139,15 @@ pub struct RetrievalConfig {
     pub hnsw_m: usize,
     /// HNSW candidate list while inserting. Default 200.
     pub hnsw_ef_construction: usize,
-    /// HNSW search breadth when a request sends `ef` 0. Default 64.
+    /// HNSW search breadth when a request sends `ef` 0. Default 64. A collection's graph may
+    /// raise it (never lower it) to reach `hnsw_target_recall`.
     pub hnsw_ef_search: usize,
+    /// Recall@10 the default search breadth should reach: once a graph of at least 2,000 points
+    /// has caught up, and again each time it has doubled, the indexer measures its recall
+    /// against exact search on 100 of its own points and raises that collection's default `ef`
+    /// to the smallest of 16, 32, ..., 2,048 that reaches this. In [0, 1); 0 = off (always
+    /// `hnsw_ef_search`). Default 0.95.
+    pub hnsw_target_recall: f64,
     /// Share of dead graph nodes (replaced or deleted points) above which an index is rebuilt in
     /// the background. Default 0.25.
     pub rebuild_tombstone_ratio: f64,
@@ -168,6 +175,7 @@ impl Default for RetrievalConfig {
             hnsw_m: 16,
             hnsw_ef_construction: 200,
             hnsw_ef_search: 64,
+            hnsw_target_recall: 0.95,
             rebuild_tombstone_ratio: 0.25,
             exact_scan_max: 4096,
             recommend_min_bucket: 50,
@@ -363,6 +371,12 @@ impl Config {
                 r.rebuild_tombstone_ratio
             )));
         }
+        if !(r.hnsw_target_recall >= 0.0 && r.hnsw_target_recall < 1.0) {
+            return Err(ConfigError::Invalid(format!(
+                "retrieval.hnsw_target_recall: expected a value in [0, 1), got {}",
+                r.hnsw_target_recall
+            )));
+        }
         if !(r.recency_half_life_days.is_finite() && r.recency_half_life_days > 0.0) {
             return Err(ConfigError::Invalid(format!(
                 "retrieval.recency_half_life_days: expected a positive number, got {}",
@@ -504,5 +518,19 @@ mod tests {
         }
         let c = Config::load(None, env(&[("SIDB__TRAINING__SERVING_DUTY", "1")])).expect("1 = off");
         assert_eq!(c.training.serving_duty, 1.0);
+        for target in ["1", "1.5", "-0.1", "NaN"] {
+            let e = Config::load(
+                None,
+                env(&[("SIDB__RETRIEVAL__HNSW_TARGET_RECALL", target)]),
+            )
+            .unwrap_err();
+            assert!(
+                e.to_string().contains("retrieval.hnsw_target_recall"),
+                "{e}"
+            );
+        }
+        let c = Config::load(None, env(&[("SIDB__RETRIEVAL__HNSW_TARGET_RECALL", "0")]))
+            .expect("0 = off");
+        assert_eq!(c.retrieval.hnsw_target_recall, 0.0);
     }
 }

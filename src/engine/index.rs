@@ -41,6 +41,7 @@ use super::models::LoadedModel;
 
 use crate::error::{Error, Result};
 use crate::fsutil::{remove_dir_if_present, replace_dir, sibling, write_synced};
+use crate::index::calibrate::{calibrate, Calibration, EF_LADDER};
 use crate::index::flat::FlatIndex;
 use crate::index::hnsw::{DumpStamp, HnswIndex, HnswParams};
 use crate::index::{Hit, PointId};
@@ -229,6 +230,10 @@ pub struct Space {
     pub hnsw: Arc<HnswIndex>,
     /// Points whose newest vector is not in `hnsw` yet -> the write sequence of that vector.
     pub pending: HashMap<PointId, u64>,
+    /// The last recall calibration of the graph (see [`CollectionIndex::calibrate_if_due`]).
+    pub calibration: Option<Calibration>,
+    /// Graph size at that calibration (0 = never calibrated).
+    pub calibrated_len: usize,
 }
 
 impl Space {
@@ -237,6 +242,8 @@ impl Space {
             flat: FlatIndex::new(config.metric, dim),
             hnsw: Arc::new(HnswIndex::new(config.metric, dim, params, 0)),
             pending: HashMap::new(),
+            calibration: None,
+            calibrated_len: 0,
         }
     }
 
@@ -738,6 +745,81 @@ impl CollectionIndex {
         Ok(work.len())
     }
 
+    /// The `ef` a search of `space` uses when the request leaves it at 0: `configured`, raised
+    /// to the graph's calibrated `ef` (never lowered: a small collection keeps its setting).
+    pub fn default_ef(&self, space: SpaceId, configured: usize) -> usize {
+        let st = self.state.read();
+        let auto = st
+            .space(space)
+            .and_then(|sp| sp.calibration)
+            .map_or(0, |c| c.ef);
+        configured.max(auto)
+    }
+
+    /// The last recall calibration of a space's graph, if any.
+    pub fn calibration(&self, space: SpaceId) -> Option<Calibration> {
+        self.state.read().space(space).and_then(|sp| sp.calibration)
+    }
+
+    /// Measures the recall@10 of `space`'s graph against exact search on a sample of its own
+    /// points and keeps the smallest `ef` reaching `target` (see [`crate::index::calibrate`]).
+    /// Due once the graph holds every point, has at least [`CALIBRATE_MIN_POINTS`] points and has
+    /// doubled since the last calibration; returns whether it ran. Exact search holds the state's
+    /// read lock one query at a time, so writes wait for at most one exact scan.
+    pub fn calibrate_if_due(&self, space: SpaceId, target: f64) -> Result<bool> {
+        if target <= 0.0 {
+            return Ok(false);
+        }
+        let (graph, queries) = {
+            let st = self.state.read();
+            let Some(sp) = st.space(space) else {
+                return Ok(false);
+            };
+            let n = sp.hnsw.len();
+            let due = sp.pending.is_empty()
+                && n >= CALIBRATE_MIN_POINTS
+                && n >= 2 * sp.calibrated_len
+                && n == sp.flat.len();
+            if !due {
+                return Ok(false);
+            }
+            // an even spread over the points, the same points for the same collection
+            let step = (sp.flat.len() / CALIBRATE_QUERIES).max(1);
+            let queries: Vec<(PointId, Vec<f32>)> = (sp.flat.iter().step_by(step))
+                .take(CALIBRATE_QUERIES)
+                .map(|(p, v)| (p, v.to_vec()))
+                .collect();
+            (Arc::clone(&sp.hnsw), queries)
+        };
+        let exact = |q: &[f32], k: usize| -> Result<Vec<Hit>> {
+            let st = self.state.read();
+            match st.space(space) {
+                Some(sp) => sp.flat.search(q, k, None, None),
+                None => Ok(Vec::new()),
+            }
+        };
+        let approx = |q: &[f32], k: usize, ef: usize| graph.search(q, k, ef);
+        let cal = calibrate(&queries, 10, target, &EF_LADDER, exact, approx)?;
+        let mut st = self.state.write();
+        let Some(sp) = st.space_mut(space) else {
+            return Ok(false);
+        };
+        sp.calibrated_len = graph.len();
+        if let Some(c) = cal {
+            tracing::info!(
+                collection = self.coll_id,
+                ?space,
+                points = graph.len(),
+                ef = c.ef,
+                recall = c.recall,
+                target,
+                "search breadth calibrated"
+            );
+            sp.calibration = Some(c);
+        }
+        Ok(true)
+    }
+
     /// Rebuilds the graph of `space` when its tombstones passed the threshold; returns whether
     /// it did. Long: the old graph keeps serving and writes continue meanwhile.
     pub fn rebuild_if_needed(&self, space: SpaceId) -> Result<bool> {
@@ -881,6 +963,11 @@ struct PointsFile {
     users: HashMap<String, PointId>,
     pending: HashMap<SpaceId, HashSet<PointId>>,
 }
+
+/// Graphs smaller than this are not calibrated: the configured `ef` is plenty there.
+pub const CALIBRATE_MIN_POINTS: usize = 2_000;
+/// Points of the collection a calibration queries (each costs one exact scan).
+pub const CALIBRATE_QUERIES: usize = 100;
 
 const POINTS_MAGIC: &[u8; 8] = b"SIDBPTS1";
 const POINTS_FILE: &str = "points";

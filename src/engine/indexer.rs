@@ -63,11 +63,12 @@ pub struct Indexes {
 
 impl Indexes {
     /// Starts the indexer over `initial` with `threads` insert threads and `batch` points per
-    /// round.
+    /// round; once idle it calibrates each graph's default `ef` to `target_recall` (0 = off).
     pub fn start(
         initial: HashMap<u64, Arc<CollectionIndex>>,
         threads: usize,
         batch: usize,
+        target_recall: f64,
     ) -> Result<Arc<Indexes>> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
@@ -83,7 +84,7 @@ impl Indexes {
         let signal = Arc::clone(&indexes.signal);
         let handle = std::thread::Builder::new()
             .name("sidb-indexer".into())
-            .spawn(move || run(weak, signal, pool, batch.max(1)))
+            .spawn(move || run(weak, signal, pool, batch.max(1), target_recall))
             .map_err(|e| Error::io("starting the indexer thread", e))?;
         *indexes.worker.lock() = Some(handle);
         // Points restored as pending (no usable dump) are waiting already.
@@ -150,7 +151,13 @@ impl Drop for Indexes {
     }
 }
 
-fn run(indexes: Weak<Indexes>, signal: Arc<Signal>, pool: rayon::ThreadPool, batch: usize) {
+fn run(
+    indexes: Weak<Indexes>,
+    signal: Arc<Signal>,
+    pool: rayon::ThreadPool,
+    batch: usize,
+    target_recall: f64,
+) {
     loop {
         if signal.wait() {
             return;
@@ -181,6 +188,18 @@ fn run(indexes: Weak<Indexes>, signal: Arc<Signal>, pool: rayon::ThreadPool, bat
                 }
             }
             if !progress {
+                // caught up: (re)calibrate the graphs that are due, then wait for work
+                for coll in indexes.upgrade().map(|x| x.all()).unwrap_or_default() {
+                    for space in coll.space_ids() {
+                        if signal.stopped() {
+                            return;
+                        }
+                        if let Err(e) = pool.install(|| coll.calibrate_if_due(space, target_recall))
+                        {
+                            tracing::error!(collection = coll.coll_id, ?space, error = %e, "ef calibration failed; the configured ef stays");
+                        }
+                    }
+                }
                 break;
             }
         }

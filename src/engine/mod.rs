@@ -102,7 +102,7 @@ impl Engine {
             );
             map.insert(coll.entry.id, Arc::new(index));
         }
-        let indexes = Indexes::start(map, r.index_threads, r.index_batch)?;
+        let indexes = Indexes::start(map, r.index_threads, r.index_batch, r.hnsw_target_recall)?;
         let retrieval = Arc::new(r);
         let training = Arc::new(config.training.clone());
         let trainers = Trainers::start(TrainCtx {

@@ -159,6 +159,7 @@ impl Engine {
                 prefix: &prefix,
                 exclude: &exclude,
             };
+            let ef = ef.unwrap_or_else(|| index.default_ef(space, e.retrieval.hnsw_ef_search));
             let hits = index.search(space, &q, k, ef, &restrict, e.retrieval.exact_scan_max)?;
             e.finish_hits(&coll, space, hits, with_vectors)
         })
@@ -176,8 +177,8 @@ impl Engine {
         let k = validate::k("k", input.k, &self.limits)?;
         validate::id("user_id", &input.user_id)?;
         let space = space_for(&config, EntityKind::Items, &input.modality)?;
-        let ef = self.ef(0)?;
         self.blocking(move |e| {
+            let ef = index.default_ef(space, e.retrieval.hnsw_ef_search);
             let user = input.user_id;
             // One history read serves both the profile (its newest events) and `exclude_seen`.
             let seen = match input.exclude_seen {
@@ -355,13 +356,15 @@ impl Engine {
         Ok(out)
     }
 
-    fn ef(&self, ef: u32) -> Result<usize> {
+    /// The request's `ef`; `None` for 0 (the collection's default, see
+    /// [`CollectionIndex::default_ef`]).
+    fn ef(&self, ef: u32) -> Result<Option<usize>> {
         match ef {
-            0 => Ok(self.retrieval.hnsw_ef_search),
+            0 => Ok(None),
             n if n > MAX_EF => Err(Error::invalid(format!(
                 "ef: {n} exceeds the maximum {MAX_EF}"
             ))),
-            n => Ok(n as usize),
+            n => Ok(Some(n as usize)),
         }
     }
 

@@ -316,3 +316,83 @@ async fn a_clean_close_dumps_the_graphs_and_a_reopen_loads_them() {
     let found = hits.iter().filter(|h| want.contains(&h.id)).count();
     assert!(found >= 9, "{found} of 10 after reload");
 }
+
+/// A graph too sparse for the configured `ef` (M 4, `ef` 16): once indexed, the indexer
+/// calibrates the collection's default `ef` to the recall target, and searches that leave `ef`
+/// at 0 reach it on queries the calibration never saw, while an explicit `ef` is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_ef_is_calibrated_to_the_recall_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path(), |c| {
+        c.retrieval.hnsw_m = 4;
+        c.retrieval.hnsw_ef_construction = 20;
+        c.retrieval.hnsw_ef_search = 16;
+        c.retrieval.hnsw_target_recall = 0.9;
+    });
+    let dim = 32usize;
+    e.create_collection("c".into(), collection_config(dim as u32, Metric::Cosine))
+        .await
+        .unwrap();
+    let n = 4000;
+    let data = clustered(n + 200, dim, 40, 0.35, 7);
+    let mut live: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let items: Vec<ItemInput> = chunk
+            .iter()
+            .map(|&i| {
+                let v = &data[i * dim..(i + 1) * dim];
+                live.insert(format!("i{i}"), v.to_vec());
+                item(&format!("i{i}"), v)
+            })
+            .collect();
+        e.upsert_items("c", items, Durability::Buffered)
+            .await
+            .unwrap();
+    }
+    assert!(
+        e.wait_indexed(Duration::from_secs(120)),
+        "indexing timed out"
+    );
+    let coll = e.store.collection("c").unwrap();
+    let index = e.indexes.get(coll.entry.id).unwrap();
+    let space = index.space_ids()[0];
+    let start = std::time::Instant::now();
+    let cal = loop {
+        if let Some(c) = index.calibration(space) {
+            break c;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "no calibration");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(cal.ef > 16 && cal.recall >= 0.9, "{cal:?}");
+    assert_eq!(index.default_ef(space, 16), cal.ef);
+    assert_eq!(index.default_ef(space, 4096), 4096, "never lowered");
+
+    let recall = |ef: u32| {
+        let (e, live) = (&e, &live);
+        let queries = &data[n * dim..];
+        async move {
+            let mut found = 0;
+            for q in queries.chunks(dim) {
+                let hits = e.search("c", query(q, 10, ef)).await.unwrap();
+                let want = oracle(live, Metric::Cosine, q, 10);
+                found += hits.iter().filter(|h| want.contains(&h.id)).count();
+            }
+            found as f64 / (queries.len() / dim * 10) as f64
+        }
+    };
+    let (default, explicit) = (recall(0).await, recall(16).await);
+    assert!(
+        explicit < 0.9,
+        "ef 16 must miss neighbours on this graph: {explicit}"
+    );
+    assert!(
+        default >= 0.87,
+        "default ef {} gave recall {default}",
+        cal.ef
+    );
+    assert!(default > explicit, "{default} vs {explicit}");
+    eprintln!(
+        "calibrated {cal:?}; recall@10 on fresh queries: default {default}, ef 16 {explicit}"
+    );
+}

@@ -6,6 +6,7 @@
 //! network I/O or knows protobuf; only [`hnsw`] touches disk, for its dump files. All of it is
 //! plain blocking CPU work, meant to run on a blocking thread.
 
+pub mod calibrate;
 pub mod distance;
 pub mod flat;
 pub mod hnsw;
