@@ -2,7 +2,8 @@
 //! the results as new model versions (see [`super::models`]).
 //!
 //! - **Triggers** (`[training]`): a collection is trained when it has at least `min_items` items
-//!   and either has no version yet, or has grown by `new_items_ratio` items or
+//!   and at least one interaction (DAS learns from behaviour: without any, a training could only
+//!   fail, after loading every vector) and either has no version yet, or has grown by `new_items_ratio` items or
 //!   `new_interactions_ratio` interactions since the active version's snapshot,
 //!   `min_interval_secs` passed since the last training ended, and no write came for
 //!   `quiet_secs` (a bulk load is trained on whole); or when `TriggerTraining` asks.
@@ -377,7 +378,7 @@ impl Trainers {
     fn due(&self, coll: &Collection, slot: &Slot) -> bool {
         let t = &self.ctx.training;
         let stats = coll.info().stats;
-        if stats.items < t.min_items {
+        if stats.items < t.min_items || stats.interactions == 0 {
             return false;
         }
         {

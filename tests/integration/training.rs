@@ -65,17 +65,36 @@ pub fn planted_item(id: &str, c: usize, i: usize) -> pb::Item {
 /// `g = u % 4` touches 15 items of group `g` (items of group `g` are those with `i % 4 == g`,
 /// across content clusters `i / 4 % 4`).
 pub async fn load_planted(ch: &Channel, coll: &str, n_items: usize, n_users: usize) {
-    let mut colls = CollectionsClient::new(ch.clone());
-    colls
+    create_planted(ch, coll).await;
+    write_planted_behaviour(ch, coll, n_items, n_users).await;
+    // Items last and in one request: the first automatic training sees everything.
+    write_planted_items(ch, coll, n_items).await;
+}
+
+/// Creates a collection for the planted data.
+pub async fn create_planted(ch: &Channel, coll: &str) {
+    CollectionsClient::new(ch.clone())
         .create_collection(pb::CreateCollectionRequest {
             name: coll.into(),
             config: Some(config(DIM as u32, 0)),
         })
         .await
         .expect("create");
+}
+
+/// `n_items` planted items, in one request.
+pub async fn write_planted_items(ch: &Channel, coll: &str, n_items: usize) {
     let items: Vec<pb::Item> = (0..n_items)
         .map(|i| planted_item(&format!("i{i:04}"), i / 4 % 4, i))
         .collect();
+    ItemsClient::new(ch.clone())
+        .upsert_items(upsert(coll, items))
+        .await
+        .expect("items");
+}
+
+/// `n_users` users and their planted interactions (user `u` takes items of group `u % 4`).
+pub async fn write_planted_behaviour(ch: &Channel, coll: &str, n_items: usize, n_users: usize) {
     let users: Vec<pb::User> = (0..n_users)
         .map(|u| pb::User {
             id: format!("u{u:03}"),
@@ -113,11 +132,6 @@ pub async fn load_planted(ch: &Channel, coll: &str, n_items: usize, n_users: usi
             .await
             .expect("interactions");
     }
-    // Items last and in one request: the first automatic training sees everything.
-    ItemsClient::new(ch.clone())
-        .upsert_items(upsert(coll, items))
-        .await
-        .expect("items");
 }
 
 /// Polls the collection's training status until `done`; returns that status.
@@ -535,6 +549,40 @@ async fn watch_training_streams_progress_to_the_end() {
     }
     assert!(phases.iter().any(|p| p == "TRAINING"), "phases {phases:?}");
     assert_eq!(phases.last().map(String::as_str), Some("IDLE"));
+}
+
+#[tokio::test]
+async fn automatic_training_waits_for_the_first_interactions() {
+    let s = TestServer::start_with(quick_training).await;
+    let ch = s.channel().await;
+    // A catalogue without behaviour: enough items, no interactions. A training could only fail
+    // (DAS learns from interactions), so none starts, and none fails.
+    create_planted(&ch, "b").await;
+    write_planted_items(&ch, "b", 120).await;
+    let mut t = TrainingClient::new(ch.clone());
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1500) {
+        let st = t
+            .get_training_status(pb::GetTrainingStatusRequest {
+                collection: "b".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (
+                st.phase.as_str(),
+                st.training_model_version,
+                st.error.as_str()
+            ),
+            ("IDLE", 0, ""),
+            "checks every 100 ms: a training would have started"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The first interactions make it due.
+    write_planted_behaviour(&ch, "b", 120, 40).await;
+    wait_active(&ch, "b", 1, Duration::from_secs(300)).await;
 }
 
 #[tokio::test]
