@@ -301,13 +301,19 @@ impl Trainers {
     }
 
     /// Asks for a training now. FAILED_PRECONDITION when one is running or queued, or the
-    /// collection has too few items.
+    /// collection has too few items or no interactions.
     pub fn trigger(&self, coll: &Collection) -> Result<TrainingStatus> {
         let min = self.ctx.training.min_items;
-        let items = coll.info().stats.items;
-        if items < min {
+        let stats = coll.info().stats;
+        if stats.items < min {
             return Err(Error::FailedPrecondition(format!(
-                "collection {:?} has {items} items; training needs at least {min} (training.min_items)",
+                "collection {:?} has {} items; training needs at least {min} (training.min_items)",
+                coll.entry.name, stats.items
+            )));
+        }
+        if stats.interactions == 0 {
+            return Err(Error::FailedPrecondition(format!(
+                "collection {:?} has no interactions; DAS learns from them: write some first",
                 coll.entry.name
             )));
         }

@@ -580,6 +580,13 @@ async fn automatic_training_waits_for_the_first_interactions() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Asked for, it is refused up front rather than failing minutes later.
+    let asked = t
+        .trigger_training(pb::TriggerTrainingRequest {
+            collection: "b".into(),
+        })
+        .await;
+    assert_status(asked, Code::FailedPrecondition, "no interactions");
     // The first interactions make it due.
     write_planted_behaviour(&ch, "b", 120, 40).await;
     wait_active(&ch, "b", 1, Duration::from_secs(300)).await;
