@@ -766,7 +766,14 @@ impl CollectionIndex {
     /// Due once the graph holds every point, has at least [`CALIBRATE_MIN_POINTS`] points and has
     /// doubled since the last calibration; returns whether it ran. Exact search holds the state's
     /// read lock one query at a time, so writes wait for at most one exact scan.
-    pub fn calibrate_if_due(&self, space: SpaceId, target: f64) -> Result<bool> {
+    /// `stop` is polled between queries: when it turns true the calibration is dropped (the
+    /// indexer's shutdown does not wait for a whole one, ~10 s at 1M points).
+    pub fn calibrate_if_due(
+        &self,
+        space: SpaceId,
+        target: f64,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<bool> {
         if target <= 0.0 {
             return Ok(false);
         }
@@ -791,15 +798,29 @@ impl CollectionIndex {
                 .collect();
             (Arc::clone(&sp.hnsw), queries)
         };
+        let stopped = std::cell::Cell::new(false);
+        let halt = || {
+            stopped.set(stopped.get() || stop());
+            stopped.get()
+        };
         let exact = |q: &[f32], k: usize| -> Result<Vec<Hit>> {
+            if halt() {
+                return Ok(Vec::new());
+            }
             let st = self.state.read();
             match st.space(space) {
                 Some(sp) => sp.flat.search(q, k, None, None),
                 None => Ok(Vec::new()),
             }
         };
-        let approx = |q: &[f32], k: usize, ef: usize| graph.search(q, k, ef);
+        let approx = |q: &[f32], k: usize, ef: usize| match halt() {
+            true => Ok(Vec::new()),
+            false => graph.search(q, k, ef),
+        };
         let cal = calibrate(&queries, 10, target, &EF_LADDER, exact, approx)?;
+        if stopped.get() {
+            return Ok(false);
+        }
         let mut st = self.state.write();
         let Some(sp) = st.space_mut(space) else {
             return Ok(false);

@@ -194,7 +194,9 @@ fn run(
                         if signal.stopped() {
                             return;
                         }
-                        if let Err(e) = pool.install(|| coll.calibrate_if_due(space, target_recall))
+                        let stop = || signal.stopped();
+                        if let Err(e) =
+                            pool.install(|| coll.calibrate_if_due(space, target_recall, &stop))
                         {
                             tracing::error!(collection = coll.coll_id, ?space, error = %e, "ef calibration failed; the configured ef stays");
                         }

@@ -396,3 +396,45 @@ async fn the_default_ef_is_calibrated_to_the_recall_target() {
         "calibrated {cal:?}; recall@10 on fresh queries: default {default}, ef 16 {explicit}"
     );
 }
+
+/// With the target at 0 the indexer never calibrates; asked directly, a calibration stops when
+/// told to (keeping nothing), runs once due, and is not due again until the graph doubles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calibration_is_off_at_target_0_stops_when_told_and_waits_for_the_graph_to_double() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path(), |c| c.retrieval.hnsw_target_recall = 0.0);
+    let dim = 16usize;
+    e.create_collection("c".into(), collection_config(dim as u32, Metric::Cosine))
+        .await
+        .unwrap();
+    let data = clustered(2500, dim, 10, 0.3, 3);
+    let items: Vec<ItemInput> = (0..2500)
+        .map(|i| item(&format!("i{i}"), &data[i * dim..(i + 1) * dim]))
+        .collect();
+    e.upsert_items("c", items, Durability::Buffered)
+        .await
+        .unwrap();
+    assert!(
+        e.wait_indexed(Duration::from_secs(120)),
+        "indexing timed out"
+    );
+    let coll = e.store.collection("c").unwrap();
+    let index = e.indexes.get(coll.entry.id).unwrap();
+    let space = index.space_ids()[0];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(index.calibration(space), None, "target 0 = off");
+    assert_eq!(index.default_ef(space, 64), 64);
+
+    // 100 exact scans of 2,500 points: quick enough to run on the test's own thread
+    let run = |stop: bool| index.calibrate_if_due(space, 0.9, &move || stop).unwrap();
+    assert!(!run(true));
+    assert_eq!(
+        index.calibration(space),
+        None,
+        "a stopped calibration keeps nothing"
+    );
+    assert!(run(false));
+    let cal = index.calibration(space).expect("calibrated");
+    assert!(cal.recall >= 0.9 && cal.queries == 100, "{cal:?}");
+    assert!(!run(false), "not due again before the graph has doubled");
+}
