@@ -7,6 +7,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::index::SpaceId;
 use super::*;
 use crate::index::synth::clustered;
 use crate::types::{EntityKind, Metric, Modality};
@@ -317,33 +318,16 @@ async fn a_clean_close_dumps_the_graphs_and_a_reopen_loads_them() {
     assert!(found >= 9, "{found} of 10 after reload");
 }
 
-/// A graph too sparse for the configured `ef` (M 4, `ef` 16): once indexed, the indexer
-/// calibrates the collection's default `ef` to the recall target, and searches that leave `ef`
-/// at 0 reach it on queries the calibration never saw, while an explicit `ef` is kept.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_default_ef_is_calibrated_to_the_recall_target() {
-    let dir = tempfile::tempdir().unwrap();
-    let e = engine(dir.path(), |c| {
-        c.retrieval.hnsw_m = 4;
-        c.retrieval.hnsw_ef_construction = 20;
-        c.retrieval.hnsw_ef_search = 16;
-        c.retrieval.hnsw_target_recall = 0.9;
-    });
-    let dim = 32usize;
+/// Creates collection "c" holding `data` (rows of `dim`) as items `i0`, `i1`, ..., waits until
+/// the graph holds them all, and returns its index and item space.
+async fn load_indexed(e: &Engine, data: &[f32], dim: usize) -> (Arc<CollectionIndex>, SpaceId) {
     e.create_collection("c".into(), collection_config(dim as u32, Metric::Cosine))
         .await
         .unwrap();
-    let n = 4000;
-    let data = clustered(n + 200, dim, 40, 0.35, 7);
-    let mut live: BTreeMap<String, Vec<f32>> = BTreeMap::new();
-    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
-        let items: Vec<ItemInput> = chunk
-            .iter()
-            .map(|&i| {
-                let v = &data[i * dim..(i + 1) * dim];
-                live.insert(format!("i{i}"), v.to_vec());
-                item(&format!("i{i}"), v)
-            })
+    let rows: Vec<&[f32]> = data.chunks(dim).collect();
+    for (c, chunk) in rows.chunks(1000).enumerate() {
+        let items = (chunk.iter().enumerate())
+            .map(|(j, v)| item(&format!("i{}", c * 1000 + j), v))
             .collect();
         e.upsert_items("c", items, Durability::Buffered)
             .await
@@ -356,6 +340,27 @@ async fn the_default_ef_is_calibrated_to_the_recall_target() {
     let coll = e.store.collection("c").unwrap();
     let index = e.indexes.get(coll.entry.id).unwrap();
     let space = index.space_ids()[0];
+    (index, space)
+}
+
+/// A graph too sparse for the configured `ef` (M 4, `ef` 16): once indexed, the indexer
+/// calibrates the collection's default `ef` to the recall target, and searches that leave `ef`
+/// at 0 reach it on queries the calibration never saw, while an explicit `ef` is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_ef_is_calibrated_to_the_recall_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path(), |c| {
+        c.retrieval.hnsw_m = 4;
+        c.retrieval.hnsw_ef_construction = 20;
+        c.retrieval.hnsw_ef_search = 16;
+        c.retrieval.hnsw_target_recall = 0.9;
+    });
+    let (n, dim) = (4000, 32usize);
+    let data = clustered(n + 200, dim, 40, 0.35, 7);
+    let live: BTreeMap<String, Vec<f32>> = (0..n)
+        .map(|i| (format!("i{i}"), data[i * dim..(i + 1) * dim].to_vec()))
+        .collect();
+    let (index, space) = load_indexed(&e, &data[..n * dim], dim).await;
     let start = std::time::Instant::now();
     let cal = loop {
         if let Some(c) = index.calibration(space) {
@@ -404,23 +409,7 @@ async fn calibration_is_off_at_target_0_stops_when_told_and_waits_for_the_graph_
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path(), |c| c.retrieval.hnsw_target_recall = 0.0);
     let dim = 16usize;
-    e.create_collection("c".into(), collection_config(dim as u32, Metric::Cosine))
-        .await
-        .unwrap();
-    let data = clustered(2500, dim, 10, 0.3, 3);
-    let items: Vec<ItemInput> = (0..2500)
-        .map(|i| item(&format!("i{i}"), &data[i * dim..(i + 1) * dim]))
-        .collect();
-    e.upsert_items("c", items, Durability::Buffered)
-        .await
-        .unwrap();
-    assert!(
-        e.wait_indexed(Duration::from_secs(120)),
-        "indexing timed out"
-    );
-    let coll = e.store.collection("c").unwrap();
-    let index = e.indexes.get(coll.entry.id).unwrap();
-    let space = index.space_ids()[0];
+    let (index, space) = load_indexed(&e, &clustered(2500, dim, 10, 0.3, 3), dim).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(index.calibration(space), None, "target 0 = off");
     assert_eq!(index.default_ef(space, 64), 64);
