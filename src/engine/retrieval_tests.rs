@@ -84,25 +84,16 @@ fn pending_and_tombstones(e: &Engine, name: &str) -> (usize, usize) {
     (sp.pending.len(), sp.hnsw.tombstones())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graph_recall_holds_after_heavy_churn_and_a_rebuild() {
-    let dir = tempfile::tempdir().unwrap();
-    let e = engine(dir.path(), |c| c.retrieval.index_batch = 512);
-    let dim = 32;
-    e.create_collection("c".into(), collection_config(dim, Metric::Cosine))
+/// Creates collection "c" holding `data` (rows of `dim`) as items `i0`, `i1`, ..., waits until
+/// the graph holds them all, and returns its index and item space.
+async fn load_indexed(e: &Engine, data: &[f32], dim: usize) -> (Arc<CollectionIndex>, SpaceId) {
+    e.create_collection("c".into(), collection_config(dim as u32, Metric::Cosine))
         .await
         .unwrap();
-    let n = 4000;
-    let base = clustered(n, dim as usize, 20, 0.25, 11);
-    let mut live: BTreeMap<String, Vec<f32>> = BTreeMap::new();
-    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
-        let items: Vec<ItemInput> = chunk
-            .iter()
-            .map(|&i| {
-                let v = &base[i * dim as usize..(i + 1) * dim as usize];
-                live.insert(format!("i{i}"), v.to_vec());
-                item(&format!("i{i}"), v)
-            })
+    let rows: Vec<&[f32]> = data.chunks(dim).collect();
+    for (c, chunk) in rows.chunks(1000).enumerate() {
+        let items = (chunk.iter().enumerate())
+            .map(|(j, v)| item(&format!("i{}", c * 1000 + j), v))
             .collect();
         e.upsert_items("c", items, Durability::Buffered)
             .await
@@ -112,9 +103,25 @@ async fn graph_recall_holds_after_heavy_churn_and_a_rebuild() {
         e.wait_indexed(Duration::from_secs(120)),
         "indexing timed out"
     );
+    let coll = e.store.collection("c").unwrap();
+    let index = e.indexes.get(coll.entry.id).unwrap();
+    let space = index.space_ids()[0];
+    (index, space)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_recall_holds_after_heavy_churn_and_a_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path(), |c| c.retrieval.index_batch = 512);
+    let (n, dim) = (4000, 32usize);
+    let base = clustered(n, dim, 20, 0.25, 11);
+    let mut live: BTreeMap<String, Vec<f32>> = (0..n)
+        .map(|i| (format!("i{i}"), base[i * dim..(i + 1) * dim].to_vec()))
+        .collect();
+    load_indexed(&e, &base, dim).await;
 
     // Churn: delete 1,500, move 1,000 to new vectors, add 1,000 new ones.
-    let fresh = clustered(2000, dim as usize, 20, 0.25, 12);
+    let fresh = clustered(2000, dim, 20, 0.25, 12);
     let deleted: Vec<String> = (0..1500).map(|i| format!("i{i}")).collect();
     for id in &deleted {
         live.remove(id);
@@ -129,7 +136,7 @@ async fn graph_recall_holds_after_heavy_churn_and_a_rebuild() {
         } else {
             format!("n{j}")
         };
-        let v = &fresh[j * dim as usize..(j + 1) * dim as usize];
+        let v = &fresh[j * dim..(j + 1) * dim];
         live.insert(id.clone(), v.to_vec());
         updates.push(item(&id, v));
     }
@@ -152,9 +159,9 @@ async fn graph_recall_holds_after_heavy_churn_and_a_rebuild() {
         "{tombstones} tombstones: no rebuild happened"
     );
 
-    let queries = clustered(100, dim as usize, 20, 0.25, 13);
+    let queries = clustered(100, dim, 20, 0.25, 13);
     let mut total = 0.0;
-    for q in queries.chunks(dim as usize) {
+    for q in queries.chunks(dim) {
         let hits = e.search("c", query(q, 10, 0)).await.unwrap();
         let want = oracle(&live, Metric::Cosine, q, 10);
         for h in &hits {
@@ -316,31 +323,6 @@ async fn a_clean_close_dumps_the_graphs_and_a_reopen_loads_them() {
     let want = oracle(&live, Metric::L2, q, 10);
     let found = hits.iter().filter(|h| want.contains(&h.id)).count();
     assert!(found >= 9, "{found} of 10 after reload");
-}
-
-/// Creates collection "c" holding `data` (rows of `dim`) as items `i0`, `i1`, ..., waits until
-/// the graph holds them all, and returns its index and item space.
-async fn load_indexed(e: &Engine, data: &[f32], dim: usize) -> (Arc<CollectionIndex>, SpaceId) {
-    e.create_collection("c".into(), collection_config(dim as u32, Metric::Cosine))
-        .await
-        .unwrap();
-    let rows: Vec<&[f32]> = data.chunks(dim).collect();
-    for (c, chunk) in rows.chunks(1000).enumerate() {
-        let items = (chunk.iter().enumerate())
-            .map(|(j, v)| item(&format!("i{}", c * 1000 + j), v))
-            .collect();
-        e.upsert_items("c", items, Durability::Buffered)
-            .await
-            .unwrap();
-    }
-    assert!(
-        e.wait_indexed(Duration::from_secs(120)),
-        "indexing timed out"
-    );
-    let coll = e.store.collection("c").unwrap();
-    let index = e.indexes.get(coll.entry.id).unwrap();
-    let space = index.space_ids()[0];
-    (index, space)
 }
 
 /// A graph too sparse for the configured `ef` (M 4, `ef` 16): once indexed, the indexer
