@@ -327,15 +327,16 @@ async fn a_clean_close_dumps_the_graphs_and_a_reopen_loads_them() {
 
 /// A graph too sparse for the configured `ef` (M 4, `ef` 16): once indexed, the indexer
 /// calibrates the collection's default `ef` to the recall target, and searches that leave `ef`
-/// at 0 reach it on queries the calibration never saw, while an explicit `ef` is kept.
+/// at 0 reach it (within sampling error: the calibration's queries are the collection's own
+/// points) on queries the calibration never saw, while an explicit `ef` is kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_ef_is_calibrated_to_the_recall_target() {
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path(), |c| {
         c.retrieval.hnsw_m = 4;
-        c.retrieval.hnsw_ef_construction = 20;
+        c.retrieval.hnsw_ef_construction = 64;
         c.retrieval.hnsw_ef_search = 16;
-        c.retrieval.hnsw_target_recall = 0.9;
+        c.retrieval.hnsw_target_recall = 0.95;
     });
     let (n, dim) = (4000, 32usize);
     let data = clustered(n + 200, dim, 40, 0.35, 7);
@@ -351,7 +352,7 @@ async fn the_default_ef_is_calibrated_to_the_recall_target() {
         assert!(start.elapsed() < Duration::from_secs(120), "no calibration");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert!(cal.ef > 16 && cal.recall >= 0.9, "{cal:?}");
+    assert!(cal.ef > 16 && cal.recall >= 0.95, "{cal:?}");
     assert_eq!(index.default_ef(space, 16), cal.ef);
     assert_eq!(index.default_ef(space, 4096), 4096, "never lowered");
 
@@ -369,16 +370,12 @@ async fn the_default_ef_is_calibrated_to_the_recall_target() {
         }
     };
     let (default, explicit) = (recall(0).await, recall(16).await);
+    // the sparse graph misses neighbours at ef 16; the calibrated default finds them
     assert!(
-        explicit < 0.9,
-        "ef 16 must miss neighbours on this graph: {explicit}"
-    );
-    assert!(
-        default >= 0.87,
-        "default ef {} gave recall {default}",
+        default >= 0.92 && default - explicit >= 0.03,
+        "default ef {}: recall {default}, ef 16: {explicit}",
         cal.ef
     );
-    assert!(default > explicit, "{default} vs {explicit}");
     eprintln!(
         "calibrated {cal:?}; recall@10 on fresh queries: default {default}, ef 16 {explicit}"
     );
