@@ -322,12 +322,6 @@ impl Ctx<'_> {
                 if self.prep.item_count[target as usize] <= self.opts.cold_max as f32 {
                     cold.add(ra);
                     cold_z.add(rb);
-                    if std::env::var_os("SIDB_DUMP_COLD").is_some() {
-                        eprintln!(
-                            "COLD {} {} {} {:?} {:?} {}",
-                            r.method, u, target, ra, rb, self.prep.item_count[target as usize]
-                        );
-                    }
                 }
             }
         }
