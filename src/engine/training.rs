@@ -3,8 +3,9 @@
 //!
 //! - **Triggers** (`[training]`): a collection is trained when it has at least `min_items` items
 //!   and at least one interaction (DAS learns from behaviour: without any, a training could only
-//!   fail, after loading every vector) and either has no version yet, or has grown by `new_items_ratio` items or
-//!   `new_interactions_ratio` interactions since the active version's snapshot,
+//!   fail, after loading every vector) and either has no version yet, or has grown by
+//!   `new_items_ratio` items or `new_interactions_ratio` interactions since the active
+//!   version's snapshot,
 //!   `min_interval_secs` passed since the last training ended, and no write came for
 //!   `quiet_secs` (a bulk load is trained on whole); or when `TriggerTraining` asks.
 //! - **One training at a time**, on the scheduler thread, with candle's kernels in a rayon pool
@@ -300,22 +301,29 @@ impl Trainers {
         self.slot(coll).status.subscribe()
     }
 
-    /// Asks for a training now. FAILED_PRECONDITION when one is running or queued, or the
-    /// collection has too few items or no interactions.
-    pub fn trigger(&self, coll: &Collection) -> Result<TrainingStatus> {
-        let min = self.ctx.training.min_items;
-        let stats = coll.info().stats;
+    /// Why `coll` cannot be trained yet (too few items, no interactions), if it cannot: the
+    /// one check behind both the automatic triggers and `TriggerTraining`.
+    fn not_trainable(&self, coll: &Collection) -> Option<String> {
+        let (min, stats) = (self.ctx.training.min_items, coll.info().stats);
+        let name = &coll.entry.name;
         if stats.items < min {
-            return Err(Error::FailedPrecondition(format!(
-                "collection {:?} has {} items; training needs at least {min} (training.min_items)",
-                coll.entry.name, stats.items
-            )));
+            return Some(format!(
+                "collection {name:?} has {} items; training needs at least {min} (training.min_items)",
+                stats.items
+            ));
         }
-        if stats.interactions == 0 {
-            return Err(Error::FailedPrecondition(format!(
-                "collection {:?} has no interactions; DAS learns from them: write some first",
-                coll.entry.name
-            )));
+        (stats.interactions == 0).then(|| {
+            format!(
+                "collection {name:?} has no interactions; DAS learns from them: write some first"
+            )
+        })
+    }
+
+    /// Asks for a training now. FAILED_PRECONDITION when one is running or queued, or the
+    /// collection cannot be trained yet ([`Trainers::not_trainable`]).
+    pub fn trigger(&self, coll: &Collection) -> Result<TrainingStatus> {
+        if let Some(why) = self.not_trainable(coll) {
+            return Err(Error::FailedPrecondition(why));
         }
         let slot = self.slot(coll);
         if slot.running.load(Ordering::SeqCst) || slot.requested.swap(true, Ordering::SeqCst) {
@@ -382,11 +390,11 @@ impl Trainers {
 
     /// Whether the automatic triggers fire for `coll`.
     fn due(&self, coll: &Collection, slot: &Slot) -> bool {
-        let t = &self.ctx.training;
-        let stats = coll.info().stats;
-        if stats.items < t.min_items || stats.interactions == 0 {
+        if self.not_trainable(coll).is_some() {
             return false;
         }
+        let t = &self.ctx.training;
+        let stats = coll.info().stats;
         {
             // Quiet period: wait for the writes to pause (a bulk load trains once, whole).
             let mut seen = slot.last_write.lock();
