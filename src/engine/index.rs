@@ -499,12 +499,14 @@ impl CollectionIndex {
     }
 
     /// Rebuilds the index of `coll` from a scan of the store, with the graphs from the dump in
-    /// `dump_dir` when it matches exactly (else every point starts pending). Blocking; at start.
+    /// `dump_dir` when it matches exactly (else every point starts pending). A loaded graph keeps
+    /// the calibration it had when dumped if that aimed at `target_recall`. Blocking; at start.
     pub fn open(
         store: &Store,
         coll: &Collection,
         params: HnswParams,
         dump_dir: &Path,
+        target_recall: f64,
     ) -> Result<CollectionIndex> {
         let index = CollectionIndex::empty(coll.entry.id, coll.config(), params);
         let dump = match PointsFile::read(dump_dir) {
@@ -562,7 +564,9 @@ impl CollectionIndex {
             st.sid_version = active;
         }
         let loaded = match &dump {
-            Some(d) if fresh_points == 0 => index.load_graphs(&mut st, d, dump_dir, seq),
+            Some(d) if fresh_points == 0 => {
+                index.load_graphs(&mut st, d, dump_dir, seq, target_recall)
+            }
             Some(_) => Err(Error::FailedPrecondition(format!(
                 "{fresh_points} entities are not in the dump"
             ))),
@@ -587,13 +591,15 @@ impl CollectionIndex {
         Ok(index)
     }
 
-    /// Loads every graph of the dump, checking it against the scanned state.
+    /// Loads every graph of the dump, checking it against the scanned state, with its
+    /// calibration when that aimed at `target_recall`.
     fn load_graphs(
         &self,
         st: &mut IndexState,
         dump: &PointsFile,
         dir: &Path,
         seq: u64,
+        target_recall: f64,
     ) -> Result<()> {
         if dump.generation != seq {
             return Err(Error::FailedPrecondition(format!(
@@ -642,6 +648,11 @@ impl CollectionIndex {
             let space = st.space_mut(id).expect("listed above");
             space.hnsw = Arc::new(g);
             space.pending = pending.into_iter().map(|p| (p, seq)).collect();
+            if let Some(&(len, c)) = dump.calibrations.get(&id) {
+                if c.target == target_recall {
+                    (space.calibrated_len, space.calibration) = (len, Some(c));
+                }
+            }
         }
         Ok(())
     }
@@ -953,6 +964,15 @@ impl CollectionIndex {
     }
 }
 
+fn put_space(e: &mut Enc, space: SpaceId) {
+    let (kind, m) = match space {
+        SpaceId::Item(i) => (0u8, i as u32),
+        SpaceId::User => (1u8, 0),
+    };
+    e.u8(kind);
+    e.u32(m);
+}
+
 fn bad_record(id: &str, e: Error) -> Error {
     Error::DataLoss(format!("stored vector of {id:?} is unusable: {e}"))
 }
@@ -975,7 +995,9 @@ fn resolve(ents: &Entities, hits: Vec<Hit>) -> Vec<EntityHit> {
 /// Layout ([`crate::storage::codec`] encoding, little-endian): magic `SIDBPTS1`, format version,
 /// `u64` generation, `u64` next point, the items and users as (`u64` count, then per entity `u64`
 /// point and its id string), the pending sets as (`u32` count, then per space `u8` kind,
-/// `u32` modality, `u64` count, `u64` points), and a CRC32 of everything before it.
+/// `u32` modality, `u64` count, `u64` points), the graphs' calibrations as (`u32` count, then per
+/// space `u8` kind, `u32` modality, `u64` graph size at calibration, `u64` ef, `f64` recall, `u64`
+/// queries, `f64` target; absent in dumps of older versions), and a CRC32 of everything before it.
 #[derive(Debug, Default)]
 struct PointsFile {
     generation: u64,
@@ -983,6 +1005,8 @@ struct PointsFile {
     items: HashMap<String, PointId>,
     users: HashMap<String, PointId>,
     pending: HashMap<SpaceId, HashSet<PointId>>,
+    /// Per space: the graph size at its last calibration, and that calibration.
+    calibrations: HashMap<SpaceId, (usize, Calibration)>,
 }
 
 /// Graphs smaller than this are not calibrated: the configured `ef` is plenty there.
@@ -1009,6 +1033,10 @@ impl PointsFile {
             pending: st
                 .spaces()
                 .map(|(id, s)| (id, s.pending.keys().copied().collect()))
+                .collect(),
+            calibrations: st
+                .spaces()
+                .filter_map(|(id, s)| Some((id, (s.calibrated_len, s.calibration?))))
                 .collect(),
         }
     }
@@ -1037,14 +1065,18 @@ impl PointsFile {
         }
         e.u32(self.pending.len() as u32);
         for (space, points) in &self.pending {
-            let (kind, m) = match space {
-                SpaceId::Item(i) => (0u8, *i as u32),
-                SpaceId::User => (1u8, 0),
-            };
-            e.u8(kind);
-            e.u32(m);
+            put_space(&mut e, *space);
             e.u64(points.len() as u64);
             points.iter().for_each(|p| e.u64(*p));
+        }
+        e.u32(self.calibrations.len() as u32);
+        for (space, (len, c)) in &self.calibrations {
+            put_space(&mut e, *space);
+            e.u64(*len as u64);
+            e.u64(c.ef as u64);
+            e.u64(c.recall.to_bits());
+            e.u64(c.queries as u64);
+            e.u64(c.target.to_bits());
         }
         let crc = crc32fast::hash(&e.buf);
         e.u32(crc);
@@ -1086,17 +1118,119 @@ impl PointsFile {
                 map.insert(d.str()?, p);
             }
         }
+        let space = |d: &mut Dec| match (d.u8()?, d.u32()?) {
+            (0, m) => Ok(SpaceId::Item(m as usize)),
+            (1, _) => Ok(SpaceId::User),
+            _ => Err(corrupt("unknown space kind")),
+        };
         for _ in 0..d.u32()? {
-            let space = match (d.u8()?, d.u32()?) {
-                (0, m) => SpaceId::Item(m as usize),
-                (1, _) => SpaceId::User,
-                _ => return Err(corrupt("unknown space kind")),
-            };
+            let space = space(&mut d)?;
             let n = d.u64()?;
             let set = (0..n).map(|_| d.u64()).collect::<Result<HashSet<_>>>()?;
             out.pending.insert(space, set);
         }
+        // dumps written before calibrations were kept end here
+        if !d.rest().is_empty() {
+            for _ in 0..d.u32()? {
+                let space = space(&mut d)?;
+                let len = d.u64()? as usize;
+                let c = Calibration {
+                    ef: d.u64()? as usize,
+                    recall: f64::from_bits(d.u64()?),
+                    queries: d.u64()? as usize,
+                    target: f64::from_bits(d.u64()?),
+                };
+                if c.ef == 0 || !(0.0..=1.0).contains(&c.recall) || !c.target.is_finite() {
+                    return Err(corrupt("an impossible calibration"));
+                }
+                out.calibrations.insert(space, (len, c));
+            }
+        }
         d.finish()?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> PointsFile {
+        let cal = Calibration {
+            ef: 256,
+            recall: 0.965,
+            queries: 100,
+            target: 0.95,
+        };
+        PointsFile {
+            generation: 42,
+            next_point: 3,
+            items: HashMap::from([("a".into(), 0), ("b".into(), 2)]),
+            users: HashMap::from([("u".into(), 1)]),
+            pending: HashMap::from([(SpaceId::Item(0), HashSet::from([2]))]),
+            calibrations: HashMap::from([(SpaceId::Item(0), (1_000_000, cal))]),
+        }
+    }
+
+    fn write(dir: &Path, bytes: &[u8]) {
+        fs::write(dir.join(POINTS_FILE), bytes).unwrap();
+    }
+
+    /// The body with its CRC recomputed.
+    fn sealed(mut body: Vec<u8>) -> Vec<u8> {
+        let crc = crc32fast::hash(&body);
+        body.extend_from_slice(&crc.to_le_bytes());
+        body
+    }
+
+    #[test]
+    fn the_points_file_round_trips_with_its_calibrations() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = sample();
+        write(dir.path(), &p.encode());
+        let back = PointsFile::read(dir.path()).unwrap();
+        assert_eq!((back.generation, back.next_point), (42, 3));
+        assert_eq!((back.items, back.users), (p.items, p.users));
+        assert_eq!(back.pending, p.pending);
+        assert_eq!(back.calibrations, p.calibrations);
+    }
+
+    #[test]
+    fn a_points_file_without_calibrations_still_reads() {
+        // the layout before calibrations were kept: the same bytes up to the pending sets
+        let dir = tempfile::tempdir().unwrap();
+        let p = PointsFile {
+            calibrations: HashMap::new(),
+            ..sample()
+        };
+        let bytes = p.encode();
+        let old = bytes[..bytes.len() - 4 - 4].to_vec(); // CRC, then the u32 count 0
+        write(dir.path(), &sealed(old));
+        let back = PointsFile::read(dir.path()).unwrap();
+        assert_eq!(back.pending, p.pending);
+        assert!(back.calibrations.is_empty());
+    }
+
+    #[test]
+    fn a_damaged_calibration_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = sample().encode();
+        // the recall (second f64 from the end, before the target and the CRC) set to NaN
+        let body = bytes.len() - 4;
+        let mut bad = bytes[..body].to_vec();
+        let at = body - 8 - 8 - 8;
+        bad[at..at + 8].copy_from_slice(&f64::NAN.to_bits().to_le_bytes());
+        write(dir.path(), &sealed(bad));
+        let err = PointsFile::read(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("impossible calibration"), "{err}");
+        // a truncated section (checksum fine) is an error too, not a panic
+        write(dir.path(), &sealed(bytes[..body - 3].to_vec()));
+        assert!(PointsFile::read(dir.path()).is_err());
+        // and a flipped byte fails the checksum
+        let mut flipped = bytes.clone();
+        flipped[body - 20] ^= 1;
+        write(dir.path(), &flipped);
+        let err = PointsFile::read(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("checksum"), "{err}");
     }
 }

@@ -79,7 +79,7 @@ impl Engine {
             let dir = index_dir(store.dir(), coll.entry.id);
             let t = Instant::now();
             models::drop_aborted(&store, &coll, store.dir())?;
-            let index = CollectionIndex::open(&store, &coll, params, &dir)?;
+            let index = CollectionIndex::open(&store, &coll, params, &dir, r.hnsw_target_recall)?;
             let active = store.active_version(&coll);
             if active > 0 {
                 // Without its checkpoint the version's SIDs still serve; only online assignment

@@ -406,3 +406,45 @@ async fn calibration_is_off_at_target_0_stops_when_told_and_waits_for_the_graph_
     assert!(cal.recall >= 0.9 && cal.queries == 100, "{cal:?}");
     assert!(!run(false), "not due again before the graph has doubled");
 }
+
+/// A calibration is kept in the dump of a clean close: a reopen with the same target serves
+/// the same `ef` at once (no second measurement: not due until the graph doubles), and a
+/// reopen with another target drops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_calibration_survives_a_clean_restart_for_the_same_target_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let dim = 16usize;
+    let cal = {
+        let e = engine(dir.path(), |c| c.retrieval.hnsw_target_recall = 0.0);
+        let (index, space) = load_indexed(&e, &clustered(2500, dim, 10, 0.3, 3), dim).await;
+        assert!(index.calibrate_if_due(space, 0.9, &|| false).unwrap());
+        let cal = index.calibration(space).expect("calibrated");
+        drop(index);
+        e.close().unwrap();
+        cal
+    };
+    let reopen = |target: f64| {
+        let e = engine(dir.path(), |c| c.retrieval.hnsw_target_recall = target);
+        let index = e.indexes.get(e.store.collection("c").unwrap().entry.id);
+        (e, index.unwrap())
+    };
+    {
+        let (e, index) = reopen(0.9);
+        let space = index.space_ids()[0];
+        assert_eq!(
+            index.calibration(space),
+            Some(cal),
+            "kept across the restart"
+        );
+        assert_eq!(index.default_ef(space, 0), cal.ef);
+        assert!(
+            !index.calibrate_if_due(space, 0.9, &|| false).unwrap(),
+            "not measured again before the graph doubles"
+        );
+        drop(index);
+        e.close().unwrap();
+    }
+    let (_e, index) = reopen(0.8);
+    let space = index.space_ids()[0];
+    assert_eq!(index.calibration(space), None, "aimed at another target");
+}

@@ -20,6 +20,8 @@ pub struct Calibration {
     pub recall: f64,
     /// Queries measured.
     pub queries: usize,
+    /// The recall the calibration aimed for.
+    pub target: f64,
 }
 
 /// Measures recall@`k` of `approx(query, n, ef)` against `exact(query, n)` for each `(point,
@@ -64,6 +66,7 @@ where
             ef,
             recall: found as f64 / wanted as f64,
             queries: queries.len(),
+            target,
         };
         if cal.recall >= target {
             return Ok(Some(cal));
