@@ -91,6 +91,14 @@ pub struct MethodResult {
     /// catalogue: 0 = always first, about 0.5 = no better than chance (diagnostic).
     #[serde(default)]
     pub cold_mean_rank_share: f64,
+    /// 0-based rank of each cold-slice user's held-out item in retrieval (a), in test-user
+    /// order (the same users for every method); `None` = not among the candidates.
+    #[serde(default)]
+    pub cold_ranks: Vec<Option<usize>>,
+    /// The cold slice user by user against `cf` (when `cf` is in the same run): the slice is
+    /// too small for its Recall@10 alone to separate two methods.
+    #[serde(default)]
+    pub cold_vs_cf: Option<PairedRanks>,
     /// Recall@10 of the model's own ICDM vectors `u_int . i_pro` over all items (DAS and
     /// two-stage: shows what the alignment target is worth, and whether joint training hurts it).
     #[serde(rename = "recall@10_cf")]
@@ -111,6 +119,53 @@ pub struct MethodResult {
     pub train: Option<TrainStats>,
     /// Users with a test item.
     pub test_users: usize,
+}
+
+/// Two methods' ranks of the same held-out items, user by user.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct PairedRanks {
+    /// Users whose item this method ranks higher than the other.
+    pub better: usize,
+    /// Users whose item it ranks lower.
+    pub worse: usize,
+    /// Same rank (or retrievable by neither).
+    pub tied: usize,
+    /// Two-sided sign test of better against worse (ties left out).
+    pub p_sign: f64,
+}
+
+impl PairedRanks {
+    /// Compares `mine` with `other` (same users, same order; `None` = not retrievable, below
+    /// every rank).
+    pub fn of(mine: &[Option<usize>], other: &[Option<usize>]) -> PairedRanks {
+        let key = |r: &Option<usize>| r.unwrap_or(usize::MAX);
+        let mut out = PairedRanks::default();
+        for (a, b) in mine.iter().zip(other) {
+            match key(a).cmp(&key(b)) {
+                std::cmp::Ordering::Less => out.better += 1,
+                std::cmp::Ordering::Greater => out.worse += 1,
+                std::cmp::Ordering::Equal => out.tied += 1,
+            }
+        }
+        out.p_sign = sign_test(out.better, out.worse);
+        out
+    }
+}
+
+/// Two-sided exact sign test: P(a count at least as far from n/2 as `a` vs `b`) under p = 1/2.
+pub fn sign_test(a: usize, b: usize) -> f64 {
+    let n = a + b;
+    let k = a.min(b);
+    // sum over i <= k of C(n, i) / 2^n, in logs (n may be large)
+    let mut ln_c = 0.0f64;
+    let mut tail = 0.0f64;
+    for i in 0..=k {
+        if i > 0 {
+            ln_c += ((n - i + 1) as f64).ln() - (i as f64).ln();
+        }
+        tail += (ln_c - n as f64 * std::f64::consts::LN_2).exp();
+    }
+    (2.0 * tail).min(1.0)
 }
 
 /// The whole evaluation.
@@ -219,9 +274,21 @@ pub fn evaluate_with_progress(
     for name in methods {
         tracing::info!(method = %name, "evaluating");
         report.results.push(ctx.run(name)?);
+        pair_with_cf(&mut report.results);
         progress(&report);
     }
     Ok(report)
+}
+
+/// Sets `cold_vs_cf` of every method other than `cf` when `cf` has run.
+fn pair_with_cf(results: &mut [MethodResult]) {
+    let Some(cf) = results.iter().find(|r| r.method == "cf") else {
+        return;
+    };
+    let cf = cf.cold_ranks.clone();
+    for r in results.iter_mut().filter(|r| r.method != "cf") {
+        r.cold_vs_cf = Some(PairedRanks::of(&r.cold_ranks, &cf));
+    }
 }
 
 impl Ctx<'_> {
@@ -320,6 +387,7 @@ impl Ctx<'_> {
                 a.add(ra);
                 b.add(rb);
                 if self.prep.item_count[target as usize] <= self.opts.cold_max as f32 {
+                    r.cold_ranks.push(ra);
                     cold.add(ra);
                     cold_z.add(rb);
                 }
@@ -379,6 +447,21 @@ pub fn markdown_table(report: &EvalReport) -> String {
                 .as_ref()
                 .and_then(|t| t.cpu_s)
                 .map_or("-".into(), |c| format!("{c:.1}"))
+        ));
+    }
+    let paired: Vec<String> = (report.results.iter())
+        .filter_map(|r| {
+            let p = r.cold_vs_cf?;
+            Some(format!(
+                "{}: {} better, {} worse, {} tied (sign test p = {:.2e})",
+                r.method, p.better, p.worse, p.tied, p.p_sign
+            ))
+        })
+        .collect();
+    if !paired.is_empty() {
+        s.push_str(&format!(
+            "\nCold slice user by user against cf, rank of retrieval (a): {}\n",
+            paired.join("; ")
         ));
     }
     s
@@ -470,6 +553,16 @@ mod tests {
         assert!(content.recall10_z > 10.0 / 256.0, "{}", content.recall10_z);
         assert!(content.recall10_z < get("das").recall10_z);
         assert!(content.auc_probe.is_none() && content.train_seconds == 0.0);
+        // every method ranks the same cold users, and each is paired with cf
+        for r in &rep.results {
+            assert_eq!(r.cold_ranks.len(), r.cold_users, "{}", r.method);
+            assert_eq!(r.cold_users, get("cf").cold_users);
+            let paired = r.cold_vs_cf.map(|p| p.better + p.worse + p.tied);
+            match r.method.as_str() {
+                "cf" => assert_eq!(paired, None),
+                _ => assert_eq!(paired, Some(r.cold_users), "{}", r.method),
+            }
+        }
         let json = serde_json::to_value(&rep).expect("json");
         assert!(json["results"][0]["recall@10"].is_number());
         assert!(parse_method("nope", &DasConfig::default()).is_err());
@@ -489,5 +582,25 @@ mod tests {
         assert_eq!(v.results[0].test_users, 128);
         let sp = split::split(&ds.ratings, ds.n_users, opts.min_rating, opts.config.seed);
         assert!(sp.valid.iter().zip(&sp.test).all(|(v, t)| v.0 == t.0));
+    }
+
+    #[test]
+    fn paired_ranks_count_users_and_the_sign_test_is_exact() {
+        let p = PairedRanks::of(
+            &[Some(0), Some(5), None, Some(7), None],
+            &[Some(3), Some(5), Some(9), None, None],
+        );
+        assert_eq!((p.better, p.worse, p.tied), (2, 1, 2));
+        assert_eq!(p.p_sign, 1.0);
+        // P(<= 0 of 5) = 1/32, two-sided
+        assert!((sign_test(5, 0) - 2.0 / 32.0).abs() < 1e-12);
+        assert!((sign_test(0, 10) - 2.0 / 1024.0).abs() < 1e-12);
+        // P(<= 1 of 6) = 7/64
+        assert!((sign_test(1, 5) - 14.0 / 64.0).abs() < 1e-12);
+        assert_eq!(sign_test(3, 3), 1.0);
+        assert_eq!(sign_test(0, 0), 1.0);
+        // large n stays finite: 600 vs 400 is far from even
+        let p = sign_test(600, 400);
+        assert!(p > 0.0 && p < 1e-9, "{p}");
     }
 }
