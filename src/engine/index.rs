@@ -35,13 +35,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use super::models::LoadedModel;
 
 use crate::error::{Error, Result};
 use crate::fsutil::{remove_dir_if_present, replace_dir, sibling, write_synced};
-use crate::index::calibrate::{calibrate, Calibration, EF_LADDER};
+use crate::index::calibrate::{calibrate, Calibration, QuerySample, EF_LADDER};
 use crate::index::flat::FlatIndex;
 use crate::index::hnsw::{DumpStamp, HnswIndex, HnswParams};
 use crate::index::{Hit, PointId};
@@ -468,6 +468,10 @@ pub struct CollectionIndex {
     /// The active version's model (online assignment); swapped under the writer lock together
     /// with the tries.
     pub model: ArcSwapOption<LoadedModel>,
+    /// Per space, a sample of the query vectors searched since start: the calibration's queries
+    /// once it holds [`CALIBRATE_QUERIES`]. Outside `state` so that searches (which hold only
+    /// the read lock) can add to it; a search finding it busy skips it.
+    queries: Mutex<HashMap<SpaceId, QuerySample>>,
 }
 
 impl CollectionIndex {
@@ -495,6 +499,7 @@ impl CollectionIndex {
                 touched: None,
             }),
             model: ArcSwapOption::empty(),
+            queries: Mutex::new(HashMap::new()),
         }
     }
 
@@ -772,10 +777,12 @@ impl CollectionIndex {
         self.state.read().space(space).and_then(|sp| sp.calibration)
     }
 
-    /// Measures the recall@10 of `space`'s graph against exact search on a sample of its own
-    /// points and keeps the smallest `ef` reaching `target` (see [`crate::index::calibrate`]).
-    /// Due once the graph holds every point, has at least [`CALIBRATE_MIN_POINTS`] points and has
-    /// doubled since the last calibration; returns whether it ran. Exact search holds the state's
+    /// Measures the recall@10 of `space`'s graph against exact search and keeps the smallest `ef`
+    /// reaching `target` (see [`crate::index::calibrate`]). The queries are the space's sample of
+    /// real searches once it holds [`CALIBRATE_QUERIES`], else an even spread of its own points.
+    /// Due once the graph holds every point and has at least [`CALIBRATE_MIN_POINTS`] points,
+    /// when it has doubled since the last calibration or when the last one used own points and
+    /// the sample of real searches has filled since; returns whether it ran. Exact search holds the state's
     /// read lock one query at a time, so writes wait for at most one exact scan.
     /// `stop` is polled between queries: when it turns true the calibration is dropped (the
     /// indexer's shutdown does not wait for a whole one: about 14 s at 1M points, measured).
@@ -788,25 +795,36 @@ impl CollectionIndex {
         if target <= 0.0 {
             return Ok(false);
         }
+        let searched: Vec<Vec<f32>> = (self.queries.lock().get(&space))
+            .filter(|s| s.is_full())
+            .map_or_else(Vec::new, |s| s.rows().to_vec());
+        let on_queries = !searched.is_empty();
         let (graph, queries) = {
             let st = self.state.read();
             let Some(sp) = st.space(space) else {
                 return Ok(false);
             };
             let n = sp.hnsw.len();
+            let upgrade = on_queries && sp.calibration.is_some_and(|c| !c.on_queries);
             let due = sp.pending.is_empty()
                 && n >= CALIBRATE_MIN_POINTS
-                && n >= 2 * sp.calibrated_len
+                && (n >= 2 * sp.calibrated_len || upgrade)
                 && n == sp.flat.len();
             if !due {
                 return Ok(false);
             }
-            // an even spread over the points, the same points for the same collection
-            let step = (sp.flat.len() / CALIBRATE_QUERIES).max(1);
-            let queries: Vec<(PointId, Vec<f32>)> = (sp.flat.iter().step_by(step))
-                .take(CALIBRATE_QUERIES)
-                .map(|(p, v)| (p, v.to_vec()))
-                .collect();
+            let queries: Vec<(PointId, Vec<f32>)> = match on_queries {
+                // no point of the index is the query's own
+                true => searched.into_iter().map(|q| (PointId::MAX, q)).collect(),
+                false => {
+                    // an even spread over the points, the same points for the same collection
+                    let step = (sp.flat.len() / CALIBRATE_QUERIES).max(1);
+                    (sp.flat.iter().step_by(step))
+                        .take(CALIBRATE_QUERIES)
+                        .map(|(p, v)| (p, v.to_vec()))
+                        .collect()
+                }
+            };
             (Arc::clone(&sp.hnsw), queries)
         };
         let stopped = std::cell::Cell::new(false);
@@ -837,7 +855,8 @@ impl CollectionIndex {
             return Ok(false);
         };
         sp.calibrated_len = graph.len();
-        if let Some(c) = cal {
+        if let Some(mut c) = cal {
+            c.on_queries = on_queries;
             tracing::info!(
                 collection = self.coll_id,
                 ?space,
@@ -845,6 +864,7 @@ impl CollectionIndex {
                 ef = c.ef,
                 recall = c.recall,
                 target,
+                on_queries,
                 "search breadth calibrated"
             );
             sp.calibration = Some(c);
@@ -881,6 +901,7 @@ impl CollectionIndex {
         restrict: &Restrict,
         exact_scan_max: usize,
     ) -> Result<Vec<EntityHit>> {
+        self.sample_query(space, query);
         let st = self.state.read();
         let ents = st.entities(space.kind());
         let sp = st
@@ -932,6 +953,19 @@ impl CollectionIndex {
             }
         };
         Ok(resolve(ents, hits))
+    }
+
+    /// Offers `query` to `space`'s query sample (skipped when another search holds it).
+    fn sample_query(&self, space: SpaceId, query: &[f32]) {
+        if let Some(mut samples) = self.queries.try_lock() {
+            let seed = self.coll_id.wrapping_mul(31).wrapping_add(match space {
+                SpaceId::Item(m) => m as u64,
+                SpaceId::User => u64::MAX,
+            });
+            (samples.entry(space))
+                .or_insert_with(|| QuerySample::new(CALIBRATE_QUERIES, seed))
+                .offer(query);
+        }
     }
 
     /// The stored (prepared) vector of an entity in a space.
@@ -997,7 +1031,8 @@ fn resolve(ents: &Entities, hits: Vec<Hit>) -> Vec<EntityHit> {
 /// point and its id string), the pending sets as (`u32` count, then per space `u8` kind,
 /// `u32` modality, `u64` count, `u64` points), the graphs' calibrations as (`u32` count, then per
 /// space `u8` kind, `u32` modality, `u64` graph size at calibration, `u64` ef, `f64` recall, `u64`
-/// queries, `f64` target; absent in dumps of older versions), and a CRC32 of everything before it.
+/// queries, `f64` target, `u8` 1 when measured on real searches; absent in dumps of older
+/// versions), and a CRC32 of everything before it.
 #[derive(Debug, Default)]
 struct PointsFile {
     generation: u64,
@@ -1077,6 +1112,7 @@ impl PointsFile {
             e.u64(c.recall.to_bits());
             e.u64(c.queries as u64);
             e.u64(c.target.to_bits());
+            e.u8(c.on_queries as u8);
         }
         let crc = crc32fast::hash(&e.buf);
         e.u32(crc);
@@ -1139,6 +1175,11 @@ impl PointsFile {
                     recall: f64::from_bits(d.u64()?),
                     queries: d.u64()? as usize,
                     target: f64::from_bits(d.u64()?),
+                    on_queries: match d.u8()? {
+                        0 => false,
+                        1 => true,
+                        _ => return Err(corrupt("an impossible calibration")),
+                    },
                 };
                 if c.ef == 0 || !(0.0..=1.0).contains(&c.recall) || !c.target.is_finite() {
                     return Err(corrupt("an impossible calibration"));
@@ -1161,6 +1202,7 @@ mod tests {
             recall: 0.965,
             queries: 100,
             target: 0.95,
+            on_queries: true,
         };
         PointsFile {
             generation: 42,
@@ -1215,10 +1257,10 @@ mod tests {
     fn a_damaged_calibration_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let bytes = sample().encode();
-        // the recall (second f64 from the end, before the target and the CRC) set to NaN
+        // the recall (before the queries, the target, the source byte and the CRC) set to NaN
         let body = bytes.len() - 4;
         let mut bad = bytes[..body].to_vec();
-        let at = body - 8 - 8 - 8;
+        let at = body - 1 - 8 - 8 - 8;
         bad[at..at + 8].copy_from_slice(&f64::NAN.to_bits().to_le_bytes());
         write(dir.path(), &sealed(bad));
         let err = PointsFile::read(dir.path()).unwrap_err().to_string();

@@ -448,3 +448,67 @@ async fn a_calibration_survives_a_clean_restart_for_the_same_target_only() {
     let space = index.space_ids()[0];
     assert_eq!(index.calibration(space), None, "aimed at another target");
 }
+
+/// Once searches have filled the space's query sample, the calibration is measured again on
+/// them (once; then only when the graph doubles). Queries unlike the stored points (random
+/// directions here, against clustered points) are harder for the graph than its own points, and
+/// the calibration on them is what predicts the recall of such searches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_calibration_moves_to_the_real_queries_once_it_has_enough() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path(), |c| {
+        c.retrieval.hnsw_m = 4;
+        c.retrieval.hnsw_ef_construction = 64;
+        c.retrieval.hnsw_target_recall = 0.0; // calibrated by hand below
+    });
+    let (n, dim) = (4000, 32usize);
+    let data = clustered(n, dim, 40, 0.35, 7);
+    let live: BTreeMap<String, Vec<f32>> = (0..n)
+        .map(|i| (format!("i{i}"), data[i * dim..(i + 1) * dim].to_vec()))
+        .collect();
+    let (index, space) = load_indexed(&e, &data, dim).await;
+    let calibrate = || index.calibrate_if_due(space, 0.95, &|| false).unwrap();
+    assert!(calibrate());
+    let own = index.calibration(space).unwrap();
+    assert!(!own.on_queries);
+    assert!(!calibrate(), "nothing new: not due");
+
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let mut random = |count: usize| -> Vec<Vec<f32>> {
+        (0..count)
+            .map(|_| (0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect())
+            .collect()
+    };
+    let searched = random(150);
+    for q in &searched[..99] {
+        e.search("c", query(q, 10, 16)).await.unwrap();
+    }
+    assert!(!calibrate(), "99 searches do not fill the sample");
+    for q in &searched[99..] {
+        e.search("c", query(q, 10, 16)).await.unwrap();
+    }
+    assert!(calibrate(), "due once the sample is full");
+    let real = index.calibration(space).unwrap();
+    assert!(real.on_queries && real.queries == 100, "{real:?}");
+    assert!(!calibrate(), "not due again before the graph doubles");
+
+    let fresh = random(200);
+    let recall = |ef: u32| {
+        let (e, live, fresh) = (&e, &live, &fresh);
+        async move {
+            let mut found = 0;
+            for q in fresh {
+                let hits = e.search("c", query(q, 10, ef)).await.unwrap();
+                let want = oracle(live, Metric::Cosine, q, 10);
+                found += hits.iter().filter(|h| want.contains(&h.id)).count();
+            }
+            found as f64 / (fresh.len() * 10) as f64
+        }
+    };
+    let (at_own, at_real) = (recall(own.ef as u32).await, recall(real.ef as u32).await);
+    eprintln!("own points {own:?}: {at_own}; real queries {real:?}: {at_real}");
+    // measured: own points ef 32 -> 0.50 on such queries; real queries ef 256 -> 0.95
+    assert!(real.ef > own.ef, "{own:?} {real:?}");
+    assert!(at_own < 0.8, "own points would do: {at_own}");
+    assert!(at_real >= 0.9, "the real queries' ef: {at_real}");
+}

@@ -3,8 +3,9 @@
 //! One `ef` does not fit every collection: on clustered 256-d data the default 64 gives
 //! recall@10 0.98 at 100k points and 0.71 at 1M (README, "Search over gRPC"). The indexer
 //! therefore measures, once a graph has caught up and again each time it has doubled, the
-//! recall@k of the graph against exact search on a sample of the collection's own points, and
-//! keeps the smallest `ef` of a ladder that reaches the target as the collection's default.
+//! recall@k of the graph against exact search on a sample of queries (the collection's real
+//! searches once it has enough, see [`QuerySample`], else its own points), and keeps the smallest
+//! `ef` of a ladder that reaches the target as the collection's default.
 use super::{Hit, PointId};
 
 /// The `ef` values tried, smallest first.
@@ -22,11 +23,77 @@ pub struct Calibration {
     pub queries: usize,
     /// The recall the calibration aimed for.
     pub target: f64,
+    /// Whether the queries were real searches ([`QuerySample`]) rather than the index's own
+    /// points.
+    pub on_queries: bool,
+}
+
+/// A uniform sample of the query vectors an index has been searched with (reservoir
+/// sampling, Vitter's algorithm R, with a seeded splitmix64 stream). Calibrating on the searches
+/// a collection really gets, rather than on its own points, measures the recall its clients see:
+/// a graph finds its own points a little more easily than new vectors, and real queries (user
+/// profiles, say) need not look like the stored vectors at all.
+#[derive(Debug, Clone)]
+pub struct QuerySample {
+    capacity: usize,
+    seen: u64,
+    rows: Vec<Vec<f32>>,
+    state: u64,
+}
+
+impl QuerySample {
+    /// An empty sample keeping at most `capacity` queries.
+    pub fn new(capacity: usize, seed: u64) -> QuerySample {
+        QuerySample {
+            capacity,
+            seen: 0,
+            rows: Vec::with_capacity(capacity),
+            state: seed,
+        }
+    }
+
+    /// Counts one search with `query`; keeps it with probability `capacity / seen`.
+    pub fn offer(&mut self, query: &[f32]) {
+        self.seen += 1;
+        if self.rows.len() < self.capacity {
+            self.rows.push(query.to_vec());
+            return;
+        }
+        let j = (self.next() % self.seen) as usize;
+        if j < self.capacity {
+            self.rows[j].clear();
+            self.rows[j].extend_from_slice(query);
+        }
+    }
+
+    /// Searches counted.
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+
+    /// The queries kept.
+    pub fn rows(&self) -> &[Vec<f32>] {
+        &self.rows
+    }
+
+    /// Whether the sample holds `capacity` queries.
+    pub fn is_full(&self) -> bool {
+        self.capacity > 0 && self.rows.len() == self.capacity
+    }
+
+    fn next(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
 }
 
 /// Measures recall@`k` of `approx(query, n, ef)` against `exact(query, n)` for each `(point,
-/// vector)` of `queries` (points of the index itself; each query's own point is left out of
-/// both answers, so it does not count as a found neighbour) at each `ef` of `ladder` in turn,
+/// vector)` of `queries` (a query that is a point of the index itself has that point left out of
+/// both answers, so it does not count as a found neighbour; other queries pass an id no point
+/// has) at each `ef` of `ladder` in turn,
 /// and stops at the first whose mean recall reaches `target`.
 pub fn calibrate<E, A, Err>(
     queries: &[(PointId, Vec<f32>)],
@@ -67,6 +134,7 @@ where
             recall: found as f64 / wanted as f64,
             queries: queries.len(),
             target,
+            on_queries: false,
         };
         if cal.recall >= target {
             return Ok(Some(cal));
@@ -171,5 +239,40 @@ mod tests {
         assert!(calibrate(&[], 2, 0.5, &[16], exact, approx)
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn the_query_sample_is_bounded_and_uniform_over_the_stream() {
+        let mut s = QuerySample::new(100, 7);
+        for i in 0..50 {
+            s.offer(&[i as f32]);
+        }
+        assert!(!s.is_full() && s.rows().len() == 50);
+        // over a stream of 10,000, each tenth of the stream holds about a tenth of the sample
+        let (trials, stream) = (200, 10_000usize);
+        let mut per_tenth = [0usize; 10];
+        for t in 0..trials {
+            let mut s = QuerySample::new(100, t);
+            for i in 0..stream {
+                s.offer(&[i as f32]);
+            }
+            assert!(s.is_full() && s.seen() == stream as u64);
+            for r in s.rows() {
+                per_tenth[r[0] as usize * 10 / stream] += 1;
+            }
+        }
+        // 2,000 expected per tenth; a binomial sd of about 42
+        for (tenth, &c) in per_tenth.iter().enumerate() {
+            assert!((1800..=2200).contains(&c), "tenth {tenth}: {c}");
+        }
+        // the same seed keeps the same queries
+        let run = |seed| {
+            let mut s = QuerySample::new(10, seed);
+            (0..1000).for_each(|i| s.offer(&[i as f32]));
+            s.rows().to_vec()
+        };
+        assert_eq!(run(3), run(3));
+        assert_ne!(run(3), run(4));
+        assert!(!QuerySample::new(0, 1).is_full());
     }
 }
