@@ -50,7 +50,7 @@ use crate::storage::models::ModelSid;
 use crate::storage::ops::{SidUpdate, WriteOp};
 use crate::storage::{Collection, Scanned, Store};
 use crate::trie::SidTrie;
-use crate::types::{CollectionConfig, EntityKind, SemanticId};
+use crate::types::{CollectionConfig, EntityKind, Metric, SemanticId};
 
 /// One vector space of a collection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -526,13 +526,52 @@ impl CollectionIndex {
         if let Some(d) = &dump {
             st.next_point = d.next_point;
         }
+        let spaces: Vec<(SpaceId, usize)> = st.spaces().map(|(id, s)| (id, s.flat.dim())).collect();
+        let metric = index.config.metric;
+        // The graphs (most of a dump's bytes: read, checksummed, decoded) load on a second
+        // thread while this one scans the store; they are checked against the scan after.
+        std::thread::scope(|scope| -> Result<()> {
+            let reading = dump.as_ref().map(|d| {
+                let spaces = &spaces;
+                scope.spawn(move || read_graphs(d, dump_dir, metric, spaces))
+            });
+            let scanned = index.scan(store, coll, &mut st, dump.as_ref());
+            let graphs = reading.map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Internal("reading the graphs panicked".into())))
+            });
+            let (seq, fresh_points) = scanned?;
+            index.finish_open(
+                store,
+                coll,
+                &mut st,
+                seq,
+                fresh_points,
+                dump.as_ref(),
+                graphs,
+                target_recall,
+            )
+        })?;
+        drop(st);
+        Ok(index)
+    }
+
+    /// Binds every stored entity (its point id from the dump when there is one), its SID and its
+    /// vectors; returns the store's write sequence and how many entities the dump did not know.
+    fn scan(
+        &self,
+        store: &Store,
+        coll: &Collection,
+        st: &mut IndexState,
+        dump: Option<&PointsFile>,
+    ) -> Result<(u64, u64)> {
         let mut fresh_points = 0u64;
         let seq = store.scan_entities(coll, |entity| {
             let (kind, id, sid) = match &entity {
                 Scanned::Item(x) => (EntityKind::Items, &x.id, &x.sid),
                 Scanned::User(x) => (EntityKind::Users, &x.id, &x.sid),
             };
-            let p = match dump.as_ref().and_then(|d| d.point(kind, id)) {
+            let p = match dump.and_then(|d| d.point(kind, id)) {
                 Some(p) => p,
                 None => {
                     fresh_points += 1;
@@ -560,6 +599,24 @@ impl CollectionIndex {
             }
             Ok(())
         })?;
+        Ok((seq, fresh_points))
+    }
+
+    /// The rest of [`CollectionIndex::open`] after the scan: the active version's SIDs, then the
+    /// graphs read from the dump if they match the scan exactly, else empty graphs with every
+    /// point pending.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_open(
+        &self,
+        store: &Store,
+        coll: &Collection,
+        st: &mut IndexState,
+        seq: u64,
+        fresh_points: u64,
+        dump: Option<&PointsFile>,
+        graphs: Option<Result<Vec<(SpaceId, Option<HnswIndex>)>>>,
+        target_recall: f64,
+    ) -> Result<()> {
         st.applied_seq = seq;
         let active = store.active_version(coll);
         if active > 0 {
@@ -568,41 +625,39 @@ impl CollectionIndex {
             st.users.install(active, &sids.users);
             st.sid_version = active;
         }
-        let loaded = match &dump {
-            Some(d) if fresh_points == 0 => {
-                index.load_graphs(&mut st, d, dump_dir, seq, target_recall)
+        let loaded = match (dump, graphs) {
+            (Some(d), Some(graphs)) if fresh_points == 0 => {
+                graphs.and_then(|g| self.install_graphs(st, d, g, seq, target_recall))
             }
-            Some(_) => Err(Error::FailedPrecondition(format!(
+            (Some(_), _) => Err(Error::FailedPrecondition(format!(
                 "{fresh_points} entities are not in the dump"
             ))),
-            None => Err(Error::NotFound("no dump".into())),
+            (None, _) => Err(Error::NotFound("no dump".into())),
         };
         if let Err(e) = loaded {
             if dump.is_some() {
                 tracing::warn!(collection = %coll.entry.name, reason = %e, "index dump is stale; rebuilding the graphs in the background");
             }
-            let st = &mut *st;
             for space in st.item_spaces.iter_mut().chain(st.user_space.as_mut()) {
                 space.hnsw = Arc::new(HnswIndex::new(
-                    index.config.metric,
+                    self.config.metric,
                     space.flat.dim(),
-                    params,
+                    self.params,
                     space.flat.len(),
                 ));
                 space.pending = space.flat.iter().map(|(p, _)| (p, seq)).collect();
             }
         }
-        drop(st);
-        Ok(index)
+        Ok(())
     }
 
-    /// Loads every graph of the dump, checking it against the scanned state, with its
-    /// calibration when that aimed at `target_recall`.
-    fn load_graphs(
+    /// Installs the graphs read from the dump after checking them against the scanned state,
+    /// each with its calibration when that aimed at `target_recall`.
+    fn install_graphs(
         &self,
         st: &mut IndexState,
         dump: &PointsFile,
-        dir: &Path,
+        read: Vec<(SpaceId, Option<HnswIndex>)>,
         seq: u64,
         target_recall: f64,
     ) -> Result<()> {
@@ -621,19 +676,19 @@ impl CollectionIndex {
                 st.users.len()
             )));
         }
-        let metric = self.config.metric;
+        let mut read: HashMap<SpaceId, Option<HnswIndex>> = read.into_iter().collect();
         let mut graphs = Vec::new();
         for (id, space) in st.spaces() {
-            let stamp = DumpStamp {
-                metric,
-                dim: space.flat.dim(),
-                generation: seq,
-            };
-            let graph_dir = dir.join(id.dir_name());
-            let g = if graph_dir.exists() {
-                HnswIndex::load(&graph_dir, stamp)?
-            } else {
-                HnswIndex::new(metric, space.flat.dim(), self.params, space.flat.len())
+            let g = match read.remove(&id) {
+                Some(Some(g)) => g,
+                // no directory: the graph was empty at the dump
+                Some(None) => HnswIndex::new(
+                    self.config.metric,
+                    space.flat.dim(),
+                    self.params,
+                    space.flat.len(),
+                ),
+                None => return Err(Error::Internal(format!("graph {id:?} not read"))),
             };
             let pending = dump.pending.get(&id).cloned().unwrap_or_default();
             // Every live vector is either in the graph or pending; nothing else is.
@@ -996,6 +1051,37 @@ impl CollectionIndex {
         )?;
         replace_dir(&tmp, dir)
     }
+}
+
+/// Reads the graph dump of each of `spaces` (id, dimension) from `dir`, stamped with the dump's
+/// write sequence; `None` for a space without a directory (its graph was empty). Disk I/O,
+/// checksums and decoding only: [`CollectionIndex::install_graphs`] checks them against the store.
+fn read_graphs(
+    dump: &PointsFile,
+    dir: &Path,
+    metric: Metric,
+    spaces: &[(SpaceId, usize)],
+) -> Result<Vec<(SpaceId, Option<HnswIndex>)>> {
+    let started = std::time::Instant::now();
+    let mut out = Vec::with_capacity(spaces.len());
+    for &(id, dim) in spaces {
+        let stamp = DumpStamp {
+            metric,
+            dim,
+            generation: dump.generation,
+        };
+        let graph_dir = dir.join(id.dir_name());
+        let g = match graph_dir.exists() {
+            true => Some(HnswIndex::load(&graph_dir, stamp)?),
+            false => None,
+        };
+        out.push((id, g));
+    }
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        "graphs read from the dump"
+    );
+    Ok(out)
 }
 
 fn put_space(e: &mut Enc, space: SpaceId) {
