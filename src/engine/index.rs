@@ -614,7 +614,7 @@ impl CollectionIndex {
         seq: u64,
         fresh_points: u64,
         dump: Option<&PointsFile>,
-        graphs: Option<Result<Vec<(SpaceId, Option<HnswIndex>)>>>,
+        graphs: Option<Result<ReadGraphs>>,
         target_recall: f64,
     ) -> Result<()> {
         st.applied_seq = seq;
@@ -657,7 +657,7 @@ impl CollectionIndex {
         &self,
         st: &mut IndexState,
         dump: &PointsFile,
-        read: Vec<(SpaceId, Option<HnswIndex>)>,
+        read: ReadGraphs,
         seq: u64,
         target_recall: f64,
     ) -> Result<()> {
@@ -1053,6 +1053,9 @@ impl CollectionIndex {
     }
 }
 
+/// Graphs read from a dump, per space (`None`: the space's graph was empty).
+type ReadGraphs = Vec<(SpaceId, Option<HnswIndex>)>;
+
 /// Reads the graph dump of each of `spaces` (id, dimension) from `dir`, stamped with the dump's
 /// write sequence; `None` for a space without a directory (its graph was empty). Disk I/O,
 /// checksums and decoding only: [`CollectionIndex::install_graphs`] checks them against the store.
@@ -1061,7 +1064,7 @@ fn read_graphs(
     dir: &Path,
     metric: Metric,
     spaces: &[(SpaceId, usize)],
-) -> Result<Vec<(SpaceId, Option<HnswIndex>)>> {
+) -> Result<ReadGraphs> {
     let started = std::time::Instant::now();
     let mut out = Vec::with_capacity(spaces.len());
     for &(id, dim) in spaces {
