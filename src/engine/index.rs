@@ -566,12 +566,17 @@ impl CollectionIndex {
         dump: Option<&PointsFile>,
     ) -> Result<(u64, u64)> {
         let mut fresh_points = 0u64;
+        let (mut next_item, mut next_user) = (0usize, 0usize);
         let seq = store.scan_entities(coll, |entity| {
             let (kind, id, sid) = match &entity {
                 Scanned::Item(x) => (EntityKind::Items, &x.id, &x.sid),
                 Scanned::User(x) => (EntityKind::Users, &x.id, &x.sid),
             };
-            let p = match dump.and_then(|d| d.point(kind, id)) {
+            let next = match kind {
+                EntityKind::Items => &mut next_item,
+                EntityKind::Users => &mut next_user,
+            };
+            let p = match dump.and_then(|d| d.point(kind, id, next)) {
                 Some(p) => p,
                 None => {
                     fresh_points += 1;
@@ -1126,8 +1131,10 @@ fn resolve(ents: &Entities, hits: Vec<Hit>) -> Vec<EntityHit> {
 struct PointsFile {
     generation: u64,
     next_point: PointId,
-    items: HashMap<String, PointId>,
-    users: HashMap<String, PointId>,
+    /// (id, point) of every item, ascending by id: the order the store scans them in.
+    items: Vec<(String, PointId)>,
+    /// The same for users.
+    users: Vec<(String, PointId)>,
     pending: HashMap<SpaceId, HashSet<PointId>>,
     /// Per space: the graph size at its last calibration, and that calibration.
     calibrations: HashMap<SpaceId, (usize, Calibration)>,
@@ -1144,10 +1151,11 @@ const POINTS_FILE: &str = "points";
 impl PointsFile {
     fn from_state(st: &IndexState) -> PointsFile {
         let ids = |e: &Entities| {
-            e.by_id
-                .iter()
+            let mut v: Vec<(String, PointId)> = (e.by_id.iter())
                 .map(|(id, p)| (id.to_string(), *p))
-                .collect::<HashMap<_, _>>()
+                .collect();
+            v.sort_unstable();
+            v
         };
         PointsFile {
             generation: st.applied_seq,
@@ -1165,11 +1173,20 @@ impl PointsFile {
         }
     }
 
-    fn point(&self, kind: EntityKind, id: &str) -> Option<PointId> {
-        match kind {
-            EntityKind::Items => self.items.get(id).copied(),
-            EntityKind::Users => self.users.get(id).copied(),
-        }
+    /// The point of entity `id`. `next` is where the previous lookup of this kind ended: the
+    /// store scans entities in id order, as the file lists them, so a scan finds each one
+    /// there without hashing or searching; any other order falls back to a binary search.
+    fn point(&self, kind: EntityKind, id: &str, next: &mut usize) -> Option<PointId> {
+        let list = match kind {
+            EntityKind::Items => &self.items,
+            EntityKind::Users => &self.users,
+        };
+        let at = match list.get(*next) {
+            Some((k, _)) if k == id => *next,
+            _ => list.binary_search_by(|(k, _)| k.as_str().cmp(id)).ok()?,
+        };
+        *next = at + 1;
+        Some(list[at].1)
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -1178,11 +1195,9 @@ impl PointsFile {
         e.u8(RECORD_VERSION);
         e.u64(self.generation);
         e.u64(self.next_point);
-        for map in [&self.items, &self.users] {
-            e.u64(map.len() as u64);
-            let mut sorted: Vec<_> = map.iter().collect();
-            sorted.sort();
-            for (id, p) in sorted {
+        for list in [&self.items, &self.users] {
+            e.u64(list.len() as u64);
+            for (id, p) in list {
                 e.u64(*p);
                 e.str(id);
             }
@@ -1231,7 +1246,7 @@ impl PointsFile {
         };
         for kind in [EntityKind::Items, EntityKind::Users] {
             let n = d.u64()?;
-            let map = match kind {
+            let list = match kind {
                 EntityKind::Items => &mut out.items,
                 EntityKind::Users => &mut out.users,
             };
@@ -1240,7 +1255,11 @@ impl PointsFile {
                 if p >= out.next_point {
                     return Err(corrupt("a point id beyond the counter"));
                 }
-                map.insert(d.str()?, p);
+                let id = d.str()?;
+                if list.last().is_some_and(|(last, _)| *last >= id) {
+                    return Err(corrupt("entity ids out of order"));
+                }
+                list.push((id, p));
             }
         }
         let space = |d: &mut Dec| match (d.u8()?, d.u32()?) {
@@ -1296,8 +1315,8 @@ mod tests {
         PointsFile {
             generation: 42,
             next_point: 3,
-            items: HashMap::from([("a".into(), 0), ("b".into(), 2)]),
-            users: HashMap::from([("u".into(), 1)]),
+            items: vec![("a".into(), 0), ("b".into(), 2)],
+            users: vec![("u".into(), 1)],
             pending: HashMap::from([(SpaceId::Item(0), HashSet::from([2]))]),
             calibrations: HashMap::from([(SpaceId::Item(0), (1_000_000, cal))]),
         }
@@ -1324,6 +1343,42 @@ mod tests {
         assert_eq!((back.items, back.users), (p.items, p.users));
         assert_eq!(back.pending, p.pending);
         assert_eq!(back.calibrations, p.calibrations);
+    }
+
+    #[test]
+    fn points_are_found_in_scan_order_and_out_of_it() {
+        let p = PointsFile {
+            items: (0..100).map(|i| (format!("i{i:03}"), 1000 + i)).collect(),
+            ..PointsFile::default()
+        };
+        let mut next = 0;
+        for i in 0..100 {
+            assert_eq!(
+                p.point(EntityKind::Items, &format!("i{i:03}"), &mut next),
+                Some(1000 + i)
+            );
+        }
+        // skipping, going back, unknown ids and the other kind
+        let mut next = 0;
+        assert_eq!(p.point(EntityKind::Items, "i050", &mut next), Some(1050));
+        assert_eq!(next, 51);
+        assert_eq!(p.point(EntityKind::Items, "i051", &mut next), Some(1051));
+        assert_eq!(p.point(EntityKind::Items, "i007", &mut next), Some(1007));
+        assert_eq!(p.point(EntityKind::Items, "i0075", &mut next), None);
+        assert_eq!(p.point(EntityKind::Items, "zzz", &mut next), None);
+        assert_eq!(p.point(EntityKind::Users, "i001", &mut 0), None);
+    }
+
+    #[test]
+    fn points_out_of_order_are_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = PointsFile {
+            items: vec![("b".into(), 0), ("a".into(), 2)],
+            ..sample()
+        };
+        write(dir.path(), &p.encode());
+        let err = PointsFile::read(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("out of order"), "{err}");
     }
 
     #[test]
