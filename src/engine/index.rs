@@ -1121,7 +1121,7 @@ fn resolve(ents: &Entities, hits: Vec<Hit>) -> Vec<EntityHit> {
 /// The `points` file of a dump: write sequence, point ids of every entity, and pending points.
 ///
 /// Layout ([`crate::storage::codec`] encoding, little-endian): magic `SIDBPTS1`, format version,
-/// `u64` generation, `u64` next point, the items and users as (`u64` count, then per entity `u64`
+/// `u64` generation, `u64` next point, the items and users as (`u64` count, then per entity, ascending by id, `u64`
 /// point and its id string), the pending sets as (`u32` count, then per space `u8` kind,
 /// `u32` modality, `u64` count, `u64` points), the graphs' calibrations as (`u32` count, then per
 /// space `u8` kind, `u32` modality, `u64` graph size at calibration, `u64` ef, `f64` recall, `u64`
