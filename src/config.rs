@@ -143,9 +143,10 @@ pub struct RetrievalConfig {
     /// raise it (never lower it) to reach `hnsw_target_recall`.
     pub hnsw_ef_search: usize,
     /// Recall@10 the default search breadth should reach: once a graph of at least 2,000 points
-    /// has caught up, and again each time it has doubled, the indexer measures its recall
-    /// against exact search on 100 of its own points and raises that collection's default `ef`
-    /// to the smallest of 16, 32, ..., 2,048 that reaches this. In [0, 1); 0 = off (always
+    /// has caught up, again once 100 searches have been sampled, and each time it has doubled,
+    /// the indexer measures its recall against exact search on 100 queries (a sample of the
+    /// collection's searches once there is one, else its own points) and raises that
+    /// collection's default `ef` to the smallest of 16, 32, ..., 2,048 that reaches this. In [0, 1); 0 = off (always
     /// `hnsw_ef_search`). Default 0.95.
     pub hnsw_target_recall: f64,
     /// Share of dead graph nodes (replaced or deleted points) above which an index is rebuilt in

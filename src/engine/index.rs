@@ -842,8 +842,8 @@ impl CollectionIndex {
     /// real searches once it holds [`CALIBRATE_QUERIES`], else an even spread of its own points.
     /// Due once the graph holds every point and has at least [`CALIBRATE_MIN_POINTS`] points,
     /// when it has doubled since the last calibration or when the last one used own points and
-    /// the sample of real searches has filled since; returns whether it ran. Exact search holds the state's
-    /// read lock one query at a time, so writes wait for at most one exact scan.
+    /// the sample of real searches has filled since; returns whether it ran. Exact search holds
+    /// the state's read lock one query at a time, so writes wait for at most one exact scan.
     /// `stop` is polled between queries: when it turns true the calibration is dropped (the
     /// indexer's shutdown does not wait for a whole one: about 14 s at 1M points, measured).
     pub fn calibrate_if_due(
@@ -1018,13 +1018,14 @@ impl CollectionIndex {
     /// Offers `query` to `space`'s query sample (skipped when another search holds it).
     fn sample_query(&self, space: SpaceId, query: &[f32]) {
         if let Some(mut samples) = self.queries.try_lock() {
-            let seed = self.coll_id.wrapping_mul(31).wrapping_add(match space {
-                SpaceId::Item(m) => m as u64,
-                SpaceId::User => u64::MAX,
-            });
-            (samples.entry(space))
-                .or_insert_with(|| QuerySample::new(CALIBRATE_QUERIES, seed))
-                .offer(query);
+            let new = || {
+                let seed = self.coll_id.wrapping_mul(31).wrapping_add(match space {
+                    SpaceId::Item(m) => m as u64,
+                    SpaceId::User => u64::MAX,
+                });
+                QuerySample::new(CALIBRATE_QUERIES, seed)
+            };
+            samples.entry(space).or_insert_with(new).offer(query);
         }
     }
 
@@ -1121,8 +1122,8 @@ fn resolve(ents: &Entities, hits: Vec<Hit>) -> Vec<EntityHit> {
 /// The `points` file of a dump: write sequence, point ids of every entity, and pending points.
 ///
 /// Layout ([`crate::storage::codec`] encoding, little-endian): magic `SIDBPTS1`, format version,
-/// `u64` generation, `u64` next point, the items and users as (`u64` count, then per entity, ascending by id, `u64`
-/// point and its id string), the pending sets as (`u32` count, then per space `u8` kind,
+/// `u64` generation, `u64` next point, the items and users as (`u64` count, then per entity in
+/// ascending id order `u64` point and its id string), the pending sets as (`u32` count, then per space `u8` kind,
 /// `u32` modality, `u64` count, `u64` points), the graphs' calibrations as (`u32` count, then per
 /// space `u8` kind, `u32` modality, `u64` graph size at calibration, `u64` ef, `f64` recall, `u64`
 /// queries, `f64` target, `u8` 1 when measured on real searches; absent in dumps of older
@@ -1142,7 +1143,8 @@ struct PointsFile {
 
 /// Graphs smaller than this are not calibrated: the configured `ef` is plenty there.
 pub const CALIBRATE_MIN_POINTS: usize = 2_000;
-/// Points of the collection a calibration queries (each costs one exact scan).
+/// Queries of a calibration (each costs one exact scan), and so the size of a space's query
+/// sample.
 pub const CALIBRATE_QUERIES: usize = 100;
 
 const POINTS_MAGIC: &[u8; 8] = b"SIDBPTS1";
