@@ -130,7 +130,7 @@ fn train(
         warm_start: prev.as_ref().map(|p| &p.1),
         ..Default::default()
     };
-    let prep = Prepared::new(&data, cfg.recency_half_life_days)?;
+    let prep = Prepared::new(&data, cfg.recency())?;
     let (mut model, stats) = sidb::model::train_with(&prep, method, &cfg, &ctl)?;
     if let Some((_, prev)) = &prev {
         align_codes(&mut model, prev)?;

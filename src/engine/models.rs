@@ -54,8 +54,22 @@ pub struct ServingInfo {
     pub users_from_profiles: bool,
     /// Mean norm of the items' `z` (routes users into the item code space).
     pub mean_item_z_norm: f32,
-    /// Profile half-life the model was trained with.
+    /// Profile half-life by age the model was trained with.
     pub half_life_days: f64,
+    /// Profile half-life by position the model was trained with (absent in versions written
+    /// before it existed: 0, by age only).
+    #[serde(default)]
+    pub half_life_events: f64,
+}
+
+impl ServingInfo {
+    /// The recency weighting of the profiles the model's users were encoded from.
+    pub fn recency(&self) -> crate::profile::Recency {
+        crate::profile::Recency {
+            half_life_days: self.half_life_days,
+            half_life_events: self.half_life_events,
+        }
+    }
 }
 
 /// The model of the active version.
@@ -374,7 +388,7 @@ impl LoadedModel {
         Ok(crate::model::data::profile_input(
             &events,
             self.model.meta.item_dim,
-            self.info.half_life_days,
+            self.info.recency(),
         ))
     }
 }
@@ -622,7 +636,7 @@ pub fn encode_snapshot(
 /// The prepared form of `snap` as `m` encodes users (own vectors or profiles).
 fn prepare(m: &LoadedModel, snap: &Snapshot) -> Result<Prepared> {
     let data = snap.training_data(m.info.users_from_profiles);
-    Prepared::new(&data, m.info.half_life_days).map_err(model_err)
+    Prepared::new(&data, m.info.recency()).map_err(model_err)
 }
 
 /// Makes the kept version `version` active again: its SIDs are computed afresh from the
@@ -848,13 +862,14 @@ pub fn pause_point(point: &str) {
 pub fn das_config(
     coll: &CollectionConfig,
     training: &TrainingConfig,
-    half_life_days: f64,
+    recency: crate::profile::Recency,
     warm: bool,
 ) -> crate::model::DasConfig {
     let mut cfg = crate::model::DasConfig {
         seed: training.seed,
         threads: training.threads,
-        recency_half_life_days: half_life_days,
+        recency_half_life_days: recency.half_life_days,
+        recency_half_life_events: recency.half_life_events,
         ..Default::default()
     };
     if coll.sid_levels > 0 {
@@ -889,6 +904,21 @@ mod tests {
             suffix,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_version_saved_before_positional_recency_weighs_by_age_only() {
+        let old =
+            r#"{"users_from_profiles": true, "mean_item_z_norm": 1.5, "half_life_days": 30.0}"#;
+        let info: ServingInfo = serde_json::from_str(old).expect("old serving.json");
+        assert_eq!(info.recency(), crate::profile::Recency::by_age(30.0));
+        let new = ServingInfo {
+            half_life_events: 2.0,
+            ..info.clone()
+        };
+        let back: ServingInfo =
+            serde_json::from_str(&serde_json::to_string(&new).expect("json")).expect("read");
+        assert_eq!(back.recency().half_life_events, 2.0);
     }
 
     #[test]

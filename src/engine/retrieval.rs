@@ -407,17 +407,22 @@ impl Engine {
                 &read[..]
             }
         };
-        let half_life_ms = self.retrieval.recency_half_life_days * 86_400_000.0;
+        let recency = self.retrieval.recency();
         let latest = history.first().map(|x| x.timestamp_ms);
         let dim = space_dim(config, space);
         let mut profile = vec![0.0f32; dim];
         let mut used = 0usize;
-        for x in history.iter().filter(|x| x.weight > 0.0) {
+        // newest first: `newer` positives came after each; past the window nothing weighs
+        let positives = history
+            .iter()
+            .filter(|x| x.weight > 0.0)
+            .take(recency.window());
+        for (newer, x) in positives.enumerate() {
             let Some(v) = index.vector_of(space, &x.item_id) else {
                 continue;
             };
             let age = (latest.unwrap_or(x.timestamp_ms) - x.timestamp_ms) as f64;
-            let w = x.weight * crate::profile::recency_weight(age, half_life_ms);
+            let w = x.weight * recency.weight(age, newer);
             profile.iter_mut().zip(&v).for_each(|(p, v)| *p += w * v);
             used += 1;
         }

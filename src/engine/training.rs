@@ -509,11 +509,11 @@ impl Trainers {
             return Err(Error::FailedPrecondition("fewer than 2 items".into()));
         }
         let prev = index.model.load_full();
-        let half_life = ctx.retrieval.recency_half_life_days;
-        let cfg = das_config(coll.config(), &ctx.training, half_life, prev.is_some());
+        let recency = ctx.retrieval.recency();
+        let cfg = das_config(coll.config(), &ctx.training, recency, prev.is_some());
         let data = snap.training_data(false);
         let users_from_profiles = data.user_emb.is_none();
-        let prep = Prepared::new(&data, half_life).map_err(models_err)?;
+        let prep = Prepared::new(&data, recency).map_err(models_err)?;
         slot.update(|s| s.phase = Phase::Training);
         let started = Instant::now();
         let positives = prep.positives.len().max(1);
@@ -568,7 +568,8 @@ impl Trainers {
             info: ServingInfo {
                 users_from_profiles,
                 mean_item_z_norm: 1.0,
-                half_life_days: half_life,
+                half_life_days: recency.half_life_days,
+                half_life_events: recency.half_life_events,
             },
         };
         let sids = self

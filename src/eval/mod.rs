@@ -247,10 +247,7 @@ pub fn evaluate_with_progress(
             "no user has 3 positives: nothing to test".into(),
         ));
     }
-    let prep = Prepared::new(
-        &ds.training_data(&split.train),
-        opts.config.recency_half_life_days,
-    )?;
+    let prep = Prepared::new(&ds.training_data(&split.train), opts.config.recency())?;
     let train_sets = prep
         .user_items
         .iter()

@@ -350,7 +350,7 @@ mod model_tests {
     #[test]
     fn alignment_only_renumbers_codes() {
         let s = data();
-        let prep = Prepared::new(&s.data, 180.0).expect("prep");
+        let prep = Prepared::new(&s.data, crate::profile::Recency::by_age(180.0)).expect("prep");
         let (trained, _) = train(&s.data, Method::Das, &cfg(42)).expect("train");
         let (old, _) = train(&s.data, Method::Das, &cfg(3)).expect("train");
         let mut aligned = copy(&trained);

@@ -299,10 +299,21 @@ impl TrainedModel {
             path: jp.display().to_string(),
             source,
         })?;
-        let meta: ModelMeta = serde_json::from_str(&text).map_err(|e| ModelError::Format {
+        let format = |e: serde_json::Error| ModelError::Format {
             path: jp.display().to_string(),
             reason: e.to_string(),
-        })?;
+        };
+        let mut value: serde_json::Value = serde_json::from_str(&text).map_err(format)?;
+        // models saved before these settings existed trained on full, age-weighted profiles
+        if let Some(cfg) = value.get_mut("config").and_then(|c| c.as_object_mut()) {
+            for (key, then) in [
+                ("recency_half_life_events", serde_json::json!(0.0)),
+                ("causal_user_inputs", serde_json::json!(false)),
+            ] {
+                cfg.entry(key).or_insert(then);
+            }
+        }
+        let meta: ModelMeta = serde_json::from_value(value).map_err(format)?;
         let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)?;
         let mut m = Self::build(meta, &[])?;
         if let Some(icdm) = &mut m.icdm {

@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use super::{ModelError, Result};
+pub use crate::profile::Recency;
 
 /// One logged interaction. `weight > 0` is a positive (its strength), `weight <= 0` an explicit
 /// negative (an impression without a click, a low rating).
@@ -160,8 +161,16 @@ pub struct Prepared {
     pub x_user: Vec<f32>,
     /// User input dimension (the item dimension when users are item-profile means).
     pub user_dim: usize,
-    /// Positive interactions as (user, item) pairs.
+    /// Positive interactions as (user, item) pairs, by user, then time (then item).
     pub positives: Vec<(u32, u32)>,
+    /// Weight and time (ms) of each positive.
+    pub positive_meta: Vec<(f32, i64)>,
+    /// User `u`'s positives are `positives[user_offsets[u]..user_offsets[u + 1]]`.
+    pub user_offsets: Vec<usize>,
+    /// Users are described by profiles of their items (no own embeddings).
+    pub users_from_profiles: bool,
+    /// The recency weighting of those profiles.
+    pub recency: Recency,
     /// Explicit negatives as (user, item) pairs.
     pub negatives: Vec<(u32, u32)>,
     /// Items of each user (positives, time order).
@@ -177,9 +186,10 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Validates `data` and derives the training views; `half_life_days` sets recency weights.
-    pub fn new(data: &TrainingData, half_life_days: f64) -> Result<Self> {
+    /// Validates `data` and derives the training views; `recency` weighs the user profiles.
+    pub fn new(data: &TrainingData, recency: Recency) -> Result<Self> {
         data.validate()?;
+        recency.validate("").map_err(ModelError::InvalidConfig)?;
         let (n_items, n_users) = (data.n_items(), data.n_users);
         let mut x_item = data.item_emb.clone();
         l2_normalise_rows(&mut x_item, data.item_dim);
@@ -190,6 +200,18 @@ impl Prepared {
             .filter(|x| x.weight > 0.0)
             .map(|x| (x.user, x.item))
             .collect();
+        let positive_meta = log
+            .iter()
+            .filter(|x| x.weight > 0.0)
+            .map(|x| (x.weight, x.ts_ms))
+            .collect();
+        let mut user_offsets = vec![0usize; n_users + 1];
+        for &(u, _) in &positives {
+            user_offsets[u as usize + 1] += 1;
+        }
+        for u in 0..n_users {
+            user_offsets[u + 1] += user_offsets[u];
+        }
         let negatives = log
             .iter()
             .filter(|x| x.weight <= 0.0)
@@ -202,7 +224,7 @@ impl Prepared {
             item_users[i as usize].push(u);
         }
         let item_count: Vec<f32> = item_users.iter().map(|v| v.len() as f32).collect();
-        let (x_user, user_dim) = user_inputs(data, &log, half_life_days);
+        let (x_user, user_dim) = user_inputs(data, &log, recency);
         let item_stats = item_features(&log, &item_count, n_items);
         let user_stats = user_features(&user_items, &item_count);
         Ok(Self {
@@ -213,6 +235,10 @@ impl Prepared {
             x_user,
             user_dim,
             positives,
+            positive_meta,
+            user_offsets,
+            users_from_profiles: data.user_emb.is_none(),
+            recency,
             negatives,
             user_items,
             item_users,
@@ -220,6 +246,45 @@ impl Prepared {
             item_stats,
             user_stats,
         })
+    }
+
+    /// The causal input of the user of positive `p`: its profile ([`profile_input`]) over its
+    /// positives before `p` only (at most [`Recency::window`] of them), the input it had when it
+    /// made that interaction. A user's full profile holds the very item each of its training
+    /// pairs is to predict, an item no profile holds when it is served. For a user's first
+    /// positive, which has none before it, the profile of its later ones (again without `p`);
+    /// `None` for a user with one positive, or when users have own embeddings.
+    pub fn causal_input(&self, p: usize) -> Option<Vec<f32>> {
+        if !self.users_from_profiles {
+            return None;
+        }
+        let (u, _) = *self.positives.get(p)?;
+        let (first, end) = (
+            self.user_offsets[u as usize],
+            self.user_offsets[u as usize + 1],
+        );
+        let window = self.recency.window();
+        let range = if p > first {
+            first.max(p.saturating_sub(window))..p
+        } else {
+            (p + 1).max(end.saturating_sub(window))..end
+        };
+        // `profile_input` over these events, without its copies: the items are normalised
+        let d = self.item_dim;
+        let last = self.positive_meta[range.clone()]
+            .iter()
+            .map(|m| m.1)
+            .max()?;
+        let mut out = vec![0.0f32; d];
+        for j in range.clone() {
+            let (weight, ts) = self.positive_meta[j];
+            let w = weight * self.recency.weight((last - ts) as f64, range.end - 1 - j);
+            let i = self.positives[j].1 as usize;
+            let v = &self.x_item[i * d..(i + 1) * d];
+            out.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
+        }
+        l2_normalise_rows(&mut out, d);
+        Some(out)
     }
 
     /// Copies the rows `ids` of a row-major matrix into one contiguous buffer.
@@ -266,7 +331,7 @@ impl PairSampler {
 
 /// User inputs: own embeddings when given, else each user's [`profile_input`] over its events
 /// (in log order: user, time, item); a user without a positive event keeps a zero row.
-fn user_inputs(data: &TrainingData, log: &[Interaction], half_life_days: f64) -> (Vec<f32>, usize) {
+fn user_inputs(data: &TrainingData, log: &[Interaction], recency: Recency) -> (Vec<f32>, usize) {
     if let Some(u) = &data.user_emb {
         let mut x = u.clone();
         l2_normalise_rows(&mut x, data.user_dim);
@@ -283,7 +348,7 @@ fn user_inputs(data: &TrainingData, log: &[Interaction], half_life_days: f64) ->
                 (&data.item_emb[i * d..(i + 1) * d], x.weight, x.ts_ms)
             })
             .collect();
-        if let Some(p) = profile_input(&events, d, half_life_days) {
+        if let Some(p) = profile_input(&events, d, recency) {
             let u = run[0].user as usize;
             out[u * d..(u + 1) * d].copy_from_slice(&p);
         }
@@ -294,25 +359,26 @@ fn user_inputs(data: &TrainingData, log: &[Interaction], half_life_days: f64) ->
 /// The quantizer input of one user without an own embedding, exactly as training computes it:
 /// the recency-weighted mean of the user's positive items, L2-normalised.
 ///
-/// `events` are `(raw item vector, weight, ts_ms)`; each vector is L2-normalised here (as
-/// [`Prepared`] normalises items), only `weight > 0` counts, and an event's weight halves every
-/// `half_life_days` before the user's latest positive event. Events are summed in the order
-/// given (training sums them in time order), so the same events give bit-identical inputs.
-/// Vectors whose length is not `dim` are skipped. `None` when no positive event remains.
+/// `events` are `(raw item vector, weight, ts_ms)`, oldest first; each vector is L2-normalised
+/// here (as [`Prepared`] normalises items), only `weight > 0` counts, and an event's weight fades
+/// by `recency` ([`Recency::weight`]) with its age before the user's latest positive event and
+/// the positive events after it. Events are summed in the order given (training sums them in
+/// time order), so the same events give bit-identical inputs. Vectors whose length is not `dim`
+/// are skipped. `None` when no positive event remains.
 pub fn profile_input(
     events: &[(&[f32], f32, i64)],
     dim: usize,
-    half_life_days: f64,
+    recency: Recency,
 ) -> Option<Vec<f32>> {
     let positive = || events.iter().filter(|(v, w, _)| *w > 0.0 && v.len() == dim);
     let last = positive().map(|&(_, _, ts)| ts).max()?;
-    let half_life_ms = (half_life_days * 86_400_000.0).max(1.0);
+    let n = positive().count();
     let mut out = vec![0.0f32; dim];
     let mut item = vec![0.0f32; dim];
-    for &(v, weight, ts) in positive() {
+    for (k, &(v, weight, ts)) in positive().enumerate() {
         item.copy_from_slice(v);
         l2_normalise_rows(&mut item, dim);
-        let w = weight * crate::profile::recency_weight((last - ts) as f64, half_life_ms);
+        let w = weight * recency.weight((last - ts) as f64, n - 1 - k);
         out.iter_mut().zip(&item).for_each(|(o, v)| *o += w * v);
     }
     l2_normalise_rows(&mut out, dim);
@@ -592,7 +658,7 @@ mod tests {
 
     #[test]
     fn prepared_normalises_and_builds_profiles() {
-        let p = Prepared::new(&tiny(), 180.0).expect("valid data");
+        let p = Prepared::new(&tiny(), Recency::by_age(180.0)).expect("valid data");
         assert!((p.x_item[2] - 0.0).abs() < 1e-6 && (p.x_item[3] - 1.0).abs() < 1e-6);
         let norm = (p.x_user[0].powi(2) + p.x_user[1].powi(2)).sqrt();
         assert!((norm - 1.0).abs() < 1e-5, "user profile is normalised");
@@ -620,7 +686,11 @@ mod tests {
                 x.weight = 0.0;
             }
         }
-        let p = Prepared::new(&data, 45.0).expect("prep");
+        let recency = Recency {
+            half_life_days: 45.0,
+            half_life_events: 1.5,
+        };
+        let p = Prepared::new(&data, recency).expect("prep");
         let d = data.item_dim;
         for u in [0u32, 5, 11] {
             let mut mine: Vec<Interaction> = data
@@ -637,14 +707,87 @@ mod tests {
                     (&data.item_emb[i * d..(i + 1) * d], x.weight, x.ts_ms)
                 })
                 .collect();
-            let got = profile_input(&events, d, 45.0).expect("has positives");
+            let got = profile_input(&events, d, recency).expect("has positives");
             let u = u as usize;
             assert_eq!(&got[..], &p.x_user[u * d..(u + 1) * d], "user {u}");
         }
         let t = tiny();
         let only_negative = [(&t.item_emb[4..6], 0.0f32, 5i64)];
-        assert_eq!(profile_input(&only_negative, 2, 180.0), None);
-        assert_eq!(profile_input(&[], 2, 180.0), None);
+        assert_eq!(
+            profile_input(&only_negative, 2, Recency::by_age(180.0)),
+            None
+        );
+        assert_eq!(profile_input(&[], 2, Recency::by_age(180.0)), None);
+    }
+
+    #[test]
+    fn a_causal_input_is_the_profile_of_what_came_before() {
+        let s = crate::model::synth::generate(&crate::model::synth::SynthSpec {
+            n_items: 64,
+            n_users: 8,
+            per_user: 40,
+            ..Default::default()
+        });
+        let mut data = s.data.clone();
+        for (k, x) in data.interactions.iter_mut().enumerate() {
+            x.ts_ms = k as i64 * 60_000;
+        }
+        // user 7 keeps one positive
+        data.interactions
+            .retain(|x| x.user != 7 || x.ts_ms == 40 * 7 * 60_000);
+        let recency = Recency {
+            half_life_days: 0.01,
+            half_life_events: 0.5,
+        };
+        let p = Prepared::new(&data, recency).expect("prep");
+        assert_eq!(recency.window(), 13);
+        let d = p.item_dim;
+        let events = |range: std::ops::Range<usize>| -> Vec<(&[f32], f32, i64)> {
+            range
+                .map(|j| {
+                    let i = p.positives[j].1 as usize;
+                    (
+                        &p.x_item[i * d..(i + 1) * d],
+                        p.positive_meta[j].0,
+                        p.positive_meta[j].1,
+                    )
+                })
+                .collect()
+        };
+        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6);
+        let u = 3usize;
+        let (first, end) = (p.user_offsets[u], p.user_offsets[u + 1]);
+        assert_eq!(end - first, 40);
+        assert!(p.positives[first..end]
+            .iter()
+            .all(|&(v, _)| v as usize == u));
+        // of the 39 events before the last, the window keeps 13: the others weigh nothing
+        for at in [first + 1, first + 5, end - 1] {
+            let want = profile_input(&events(first..at), d, recency).expect("history");
+            let got = p.causal_input(at).expect("causal input");
+            assert!(close(&got, &want), "positive {at}");
+            // the item to predict is not in its own input, unlike in the full profile
+            let full = &p.x_user[u * d..(u + 1) * d];
+            assert!(!close(&got, full), "positive {at} sees its own item");
+        }
+        // the last positive's input is the full profile without it
+        let last = p.causal_input(end - 1).expect("input");
+        let without = profile_input(&events(first..end - 1), d, recency).expect("x");
+        assert!(close(&last, &without));
+        // a first positive has no past: the profile of the later ones
+        let want = profile_input(&events(first + 1..end), d, recency).expect("later");
+        assert!(close(&p.causal_input(first).expect("input"), &want));
+        // one positive: no input without it; an index out of range: none either
+        let only = p.user_offsets[7];
+        assert_eq!(p.user_offsets[8] - only, 1);
+        assert_eq!(p.causal_input(only), None);
+        assert_eq!(p.causal_input(p.positives.len()), None);
+        // users with own embeddings are described by them, not by profiles
+        let mut own = data.clone();
+        own.user_emb = Some(vec![0.5; own.n_users * 4]);
+        own.user_dim = 4;
+        let q = Prepared::new(&own, recency).expect("prep");
+        assert_eq!(q.causal_input(first + 1), None);
     }
 
     #[test]
@@ -655,7 +798,7 @@ mod tests {
             n_users: 30,
             ..Default::default()
         });
-        let p = Prepared::new(&s.data, 180.0).expect("prep");
+        let p = Prepared::new(&s.data, Recency::by_age(180.0)).expect("prep");
         // share 0 is plain log sampling, draw for draw
         let plain = PairSampler::new(&p, 0.0);
         let (mut r1, mut r2) = (

@@ -345,7 +345,7 @@ mod tests {
     fn icdm_forward_shapes_and_sparse_update() {
         let s = super::super::synth::generate(&Default::default());
         let cfg = DasConfig::default();
-        let prep = Prepared::new(&s.data, 180.0).expect("prep");
+        let prep = Prepared::new(&s.data, crate::profile::Recency::by_age(180.0)).expect("prep");
         let mut p = Params::default();
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let mut icdm =

@@ -101,6 +101,13 @@ impl QuantRows {
     pub fn distinct(&self) -> usize {
         self.x.dim(0).unwrap_or(0)
     }
+
+    /// The input of batch row `r`.
+    #[cfg(test)]
+    pub(crate) fn row_input(&self, r: usize) -> Result<Vec<f32>> {
+        let slot = self.pos.get(r)?.to_scalar::<u32>()?;
+        Ok(self.x.get(slot as usize)?.to_vec1::<f32>()?)
+    }
 }
 
 fn gather(x: &[f32], d: usize, ids: &[u32]) -> Vec<f32> {

@@ -15,6 +15,7 @@
 //! [`train_with`] adds the controls a background trainer needs ([`TrainControl`]): a cancel
 //! flag checked every step, progress reports over the whole run, and a warm start from the
 //! previous version (see [`train_with`] for what carries over).
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -126,7 +127,10 @@ pub struct Progress {
 }
 
 struct Trainer<'a> {
+    /// The data with centred inputs, as the quantizers see them.
     prep: &'a Prepared,
+    /// The same data as prepared (inputs not centred): causal user inputs are profiles of it.
+    raw: &'a Prepared,
     cfg: DasConfig,
     model: TrainedModel,
     opt: AdamW,
@@ -153,7 +157,7 @@ pub fn train(
     cfg: &DasConfig,
 ) -> Result<(TrainedModel, TrainStats)> {
     cfg.validate()?;
-    let prep = Prepared::new(data, cfg.recency_half_life_days)?;
+    let prep = Prepared::new(data, cfg.recency())?;
     train_prepared(&prep, method, cfg)
 }
 
@@ -234,7 +238,7 @@ pub fn train_with(
         }
         None => cfg,
     };
-    let mut t = Trainer::new(&work, model, cfg)?;
+    let mut t = Trainer::new(&work, prep, model, cfg)?;
     t.ctl = TrainControl {
         warm_start: warm,
         ..*ctl
@@ -335,7 +339,12 @@ fn build_model(prep: &Prepared, method: Method, cfg: &DasConfig) -> Result<Train
 }
 
 impl<'a> Trainer<'a> {
-    fn new(prep: &'a Prepared, model: TrainedModel, cfg: &DasConfig) -> Result<Self> {
+    fn new(
+        prep: &'a Prepared,
+        raw: &'a Prepared,
+        model: TrainedModel,
+        cfg: &DasConfig,
+    ) -> Result<Self> {
         let params = ParamsAdamW {
             lr: cfg.lr,
             weight_decay: 0.0,
@@ -346,6 +355,7 @@ impl<'a> Trainer<'a> {
         let scaled = |q: Vec<f32>| q.into_iter().map(|v| v * s).collect();
         Ok(Self {
             prep,
+            raw,
             cfg: cfg.clone(),
             model,
             opt,
@@ -610,13 +620,14 @@ impl Trainer<'_> {
     fn sample_batch(&mut self, plan: Plan) -> Result<Batch> {
         let (prep, b) = (self.prep, self.cfg.batch);
         let uses_log = plan.cf || plan.align != Align::None;
-        let pairs: Vec<(u32, u32)> = if uses_log {
+        let drawn: Vec<usize> = if uses_log {
             (0..b)
-                .map(|_| prep.positives[self.rng.random_range(0..prep.positives.len())])
+                .map(|_| self.rng.random_range(0..prep.positives.len()))
                 .collect()
         } else {
             Vec::new()
         };
+        let pairs: Vec<(u32, u32)> = drawn.iter().map(|&p| prep.positives[p]).collect();
         let users: Vec<u32> = pairs.iter().map(|p| p.0).collect();
         let items: Vec<u32> = pairs.iter().map(|p| p.1).collect();
         let (cap, damp) = (self.cfg.cooc_cap, self.cfg.hub_damping);
@@ -674,7 +685,11 @@ impl Trainer<'_> {
         );
         let recon_rows = users.len() + extra;
         let x_items = Self::inputs(&item_rows, &prep.x_item, prep.item_dim, recon_rows)?;
-        let x_users = Self::inputs(&user_rows, &prep.x_user, prep.user_dim, recon_rows)?;
+        let x_users = if self.cfg.causal_user_inputs && self.raw.users_from_profiles {
+            self.causal_user_rows(&user_rows, &drawn, recon_rows)?
+        } else {
+            Self::inputs(&user_rows, &prep.x_user, prep.user_dim, recon_rows)?
+        };
         Ok(Batch {
             partners_at: recon_rows,
             item_partners_at: recon_rows + sep_items.len(),
@@ -721,6 +736,43 @@ impl Trainer<'_> {
         rows.extend_from_slice(anchors);
         rows.extend_from_slice(partners);
         rows
+    }
+
+    /// User quantizer rows whose first `drawn.len()` rows (the batch's pairs, `drawn` indexes
+    /// into the positives) take each pair's causal input ([`Prepared::causal_input`], centred
+    /// like the full profiles), one row each even for the same user twice; the rest (uniform
+    /// extras, partners) keep the users' full profiles, one slot per user.
+    fn causal_user_rows(
+        &self,
+        rows: &[u32],
+        drawn: &[usize],
+        recon_rows: usize,
+    ) -> Result<Option<QuantRows>> {
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let d = self.prep.user_dim;
+        let full = |u: u32| &self.prep.x_user[u as usize * d..(u as usize + 1) * d];
+        let mut x = Vec::with_capacity(rows.len() * d);
+        let mut slots = Vec::with_capacity(rows.len());
+        let mut slot_of = HashMap::new();
+        for (r, &u) in rows.iter().enumerate() {
+            let next = (x.len() / d) as u32;
+            match drawn.get(r) {
+                Some(&p) => {
+                    match self.raw.causal_input(p) {
+                        Some(v) => x.extend(center_rows(&v, d, &self.model.user_mean)),
+                        None => x.extend_from_slice(full(u)),
+                    }
+                    slots.push(next);
+                }
+                None => slots.push(*slot_of.entry(u).or_insert_with(|| {
+                    x.extend_from_slice(full(u));
+                    next
+                })),
+            }
+        }
+        Ok(Some(QuantRows::new(&slots, &x, d, recon_rows)?))
     }
 
     fn inputs(rows: &[u32], x: &[f32], d: usize, recon_rows: usize) -> Result<Option<QuantRows>> {
@@ -1013,6 +1065,69 @@ mod tests {
     /// were laid out `[anchors, partners, uniform]`, so the co-occurrence terms paired each
     /// anchor with another anchor's partner (and the uniform rows went unreconstructed).
     #[test]
+    fn the_pairs_user_inputs_are_what_the_user_had_before() {
+        let s = generate(&SynthSpec {
+            n_items: 128,
+            n_users: 64,
+            ..SynthSpec::default()
+        });
+        let mut data = s.data.clone();
+        for (k, x) in data.interactions.iter_mut().enumerate() {
+            x.ts_ms = k as i64 * 1_000;
+        }
+        let plan = Plan {
+            sem_item: true,
+            sem_user: true,
+            cf: true,
+            align: Align::Joint,
+        };
+        for causal in [true, false] {
+            let cfg = DasConfig {
+                causal_user_inputs: causal,
+                ..small_cfg()
+            };
+            let raw = Prepared::new(&data, cfg.recency()).expect("prep");
+            let model = build_model(&raw, Method::Das, &cfg).expect("model");
+            let mut work = raw.clone();
+            work.x_user = center_rows(&raw.x_user, raw.user_dim, &model.user_mean);
+            let mean = model.user_mean.clone();
+            let mut t = Trainer::new(&work, &raw, model, &cfg).expect("trainer");
+            let b = t.sample_batch(plan).expect("batch");
+            let x = b.x_users.as_ref().expect("user rows");
+            let d = raw.user_dim;
+            let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
+            let mut repeated = 0;
+            for r in 0..cfg.batch {
+                let (u, i) = (b.users[r], b.items[r]);
+                let got = x.row_input(r).expect("row");
+                let full = &work.x_user[u as usize * d..(u as usize + 1) * d];
+                let range = raw.user_offsets[u as usize]..raw.user_offsets[u as usize + 1];
+                let causal_of_pair = range.filter(|&p| raw.positives[p] == (u, i)).any(|p| {
+                    let v = raw.causal_input(p).expect("users have many positives");
+                    close(&got, &center_rows(&v, d, &mean))
+                });
+                if causal {
+                    assert!(
+                        causal_of_pair,
+                        "row {r}: not the causal input of ({u}, {i})"
+                    );
+                    assert!(!close(&got, full), "row {r}: the full profile");
+                } else {
+                    assert!(close(&got, full), "row {r}");
+                }
+                repeated += b.users[..r].contains(&u) as usize;
+            }
+            assert!(repeated > 0, "some user should come twice");
+            // the rows after the pairs (uniform extras, partners) keep the full profiles
+            for r in cfg.batch..b.user_rows.len() {
+                let u = b.user_rows[r] as usize;
+                let got = x.row_input(r).expect("row");
+                assert!(close(&got, &work.x_user[u * d..(u + 1) * d]), "row {r}");
+            }
+        }
+    }
+
+    #[test]
     fn partner_rows_follow_their_anchors() {
         let s = generate(&SynthSpec {
             n_items: 128,
@@ -1024,9 +1139,9 @@ mod tests {
             co_item_first: 0.0,
             ..small_cfg()
         };
-        let prep = Prepared::new(&s.data, cfg.recency_half_life_days).expect("prep");
+        let prep = Prepared::new(&s.data, cfg.recency()).expect("prep");
         let model = build_model(&prep, Method::Das, &cfg).expect("model");
-        let mut t = Trainer::new(&prep, model, &cfg).expect("trainer");
+        let mut t = Trainer::new(&prep, &prep, model, &cfg).expect("trainer");
         let plan = Plan {
             sem_item: true,
             sem_user: true,
@@ -1050,7 +1165,7 @@ mod tests {
             ..small_cfg()
         };
         let model = build_model(&prep, Method::Das, &cfg).expect("model");
-        let mut t = Trainer::new(&prep, model, &cfg).expect("trainer");
+        let mut t = Trainer::new(&prep, &prep, model, &cfg).expect("trainer");
         let b = t.sample_batch(plan).expect("batch");
         let recon = cfg.batch + cfg.sem_uniform;
         assert_eq!((b.co_at, b.item_partners_at), (recon, recon + n));
@@ -1075,14 +1190,14 @@ mod tests {
             ..SynthSpec::default()
         });
         let cfg = small_cfg();
-        let prep = Prepared::new(&s.data, cfg.recency_half_life_days).expect("prep");
+        let prep = Prepared::new(&s.data, cfg.recency()).expect("prep");
         let trainer = |scale: f64| {
             let cfg = DasConfig {
                 align_logq_scale: scale,
                 ..cfg.clone()
             };
             let model = build_model(&prep, Method::Das, &cfg).expect("model");
-            Trainer::new(&prep, model, &cfg).expect("trainer")
+            Trainer::new(&prep, &prep, model, &cfg).expect("trainer")
         };
         let (full, half, off) = (trainer(1.0), trainer(0.5), trainer(0.0));
         let counts = prep.item_count.iter().copied();
@@ -1154,7 +1269,7 @@ mod tests {
         a.save(dir.path()).expect("save");
         let loaded = TrainedModel::load(dir.path()).expect("load");
         assert_eq!(loaded.encode_items(&s.data.item_emb).expect("enc"), ea);
-        let prep = Prepared::new(&s.data, cfg.recency_half_life_days).expect("prep");
+        let prep = Prepared::new(&s.data, cfg.recency()).expect("prep");
         assert_eq!(
             loaded.encode_users(&prep.x_user).expect("u"),
             a.encode_users(&prep.x_user).expect("u")
@@ -1203,7 +1318,32 @@ mod tests {
                 back.encode_items(&s.data.item_emb).expect("e"),
                 model.encode_items(&s.data.item_emb).expect("e")
             );
+            assert_eq!(back.meta, model.meta);
         }
+    }
+
+    #[test]
+    fn a_model_saved_before_the_recency_settings_says_how_it_was_trained() {
+        let s = generate(&SynthSpec {
+            n_items: 64,
+            n_users: 32,
+            ..SynthSpec::default()
+        });
+        let (model, _) = train(&s.data, Method::RqKMeans, &small_cfg()).expect("train");
+        assert!(model.meta.config.causal_user_inputs);
+        let dir = tempfile::tempdir().expect("tmp");
+        model.save(dir.path()).expect("save");
+        let path = dir.path().join("model.json");
+        let mut meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+        let cfg = meta["config"].as_object_mut().expect("config");
+        cfg.remove("recency_half_life_events").expect("written");
+        cfg.remove("causal_user_inputs").expect("written");
+        std::fs::write(&path, meta.to_string()).expect("write");
+        let old = TrainedModel::load(dir.path()).expect("load");
+        assert_eq!(old.meta.config.recency_half_life_events, 0.0);
+        assert!(!old.meta.config.causal_user_inputs);
+        assert_eq!(old.meta.config.recency_half_life_days, 180.0);
     }
 
     /// Reports of a run of `method` under `ctl` (its `progress` is replaced by a recorder).
@@ -1229,7 +1369,7 @@ mod tests {
             n_users: 64,
             ..SynthSpec::default()
         });
-        let prep = Prepared::new(&s.data, cfg.recency_half_life_days).expect("prep");
+        let prep = Prepared::new(&s.data, cfg.recency()).expect("prep");
         (s, prep)
     }
 
@@ -1347,7 +1487,7 @@ mod tests {
             ..SynthSpec::default()
         });
         let base = small_cfg();
-        let prep = Prepared::new(&s.data, base.recency_half_life_days).expect("prep");
+        let prep = Prepared::new(&s.data, base.recency()).expect("prep");
         let seeded = |seed| DasConfig {
             seed,
             ..base.clone()

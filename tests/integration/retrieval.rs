@@ -325,15 +325,59 @@ async fn search_by_user_uses_its_vector_or_its_history() {
         .unwrap()
         .into_inner()
         .hits;
-    let w_old = 0.5f32.powf(20.0 * 365.0 / 180.0);
+    // the weight halves every 180 days and every 2 newer positives (the defaults)
+    let w_old = 0.5f32.powf(20.0 * 365.0 / 180.0 + 0.5);
+    let unit = |v: &Vec<f32>, j: usize| v[j] / v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let profile: Vec<f32> = (0..DIM)
+        .map(|j| unit(&d.vectors[20], j) + w_old * unit(&d.vectors[10], j))
+        .collect();
+    let want = oracle(&d, &profile, 3, |_| true);
+    assert_eq!(hits.iter().map(|h| h.id.clone()).collect::<Vec<_>>(), want);
+
+    // Seconds apart, age says nothing; position does: 1, 2^-1/2, 1/2, ... from the newest.
+    // Item 10, then the item farthest from it.
+    let far = (0..d.vectors.len())
+        .min_by(|&a, &b| {
+            let c = |i: usize| cosine(&d.vectors[10], &d.vectors[i]);
+            c(a).total_cmp(&c(b))
+        })
+        .expect("items");
+    let seq = [10usize, far];
+    s.interactions()
+        .await
+        .write_interactions(pb::WriteInteractionsRequest {
+            collection: "c".into(),
+            interactions: seq
+                .iter()
+                .enumerate()
+                .map(|(k, &i)| interaction("u-seq", &d.ids[i], 5_000 + 1_000 * k as i64))
+                .collect(),
+            durability: 0,
+        })
+        .await
+        .unwrap();
+    let hits = r
+        .search(user_query("u-seq", pb::EntityKind::Items))
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
     let profile: Vec<f32> = (0..DIM)
         .map(|j| {
-            let unit = |v: &Vec<f32>| v[j] / v.iter().map(|x| x * x).sum::<f32>().sqrt();
-            unit(&d.vectors[20]) + w_old * unit(&d.vectors[10])
+            seq.iter()
+                .rev()
+                .enumerate()
+                .map(|(newer, &i)| 0.5f32.powf(newer as f32 / 2.0) * unit(&d.vectors[i], j))
+                .sum()
         })
         .collect();
     let want = oracle(&d, &profile, 3, |_| true);
     assert_eq!(hits.iter().map(|h| h.id.clone()).collect::<Vec<_>>(), want);
+    // the plain mean would rank differently
+    let mean: Vec<f32> = (0..DIM)
+        .map(|j| seq.iter().map(|&i| unit(&d.vectors[i], j)).sum())
+        .collect();
+    assert_ne!(oracle(&d, &mean, 3, |_| true), want, "the test cannot tell");
     assert_status(
         r.search(user_query("nobody", pb::EntityKind::Items)).await,
         Code::NotFound,
