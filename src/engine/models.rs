@@ -42,7 +42,9 @@ use crate::storage::models::{ModelSid, VersionRecord};
 use crate::storage::ops::{Meta, SidUpdate, WriteOp};
 use crate::storage::{Collection, Scanned, Store};
 use crate::trie::SidTrie;
-use crate::types::{now_ms, CollectionConfig, Durability, EntityKind, ItemRecord, UserRecord};
+use crate::types::{
+    now_ms, CollectionConfig, Durability, EntityKind, InteractionRecord, ItemRecord, UserRecord,
+};
 
 /// Rows encoded per model call.
 const ENCODE_CHUNK: usize = 4096;
@@ -374,10 +376,28 @@ impl LoadedModel {
             return Ok(user.vector.clone());
         }
         let (history, _) = store.user_history(coll, &user.id, profile_events, None)?;
-        let ids: Vec<String> = history.iter().map(|x| x.item_id.clone()).collect();
+        self.profile_of(store, coll, &history)
+    }
+
+    /// The model's profile input of a user from its `history` (newest first): its newest
+    /// positives that can weigh anything ([`crate::profile::Recency::window`]), their items
+    /// read from the store. `None` without any.
+    fn profile_of(
+        &self,
+        store: &Store,
+        coll: &Collection,
+        history: &[InteractionRecord],
+    ) -> Result<Option<Vec<f32>>> {
+        let recency = self.info.recency();
+        let newest: Vec<&InteractionRecord> = history
+            .iter()
+            .filter(|x| x.weight > 0.0)
+            .take(recency.window())
+            .collect();
+        let ids: Vec<String> = newest.iter().map(|x| x.item_id.clone()).collect();
         let items = store.get_items(coll, &ids)?;
         // Oldest first, the order training sums a profile in.
-        let rows: Vec<(Vec<f32>, f32, i64)> = history
+        let rows: Vec<(Vec<f32>, f32, i64)> = newest
             .iter()
             .zip(items)
             .rev()
@@ -388,8 +408,28 @@ impl LoadedModel {
         Ok(crate::model::data::profile_input(
             &events,
             self.model.meta.item_dim,
-            self.info.recency(),
+            recency,
         ))
+    }
+
+    /// The SID, route and `z` a user described by its profile has *now*, from its `history`
+    /// (newest first), as an upsert of the user would store them: what `Recommend` routes and
+    /// ranks by, since a stored SID dates from the user's last upsert or training and its
+    /// newest interactions weigh most. `None` when users have own vectors (theirs are
+    /// current) or the history holds no positive.
+    pub fn current_user_sid(
+        &self,
+        store: &Store,
+        coll: &Collection,
+        history: &[InteractionRecord],
+    ) -> Result<Option<ModelSid>> {
+        if !self.info.users_from_profiles {
+            return Ok(None);
+        }
+        match self.profile_of(store, coll, history)? {
+            Some(x) => Ok(self.encode_users(&x)?.pop()),
+            None => Ok(None),
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::index::{CollectionIndex, EntityHit, Restrict, SpaceId};
 use super::{validate, Engine};
 use crate::error::{Error, Result};
+use crate::storage::models::ModelSid;
 use crate::storage::Collection;
 use crate::trie::Cursor;
 use crate::types::{CollectionConfig, EntityKind, InteractionRecord, SemanticId};
@@ -180,27 +181,39 @@ impl Engine {
         self.blocking(move |e| {
             let ef = index.default_ef(space, e.retrieval.hnsw_ef_search);
             let user = input.user_id;
-            // One history read serves both the profile (its newest events) and `exclude_seen`.
-            let seen = match input.exclude_seen {
-                true => Some(
-                    e.store
-                        .user_history(&coll, &user, e.limits.max_interactions, None)?
-                        .0,
-                ),
-                false => None,
+            // One history read serves the profile (its newest events), the model's current view
+            // of the user and `exclude_seen`.
+            let model = index.model.load_full();
+            let from_profiles = model.as_ref().is_some_and(|m| m.info.users_from_profiles);
+            let events = match input.exclude_seen {
+                true => Some(e.limits.max_interactions),
+                false => from_profiles.then_some(e.retrieval.profile_events),
             };
-            let q = e.user_vector(&coll, &index, &user, space, seen.as_deref())?;
-            let mut exclude: Vec<String> = match seen {
-                Some(seen) => {
+            let history = match events {
+                Some(n) => Some(e.store.user_history(&coll, &user, n, None)?.0),
+                None => None,
+            };
+            let q = e.user_vector(&coll, &index, &user, space, history.as_deref())?;
+            let current = match (&model, &history) {
+                (Some(m), Some(h)) => m
+                    .current_user_sid(&e.store, &coll, h)?
+                    .map(|sid| (m.version, sid)),
+                _ => None,
+            };
+            let mut exclude: Vec<String> = match (input.exclude_seen, history) {
+                (true, Some(seen)) => {
                     let unique: HashSet<String> = seen.into_iter().map(|x| x.item_id).collect();
                     unique.into_iter().collect()
                 }
-                None => Vec::new(),
+                _ => Vec::new(),
             };
             // With an active model: the user's route into the item codes picks the bucket, and
             // `z_u . z_i` ranks it (the evaluation's SID-native path).
             let min_bucket = e.retrieval.recommend_min_bucket;
-            if let Some(mut hits) = model_candidates(&index, &user, k, &exclude, min_bucket) {
+            let user_now = current.as_ref().map(|(v, sid)| (*v, sid));
+            if let Some(mut hits) =
+                model_candidates(&index, &user, user_now, k, &exclude, min_bucket)
+            {
                 if hits.len() < k {
                     exclude.extend(hits.iter().map(|h| h.id.to_string()));
                     let rest = Restrict {
@@ -527,6 +540,7 @@ fn space_dim(config: &CollectionConfig, space: SpaceId) -> usize {
 fn model_candidates(
     index: &CollectionIndex,
     user: &str,
+    user_now: Option<(u64, &ModelSid)>,
     k: usize,
     exclude: &[String],
     min_bucket: u64,
@@ -535,11 +549,19 @@ fn model_candidates(
     if st.sid_version == 0 {
         return None;
     }
-    let entry = st.users.model.get(&st.users.point(user)?)?;
+    // the user as the model sees it now when computed by the version being served, else as
+    // stored
+    let (route, user_z): (&[u32], &[f32]) = match user_now {
+        Some((version, sid)) if version == st.sid_version => (&sid.route, &sid.z),
+        _ => {
+            let entry = st.users.model.get(&st.users.point(user)?)?;
+            (&entry.route, &entry.z)
+        }
+    };
     let prefix = st
         .items
         .trie
-        .longest_prefix_with_at_least(&entry.route, min_bucket)
+        .longest_prefix_with_at_least(route, min_bucket)
         .unwrap_or_default();
     let skip: HashSet<&str> = exclude.iter().map(String::as_str).collect();
     let mut scored: Vec<(f32, &Arc<str>)> = st
@@ -549,11 +571,7 @@ fn model_candidates(
         .filter(|id| !skip.contains(&***id))
         .filter_map(|id| {
             let z = &st.items.model.get(&st.items.point(id)?)?.z;
-            let dot = z
-                .iter()
-                .zip(entry.z.iter())
-                .map(|(a, b)| a * b)
-                .sum::<f32>();
+            let dot = z.iter().zip(user_z.iter()).map(|(a, b)| a * b).sum::<f32>();
             Some((dot, id))
         })
         .collect();

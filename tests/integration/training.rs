@@ -312,6 +312,60 @@ async fn training_publishes_versions_assigns_online_and_rolls_back() {
         .collect();
     assert_eq!(first.len(), 1, "hits from several level-1 buckets: {rec:?}");
 
+    // Recommend sees a user described by its profile as it is now: interactions written since
+    // its SID was stored move its route and `z` exactly as an upsert of the user would.
+    let recommend = |r: &mut RetrievalClient| {
+        let mut r = r.clone();
+        async move {
+            let hits = r
+                .recommend(pb::RecommendRequest {
+                    collection: coll.into(),
+                    user_id: "u005".into(),
+                    k: 8,
+                    exclude_seen: false,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .hits;
+            hits.into_iter()
+                .map(|h| (h.id, h.score.to_bits()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let before = recommend(&mut r).await;
+    // u005 is in behaviour group 1; its newest interactions go to group 3
+    let newest: Vec<pb::Interaction> = (0..3)
+        .map(|k| interaction("u005", &format!("i{:04}", 8 * k + 3), 1_000_000 + k as i64))
+        .collect();
+    InteractionsClient::new(ch.clone())
+        .write_interactions(pb::WriteInteractionsRequest {
+            collection: coll.into(),
+            interactions: newest,
+            durability: 0,
+        })
+        .await
+        .unwrap();
+    let now = recommend(&mut r).await;
+    assert_ne!(now, before, "the newest interactions changed nothing");
+    UsersClient::new(ch.clone())
+        .upsert_users(pb::UpsertUsersRequest {
+            collection: coll.into(),
+            users: vec![pb::User {
+                id: "u005".into(),
+                ..Default::default()
+            }],
+            durability: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        recommend(&mut r).await,
+        now,
+        "not what the stored SID gives"
+    );
+
     // A second training (asked for) warm-starts and publishes version 2 with its churn.
     t.trigger_training(pb::TriggerTrainingRequest {
         collection: coll.into(),
