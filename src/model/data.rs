@@ -269,22 +269,16 @@ impl Prepared {
         } else {
             (p + 1).max(end.saturating_sub(window))..end
         };
-        // `profile_input` over these events, without its copies: the items are normalised
         let d = self.item_dim;
-        let last = self.positive_meta[range.clone()]
-            .iter()
-            .map(|m| m.1)
-            .max()?;
-        let mut out = vec![0.0f32; d];
-        for j in range.clone() {
-            let (weight, ts) = self.positive_meta[j];
-            let w = weight * self.recency.weight((last - ts) as f64, range.end - 1 - j);
-            let i = self.positives[j].1 as usize;
-            let v = &self.x_item[i * d..(i + 1) * d];
-            out.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
-        }
-        l2_normalise_rows(&mut out, d);
-        Some(out)
+        let events: Vec<(&[f32], f32, i64)> = range
+            .map(|j| {
+                let i = self.positives[j].1 as usize;
+                let (w, ts) = self.positive_meta[j];
+                (&self.x_item[i * d..(i + 1) * d], w, ts)
+            })
+            .collect();
+        // the items are normalised already
+        recency_mean(&events, d, self.recency, false)
     }
 
     /// Copies the rows `ids` of a row-major matrix into one contiguous buffer.
@@ -370,16 +364,32 @@ pub fn profile_input(
     dim: usize,
     recency: Recency,
 ) -> Option<Vec<f32>> {
+    recency_mean(events, dim, recency, true)
+}
+
+/// [`profile_input`]; `normalise_each: false` when the vectors are unit already (no copies).
+fn recency_mean(
+    events: &[(&[f32], f32, i64)],
+    dim: usize,
+    recency: Recency,
+    normalise_each: bool,
+) -> Option<Vec<f32>> {
     let positive = || events.iter().filter(|(v, w, _)| *w > 0.0 && v.len() == dim);
     let last = positive().map(|&(_, _, ts)| ts).max()?;
     let n = positive().count();
     let mut out = vec![0.0f32; dim];
     let mut item = vec![0.0f32; dim];
     for (k, &(v, weight, ts)) in positive().enumerate() {
-        item.copy_from_slice(v);
-        l2_normalise_rows(&mut item, dim);
+        let v = match normalise_each {
+            true => {
+                item.copy_from_slice(v);
+                l2_normalise_rows(&mut item, dim);
+                &item[..]
+            }
+            false => v,
+        };
         let w = weight * recency.weight((last - ts) as f64, n - 1 - k);
-        out.iter_mut().zip(&item).for_each(|(o, v)| *o += w * v);
+        out.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
     }
     l2_normalise_rows(&mut out, dim);
     Some(out)
