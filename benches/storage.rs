@@ -65,6 +65,7 @@ fn write_benches(c: &mut Criterion) {
             max_pending_bytes: 512 << 20,
         },
         checkpoint_interval: Duration::from_secs(30),
+        lock_wait: sidb::storage::DEFAULT_LOCK_WAIT,
     };
     let store = Store::open(dir.path(), opts).expect("open store");
     let config = CollectionConfig {

@@ -99,6 +99,7 @@ impl StorageConfig {
                 max_pending_bytes: self.max_pending_bytes,
             },
             checkpoint_interval: Duration::from_secs(self.checkpoint_interval_secs.max(1)),
+            lock_wait: crate::storage::DEFAULT_LOCK_WAIT,
         }
     }
 }

@@ -33,7 +33,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -56,7 +56,14 @@ pub struct StoreOptions {
     pub wal: WalOptions,
     /// How often the background checkpoint runs.
     pub checkpoint_interval: Duration,
+    /// How long [`Store::open`] waits for sled's file lock, which a process that is exiting
+    /// (or a store dropped a moment ago, whose background I/O threads still hold the file)
+    /// releases a little after it lets go. Past it, opening fails with `Unavailable`.
+    pub lock_wait: Duration,
 }
+
+/// The default of [`StoreOptions::lock_wait`].
+pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// One entity of [`Store::scan_entities`].
 #[derive(Debug)]
@@ -182,15 +189,7 @@ impl Store {
             std::fs::create_dir_all(d)
                 .map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
         }
-        let db = sled::Config::new()
-            .path(&db_dir)
-            .cache_capacity(opts.cache_bytes)
-            .flush_every_ms(Some(1000))
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io) => Error::io(format!("opening {}", db_dir.display()), io),
-                other => Error::DataLoss(format!("opening {}: {other}", db_dir.display())),
-            })?;
+        let db = open_sled(&db_dir, &opts)?;
         let catalog = db.open_tree("catalog")?;
         let sys = db.open_tree("sys")?;
         let collections = load_collections(&db, &catalog)?;
@@ -680,4 +679,45 @@ fn replay(
         }
     }
     Ok(applied)
+}
+
+/// Opens sled at `db_dir`, waiting up to `opts.lock_wait` while another holder of its file lock
+/// lets go.
+fn open_sled(db_dir: &Path, opts: &StoreOptions) -> Result<sled::Db> {
+    let deadline = Instant::now() + opts.lock_wait;
+    loop {
+        let opened = sled::Config::new()
+            .path(db_dir)
+            .cache_capacity(opts.cache_bytes)
+            .flush_every_ms(Some(1000))
+            .open();
+        match opened {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(io)) if lock_held(&io) => {
+                if Instant::now() >= deadline {
+                    return Err(Error::Unavailable(format!(
+                        "{} is in use by another store (its lock was not released within {:?}): {io}",
+                        db_dir.display(),
+                        opts.lock_wait
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(sled::Error::Io(io)) => {
+                return Err(Error::io(format!("opening {}", db_dir.display()), io))
+            }
+            Err(other) => {
+                return Err(Error::DataLoss(format!(
+                    "opening {}: {other}",
+                    db_dir.display()
+                )))
+            }
+        }
+    }
+}
+
+/// Whether sled's open failed because another holder has its file lock (sled 0.34 reports it
+/// as an `Other` I/O error with this text).
+fn lock_held(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::Other && e.to_string().contains("could not acquire lock")
 }

@@ -38,6 +38,7 @@ fn options() -> StoreOptions {
             max_pending_bytes: 1 << 20,
         },
         checkpoint_interval: Duration::from_millis(20),
+        lock_wait: Duration::from_secs(10),
     }
 }
 
@@ -172,4 +173,38 @@ fn a_live_entity_scan_lets_writes_through_and_a_locked_one_holds_them() {
     let (seq, through) = write_during_scan(false, 2);
     assert!(!through, "a write went through a locked scan");
     assert_eq!(seq, 2, "a locked scan reports the sequence it reflects");
+}
+
+#[test]
+fn open_waits_for_the_lock_of_a_store_that_lets_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Store::open(dir.path(), options()).unwrap();
+    let holder = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        first.close().unwrap();
+        drop(first);
+    });
+    // sled's lock is held for the first 300 ms: the open waits for it instead of failing
+    let second = Store::open(dir.path(), options()).expect("opened once the lock was free");
+    holder.join().unwrap();
+    second.close().unwrap();
+}
+
+#[test]
+fn open_of_a_store_in_use_fails_clearly_after_the_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Store::open(dir.path(), options()).unwrap();
+    let short = StoreOptions {
+        lock_wait: Duration::from_millis(50),
+        ..options()
+    };
+    let err = Store::open(dir.path(), short)
+        .err()
+        .expect("the store is in use");
+    assert!(
+        matches!(err, crate::error::Error::Unavailable(_)),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("in use"), "{err}");
+    first.close().unwrap();
 }
