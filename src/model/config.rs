@@ -159,8 +159,10 @@ pub struct DasConfig {
     /// Each training pair's user input is the user's profile over its positives *before* that
     /// pair ([`crate::model::data::Prepared::causal_input`]), the input it had when it acted,
     /// instead of its profile over all of them, which holds the very item the pair asks the
-    /// codes to predict (and no served profile holds the item to be recommended). Users with own
-    /// embeddings are unaffected. Chosen on the validation split; default true.
+    /// codes to predict (and no served profile holds the item to be recommended). The user-side
+    /// co-occurrence partner of a pair, another user of its item, likewise takes its profile
+    /// before that item. Users with own embeddings are unaffected. Chosen on the validation
+    /// split; default true.
     pub causal_user_inputs: bool,
     /// Trainer threads (rayon pool for candle's CPU kernels). Default 1.
     pub threads: usize,

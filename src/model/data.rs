@@ -248,6 +248,13 @@ impl Prepared {
         })
     }
 
+    /// The index into the positives of `user`'s newest positive with `item`, if any.
+    pub fn positive_index(&self, user: u32, item: u32) -> Option<usize> {
+        let u = user as usize;
+        let range = *self.user_offsets.get(u)?..*self.user_offsets.get(u + 1)?;
+        range.rev().find(|&p| self.positives[p].1 == item)
+    }
+
     /// The causal input of the user of positive `p`: its profile ([`profile_input`]) over its
     /// positives before `p` only (at most [`Recency::window`] of them), the input it had when it
     /// made that interaction. A user's full profile holds the very item each of its training

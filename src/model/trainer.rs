@@ -686,7 +686,14 @@ impl Trainer<'_> {
         let recon_rows = users.len() + extra;
         let x_items = Self::inputs(&item_rows, &prep.x_item, prep.item_dim, recon_rows)?;
         let x_users = if self.cfg.causal_user_inputs && self.raw.users_from_profiles {
-            self.causal_user_rows(&user_rows, &drawn, recon_rows)?
+            // the pairs' positives, none for the uniform extras, then each partner's own
+            // positive with its anchor's item
+            let n_partners = user_rows.len().saturating_sub(recon_rows);
+            let positive_of_row: Vec<Option<usize>> = (drawn.iter().map(|&p| Some(p)))
+                .chain(std::iter::repeat_n(None, recon_rows - drawn.len()))
+                .chain((0..n_partners).map(|k| self.raw.positive_index(users_plus[k], items[k])))
+                .collect();
+            self.causal_user_rows(&user_rows, &positive_of_row, recon_rows)?
         } else {
             Self::inputs(&user_rows, &prep.x_user, prep.user_dim, recon_rows)?
         };
@@ -738,14 +745,17 @@ impl Trainer<'_> {
         rows
     }
 
-    /// User quantizer rows whose first `drawn.len()` rows (the batch's pairs, `drawn` indexes
-    /// into the positives) take each pair's causal input ([`Prepared::causal_input`], centred
-    /// like the full profiles), one row each even for the same user twice; the rest (uniform
-    /// extras, partners) keep the users' full profiles, one slot per user.
+    /// User quantizer rows where a row with a positive (`positive_of_row`, indexes into the
+    /// positives) takes that positive's causal input ([`Prepared::causal_input`], centred like
+    /// the full profiles), one row each even for the same user twice; rows without one (the
+    /// uniform extras) keep the users' full profiles, one slot per user. The batch's pairs
+    /// take their own positives, and each co-occurrence partner its own interaction with its
+    /// anchor's item: a partner's full profile holds that very item, which the anchor's causal
+    /// input does not, and the term would teach the codes to find it there.
     fn causal_user_rows(
         &self,
         rows: &[u32],
-        drawn: &[usize],
+        positive_of_row: &[Option<usize>],
         recon_rows: usize,
     ) -> Result<Option<QuantRows>> {
         if rows.is_empty() {
@@ -758,8 +768,8 @@ impl Trainer<'_> {
         let mut slot_of = HashMap::new();
         for (r, &u) in rows.iter().enumerate() {
             let next = (x.len() / d) as u32;
-            match drawn.get(r) {
-                Some(&p) => {
+            match positive_of_row.get(r).copied().flatten() {
+                Some(p) => {
                     match self.raw.causal_input(p) {
                         Some(v) => x.extend(center_rows(&v, d, &self.model.user_mean)),
                         None => x.extend_from_slice(full(u)),
@@ -1118,11 +1128,29 @@ mod tests {
                 repeated += b.users[..r].contains(&u) as usize;
             }
             assert!(repeated > 0, "some user should come twice");
-            // the rows after the pairs (uniform extras, partners) keep the full profiles
-            for r in cfg.batch..b.user_rows.len() {
+            // the uniform extras keep the full profiles
+            for r in cfg.batch..b.partners_at {
                 let u = b.user_rows[r] as usize;
                 let got = x.row_input(r).expect("row");
                 assert!(close(&got, &work.x_user[u * d..(u + 1) * d]), "row {r}");
+            }
+            // a partner, another user of the anchor's item, is what it was before that item
+            let partners = b.user_rows.len() - b.partners_at;
+            assert!(partners > 0, "the co-occurrence term runs");
+            for k in 0..partners {
+                let (r, u, i) = (b.partners_at + k, b.users_plus[k], b.items[k]);
+                let got = x.row_input(r).expect("row");
+                let full = &work.x_user[u as usize * d..(u as usize + 1) * d];
+                if !causal {
+                    assert!(close(&got, full), "partner row {r}");
+                    continue;
+                }
+                let p = raw
+                    .positive_index(u, i)
+                    .expect("a partner is a user of the item");
+                let v = raw.causal_input(p).expect("users have many positives");
+                assert!(close(&got, &center_rows(&v, d, &mean)), "partner row {r}");
+                assert!(!close(&got, full), "partner row {r}: the full profile");
             }
         }
     }
