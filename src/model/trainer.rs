@@ -134,7 +134,11 @@ struct Trainer<'a> {
     cfg: DasConfig,
     model: TrainedModel,
     opt: AdamW,
+    /// Initialisation and code re-seeding.
     rng: ChaCha8Rng,
+    /// Batch sampling alone ([`Trainer::sample_batch`]), so the batches are a function of the
+    /// seed only, whatever the training does between them.
+    batch_rng: ChaCha8Rng,
     stats: TrainStats,
     /// Cancel flag and progress callback (`warm_start` is `Some` only when it is used).
     ctl: TrainControl<'a>,
@@ -360,6 +364,7 @@ impl<'a> Trainer<'a> {
             model,
             opt,
             rng: rng_for(cfg.seed, "train"),
+            batch_rng: rng_for(cfg.seed, "batches"),
             stats: TrainStats::default(),
             ctl: TrainControl::default(),
             done: 0,
@@ -622,7 +627,7 @@ impl Trainer<'_> {
         let uses_log = plan.cf || plan.align != Align::None;
         let drawn: Vec<usize> = if uses_log {
             (0..b)
-                .map(|_| self.rng.random_range(0..prep.positives.len()))
+                .map(|_| self.batch_rng.random_range(0..prep.positives.len()))
                 .collect()
         } else {
             Vec::new()
@@ -631,14 +636,20 @@ impl Trainer<'_> {
         let users: Vec<u32> = pairs.iter().map(|p| p.0).collect();
         let items: Vec<u32> = pairs.iter().map(|p| p.1).collect();
         let (cap, damp) = (self.cfg.cooc_cap, self.cfg.hub_damping);
-        let (users_plus, w_users_plus) =
-            sample_partners(&items, &users, &prep.item_users, cap, damp, &mut self.rng);
+        let (users_plus, w_users_plus) = sample_partners(
+            &items,
+            &users,
+            &prep.item_users,
+            cap,
+            damp,
+            &mut self.batch_rng,
+        );
         // the item co-occurrence term's own anchors, when it runs and draws them apart
         let tail =
             (self.co_pairs.as_ref()).filter(|_| plan.align == Align::Joint && self.cfg.align_co);
         let (co_users, co_items): (Vec<u32>, Vec<u32>) = match tail {
             Some(sampler) => (0..self.align_n(b))
-                .map(|_| sampler.sample(prep, &mut self.rng))
+                .map(|_| sampler.sample(prep, &mut self.batch_rng))
                 .unzip(),
             None => (users.clone(), items.clone()),
         };
@@ -649,7 +660,7 @@ impl Trainer<'_> {
             &prep.user_items,
             cap,
             damp,
-            &mut self.rng,
+            &mut self.batch_rng,
         );
         let n_neg = if plan.cf && !prep.negatives.is_empty() {
             b / 4
@@ -657,7 +668,7 @@ impl Trainer<'_> {
             0
         };
         let negatives = (0..n_neg)
-            .map(|_| prep.negatives[self.rng.random_range(0..prep.negatives.len())])
+            .map(|_| prep.negatives[self.batch_rng.random_range(0..prep.negatives.len())])
             .collect();
         let extra = if uses_log { self.cfg.sem_uniform } else { b };
         // only the partners of the anchors that enter the alignment are quantized
@@ -739,7 +750,7 @@ impl Trainer<'_> {
             return Vec::new();
         }
         let mut rows = pairs.to_vec();
-        rows.extend((0..extra).map(|_| self.rng.random_range(0..n as u32)));
+        rows.extend((0..extra).map(|_| self.batch_rng.random_range(0..n as u32)));
         rows.extend_from_slice(anchors);
         rows.extend_from_slice(partners);
         rows
