@@ -168,7 +168,8 @@ pub struct DasConfig {
     /// before that item. Users with own embeddings are unaffected. Chosen on the validation
     /// split; default true.
     pub causal_user_inputs: bool,
-    /// Trainer threads (rayon pool for candle's CPU kernels). Default 1.
+    /// Trainer threads (rayon pool for candle's CPU kernels). Default 1. Batches are drawn on
+    /// one more thread, ahead of the steps (a few per cent of a core on MovieLens-1M).
     pub threads: usize,
 }
 

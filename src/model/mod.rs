@@ -88,6 +88,9 @@ pub enum ModelError {
     /// Two models cannot be matched (different quantizer kinds or shapes).
     #[error("incompatible models: {0}")]
     Incompatible(String),
+    /// The trainer's own machinery failed (a thread could not be started or stopped early).
+    #[error("trainer: {0}")]
+    Internal(String),
     /// An error from the tensor library (a bug in this module, not in the input).
     #[error("tensor error: {0}")]
     Tensor(#[from] candle_core::Error),

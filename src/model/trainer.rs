@@ -43,11 +43,17 @@ pub struct TrainStats {
     pub seconds: f64,
     /// CPU seconds of the training thread over the whole run (Linux; `None` elsewhere): what the
     /// run costs whatever else the machine is doing. With `threads = 1` candle's kernels run on
-    /// this thread, so on an idle machine it matches `seconds`.
+    /// this thread, so on an idle machine it matches `seconds`. The batch sampler's thread is
+    /// not counted (see `sample_s`).
     #[serde(default)]
     pub cpu_s: Option<f64>,
-    /// Seconds sampling batches and gathering rows.
+    /// Seconds the training steps waited for their batches (sampling runs ahead on a thread of
+    /// its own; what is left here is what it could not hide).
     pub data_s: f64,
+    /// Seconds the batch sampler thread spent drawing batches and building their inputs
+    /// (overlapping the steps).
+    #[serde(default)]
+    pub sample_s: f64,
     /// Seconds in forward passes.
     pub forward_s: f64,
     /// Seconds in backward passes.
@@ -134,11 +140,9 @@ struct Trainer<'a> {
     cfg: DasConfig,
     model: TrainedModel,
     opt: AdamW,
-    /// Initialisation and code re-seeding.
+    /// Initialisation and code re-seeding (batches draw from their own stream, in
+    /// [`BatchSampler`]).
     rng: ChaCha8Rng,
-    /// Batch sampling alone ([`Trainer::sample_batch`]), so the batches are a function of the
-    /// seed only, whatever the training does between them.
-    batch_rng: ChaCha8Rng,
     stats: TrainStats,
     /// Cancel flag and progress callback (`warm_start` is `Some` only when it is used).
     ctl: TrainControl<'a>,
@@ -150,6 +154,18 @@ struct Trainer<'a> {
     /// correction of the alignment.
     log_q_items: Vec<f32>,
     log_q_users: Vec<f32>,
+}
+
+/// Draws the training batches (pairs, partners, uniform extras and the quantizer inputs) from a
+/// random stream of its own. It only reads the data, so a batch is a function of the seed alone
+/// and the sampler can run ahead of the training on a thread of its own ([`Trainer::stage`]).
+struct BatchSampler<'a> {
+    prep: &'a Prepared,
+    raw: &'a Prepared,
+    cfg: DasConfig,
+    /// The user quantizer's input centre (causal inputs are centred like the full profiles).
+    user_mean: Vec<f32>,
+    rng: ChaCha8Rng,
     /// Draws the item-side co-occurrence anchors apart from the batch (`co_item_first` > 0).
     co_pairs: Option<PairSampler>,
 }
@@ -364,15 +380,27 @@ impl<'a> Trainer<'a> {
             model,
             opt,
             rng: rng_for(cfg.seed, "train"),
-            batch_rng: rng_for(cfg.seed, "batches"),
             stats: TrainStats::default(),
             ctl: TrainControl::default(),
             done: 0,
             total: 0,
             log_q_items: scaled(log_share(prep.item_count.iter().copied())),
             log_q_users: scaled(log_share(prep.user_items.iter().map(|v| v.len() as f32))),
-            co_pairs: (cfg.co_item_first > 0.0).then(|| PairSampler::new(prep, cfg.co_item_first)),
         })
+    }
+
+    /// A batch sampler at the start of its stream.
+    fn batches(&self) -> BatchSampler<'a> {
+        let cfg = &self.cfg;
+        BatchSampler {
+            prep: self.prep,
+            raw: self.raw,
+            cfg: cfg.clone(),
+            user_mean: self.model.user_mean.clone(),
+            rng: rng_for(cfg.seed, "batches"),
+            co_pairs: (cfg.co_item_first > 0.0)
+                .then(|| PairSampler::new(self.prep, cfg.co_item_first)),
+        }
     }
 
     /// [`ModelError::Cancelled`] once the cancel flag is set.
@@ -406,6 +434,7 @@ impl<'a> Trainer<'a> {
 impl Trainer<'_> {
     fn run(&mut self, method: Method) -> Result<()> {
         let steps = self.cfg.steps;
+        let mut batches = self.batches();
         let p = |sem_item, sem_user, cf, align| Plan {
             sem_item,
             sem_user,
@@ -414,19 +443,44 @@ impl Trainer<'_> {
         };
         match method {
             Method::RqKMeans => return self.fit_rqkmeans(),
-            Method::Cf => self.stage("train", p(false, false, true, Align::None), steps)?,
+            Method::Cf => self.stage(
+                &mut batches,
+                "train",
+                p(false, false, true, Align::None),
+                steps,
+            )?,
             Method::RqVae => {
                 self.init_codebooks()?;
-                self.stage("train", p(true, false, false, Align::None), steps)?
+                self.stage(
+                    &mut batches,
+                    "train",
+                    p(true, false, false, Align::None),
+                    steps,
+                )?
             }
             Method::TwoStage => {
-                self.stage("cf", p(false, false, true, Align::None), steps)?;
+                self.stage(
+                    &mut batches,
+                    "cf",
+                    p(false, false, true, Align::None),
+                    steps,
+                )?;
                 self.init_codebooks()?;
-                self.stage("train", p(true, true, false, Align::Frozen), steps)?
+                self.stage(
+                    &mut batches,
+                    "train",
+                    p(true, true, false, Align::Frozen),
+                    steps,
+                )?
             }
             Method::Das => {
                 self.init_codebooks()?;
-                self.stage("train", p(true, true, true, Align::Joint), steps)?
+                self.stage(
+                    &mut batches,
+                    "train",
+                    p(true, true, true, Align::Joint),
+                    steps,
+                )?
             }
         }
         Ok(())
@@ -528,7 +582,53 @@ impl Trainer<'_> {
         Ok(())
     }
 
-    fn stage(&mut self, name: &'static str, plan: Plan, steps: usize) -> Result<()> {
+    /// Runs `steps` steps of `plan`. The batches are drawn on a thread of their own, at most
+    /// [`PREFETCH`] ahead of the step that takes them, so their sampling (the causal user inputs
+    /// above all) overlaps the forward and backward passes instead of preceding them; they are
+    /// the same batches in the same order as drawn inline.
+    fn stage(
+        &mut self,
+        batches: &mut BatchSampler<'_>,
+        name: &'static str,
+        plan: Plan,
+        steps: usize,
+    ) -> Result<()> {
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch>>(PREFETCH);
+            let sampler = std::thread::Builder::new()
+                .name("sidb-batches".into())
+                .spawn_scoped(scope, move || {
+                    let mut busy = 0.0;
+                    for _ in 0..steps {
+                        let t = Instant::now();
+                        let batch = batches.sample(plan);
+                        busy += t.elapsed().as_secs_f64();
+                        let failed = batch.is_err();
+                        // a closed channel: the stage ended early (error or cancel)
+                        if tx.send(batch).is_err() || failed {
+                            break;
+                        }
+                    }
+                    busy
+                })
+                .map_err(|e| ModelError::Internal(format!("spawning the batch sampler: {e}")))?;
+            let result = self.stage_steps(&rx, name, plan, steps);
+            drop(rx);
+            match sampler.join() {
+                Ok(busy) => self.stats.sample_s += busy,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+            result
+        })
+    }
+
+    fn stage_steps(
+        &mut self,
+        batches: &std::sync::mpsc::Receiver<Result<Batch>>,
+        name: &'static str,
+        plan: Plan,
+        steps: usize,
+    ) -> Result<()> {
         let refresh_at = self.cfg.warmup_steps + self.cfg.ramp_steps;
         let quantizes = plan.sem_item || plan.sem_user;
         let cold = self.ctl.warm_start.is_none();
@@ -543,7 +643,12 @@ impl Trainer<'_> {
             {
                 self.kmeans_codebooks()?;
             }
-            self.step(plan, s)?;
+            let t0 = Instant::now();
+            let batch = batches.recv().map_err(|_| {
+                ModelError::Internal("the batch sampler stopped before the stage's end".into())
+            })??;
+            self.stats.data_s += t0.elapsed().as_secs_f64();
+            self.step(plan, s, batch)?;
             self.tick(name, s + 1 == steps);
             if s % 100 == 0 || s + 1 == steps {
                 let [sem, cf, align] = self.stats.last_losses;
@@ -570,9 +675,7 @@ impl Trainer<'_> {
         c.beta * r.min(1.0)
     }
 
-    fn step(&mut self, plan: Plan, s: usize) -> Result<()> {
-        let t0 = Instant::now();
-        let batch = self.sample_batch(plan)?;
+    fn step(&mut self, plan: Plan, s: usize, batch: Batch) -> Result<()> {
         let t1 = Instant::now();
         let (loss, parts, icdm_out, outs) = self.forward(plan, &batch, s)?;
         let t2 = Instant::now();
@@ -586,7 +689,6 @@ impl Trainer<'_> {
         let t4 = Instant::now();
         let st = &mut self.stats;
         st.steps += 1;
-        st.data_s += (t1 - t0).as_secs_f64();
         st.forward_s += (t2 - t1).as_secs_f64();
         st.backward_s += (t3 - t2).as_secs_f64();
         st.optim_s += (t4 - t3).as_secs_f64();
@@ -621,13 +723,13 @@ struct Batch {
     x_users: Option<QuantRows>,
 }
 
-impl Trainer<'_> {
-    fn sample_batch(&mut self, plan: Plan) -> Result<Batch> {
+impl BatchSampler<'_> {
+    fn sample(&mut self, plan: Plan) -> Result<Batch> {
         let (prep, b) = (self.prep, self.cfg.batch);
         let uses_log = plan.cf || plan.align != Align::None;
         let drawn: Vec<usize> = if uses_log {
             (0..b)
-                .map(|_| self.batch_rng.random_range(0..prep.positives.len()))
+                .map(|_| self.rng.random_range(0..prep.positives.len()))
                 .collect()
         } else {
             Vec::new()
@@ -636,20 +738,14 @@ impl Trainer<'_> {
         let users: Vec<u32> = pairs.iter().map(|p| p.0).collect();
         let items: Vec<u32> = pairs.iter().map(|p| p.1).collect();
         let (cap, damp) = (self.cfg.cooc_cap, self.cfg.hub_damping);
-        let (users_plus, w_users_plus) = sample_partners(
-            &items,
-            &users,
-            &prep.item_users,
-            cap,
-            damp,
-            &mut self.batch_rng,
-        );
+        let (users_plus, w_users_plus) =
+            sample_partners(&items, &users, &prep.item_users, cap, damp, &mut self.rng);
         // the item co-occurrence term's own anchors, when it runs and draws them apart
         let tail =
             (self.co_pairs.as_ref()).filter(|_| plan.align == Align::Joint && self.cfg.align_co);
         let (co_users, co_items): (Vec<u32>, Vec<u32>) = match tail {
-            Some(sampler) => (0..self.align_n(b))
-                .map(|_| sampler.sample(prep, &mut self.batch_rng))
+            Some(sampler) => (0..align_n(&self.cfg, b))
+                .map(|_| sampler.sample(prep, &mut self.rng))
                 .unzip(),
             None => (users.clone(), items.clone()),
         };
@@ -660,7 +756,7 @@ impl Trainer<'_> {
             &prep.user_items,
             cap,
             damp,
-            &mut self.batch_rng,
+            &mut self.rng,
         );
         let n_neg = if plan.cf && !prep.negatives.is_empty() {
             b / 4
@@ -668,12 +764,12 @@ impl Trainer<'_> {
             0
         };
         let negatives = (0..n_neg)
-            .map(|_| prep.negatives[self.batch_rng.random_range(0..prep.negatives.len())])
+            .map(|_| prep.negatives[self.rng.random_range(0..prep.negatives.len())])
             .collect();
         let extra = if uses_log { self.cfg.sem_uniform } else { b };
         // only the partners of the anchors that enter the alignment are quantized
         let n_co = if plan.align == Align::Joint && self.cfg.align_co {
-            self.align_n(b)
+            align_n(&self.cfg, b)
         } else {
             0
         };
@@ -727,12 +823,6 @@ impl Trainer<'_> {
         })
     }
 
-    /// Anchors (the first of the batch's `b` pairs: the batch is a random sample) that enter the
-    /// InfoNCE alignments.
-    fn align_n(&self, b: usize) -> usize {
-        b.min(self.cfg.align_rows.max(2))
-    }
-
     /// Quantizer rows: the batch's pairs, then `extra` uniform ids, then separately drawn
     /// co-occurrence anchors (empty unless drawn), then partners (empty when unused).
     /// [`Trainer::forward`] reconstructs the first `pairs + extra` rows and
@@ -750,7 +840,7 @@ impl Trainer<'_> {
             return Vec::new();
         }
         let mut rows = pairs.to_vec();
-        rows.extend((0..extra).map(|_| self.batch_rng.random_range(0..n as u32)));
+        rows.extend((0..extra).map(|_| self.rng.random_range(0..n as u32)));
         rows.extend_from_slice(anchors);
         rows.extend_from_slice(partners);
         rows
@@ -782,7 +872,7 @@ impl Trainer<'_> {
             match positive_of_row.get(r).copied().flatten() {
                 Some(p) => {
                     match self.raw.causal_input(p) {
-                        Some(v) => x.extend(center_rows(&v, d, &self.model.user_mean)),
+                        Some(v) => x.extend(center_rows(&v, d, &self.user_mean)),
                         None => x.extend_from_slice(full(u)),
                     }
                     slots.push(next);
@@ -802,6 +892,15 @@ impl Trainer<'_> {
         }
         Ok(Some(QuantRows::new(rows, x, d, recon_rows)?))
     }
+}
+
+/// Batches the sampler thread may draw ahead of the training step.
+const PREFETCH: usize = 2;
+
+/// Anchors (the first of the batch's `b` pairs: the batch is a random sample) that enter the
+/// InfoNCE alignments.
+fn align_n(cfg: &DasConfig, b: usize) -> usize {
+    b.min(cfg.align_rows.max(2))
 }
 
 type Forward = (Tensor, [f32; 3], Option<IcdmOut>, [Option<QuantOut>; 2]);
@@ -931,7 +1030,7 @@ impl Trainer<'_> {
                 "alignment needs both quantizers".into(),
             ));
         };
-        let (n, p0) = (self.align_n(b.users.len()), b.partners_at);
+        let (n, p0) = (align_n(&self.cfg, b.users.len()), b.partners_at);
         let (z_i, z_u) = (qi.z_align.narrow(0, 0, n)?, qu.z_align.narrow(0, 0, n)?);
         let (u_cf, i_cf) = self.cf_side(plan, b, icdm)?;
         let (u_cf, i_cf) = (u_cf.narrow(0, 0, n)?, i_cf.narrow(0, 0, n)?);
@@ -1112,8 +1211,8 @@ mod tests {
             let mut work = raw.clone();
             work.x_user = center_rows(&raw.x_user, raw.user_dim, &model.user_mean);
             let mean = model.user_mean.clone();
-            let mut t = Trainer::new(&work, &raw, model, &cfg).expect("trainer");
-            let b = t.sample_batch(plan).expect("batch");
+            let t = Trainer::new(&work, &raw, model, &cfg).expect("trainer");
+            let b = t.batches().sample(plan).expect("batch");
             let x = b.x_users.as_ref().expect("user rows");
             let d = raw.user_dim;
             let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
@@ -1167,6 +1266,48 @@ mod tests {
     }
 
     #[test]
+    fn prefetched_batches_train_what_batches_drawn_inline_train() {
+        let s = generate(&SynthSpec {
+            n_items: 128,
+            n_users: 64,
+            ..SynthSpec::default()
+        });
+        let cfg = DasConfig {
+            steps: 40,
+            warmup_steps: 10,
+            ramp_steps: 10,
+            ..small_cfg()
+        };
+        let raw = Prepared::new(&s.data, cfg.recency()).expect("prep");
+        let plan = Plan {
+            sem_item: true,
+            sem_user: true,
+            cf: true,
+            align: Align::Joint,
+        };
+        let params = |inline: bool| -> Vec<Vec<f32>> {
+            let model = build_model(&raw, Method::Das, &cfg).expect("model");
+            let mut t = Trainer::new(&raw, &raw, model, &cfg).expect("trainer");
+            t.init_codebooks().expect("init");
+            let mut batches = t.batches();
+            if inline {
+                for s in 0..cfg.steps {
+                    let b = batches.sample(plan).expect("batch");
+                    t.step(plan, s, b).expect("step");
+                }
+            } else {
+                t.stage(&mut batches, "train", plan, cfg.steps)
+                    .expect("stage");
+            }
+            assert_eq!(t.stats.steps, cfg.steps);
+            (t.model.params.vars().iter())
+                .map(|v| v.flatten_all().and_then(|x| x.to_vec1()).expect("values"))
+                .collect()
+        };
+        assert_eq!(params(false), params(true));
+    }
+
+    #[test]
     fn partner_rows_follow_their_anchors() {
         let s = generate(&SynthSpec {
             n_items: 128,
@@ -1180,14 +1321,14 @@ mod tests {
         };
         let prep = Prepared::new(&s.data, cfg.recency()).expect("prep");
         let model = build_model(&prep, Method::Das, &cfg).expect("model");
-        let mut t = Trainer::new(&prep, &prep, model, &cfg).expect("trainer");
+        let t = Trainer::new(&prep, &prep, model, &cfg).expect("trainer");
         let plan = Plan {
             sem_item: true,
             sem_user: true,
             cf: true,
             align: Align::Joint,
         };
-        let b = t.sample_batch(plan).expect("batch");
+        let b = t.batches().sample(plan).expect("batch");
         assert_eq!(b.partners_at, cfg.batch + cfg.sem_uniform);
         assert_eq!(&b.item_rows[..cfg.batch], &b.items[..]);
         assert_eq!(&b.user_rows[..cfg.batch], &b.users[..]);
@@ -1204,8 +1345,8 @@ mod tests {
             ..small_cfg()
         };
         let model = build_model(&prep, Method::Das, &cfg).expect("model");
-        let mut t = Trainer::new(&prep, &prep, model, &cfg).expect("trainer");
-        let b = t.sample_batch(plan).expect("batch");
+        let t = Trainer::new(&prep, &prep, model, &cfg).expect("trainer");
+        let b = t.batches().sample(plan).expect("batch");
         let recon = cfg.batch + cfg.sem_uniform;
         assert_eq!((b.co_at, b.item_partners_at), (recon, recon + n));
         assert_eq!(b.partners_at, recon, "the user side is unchanged");
