@@ -1181,9 +1181,6 @@ mod tests {
         );
     }
 
-    /// Regression: the alignment read the partners at row `batch + sem_uniform` while the rows
-    /// were laid out `[anchors, partners, uniform]`, so the co-occurrence terms paired each
-    /// anchor with another anchor's partner (and the uniform rows went unreconstructed).
     #[test]
     fn the_pairs_user_inputs_are_what_the_user_had_before() {
         let s = generate(&SynthSpec {
@@ -1307,6 +1304,9 @@ mod tests {
         assert_eq!(params(false), params(true));
     }
 
+    /// Regression: the alignment read the partners at row `batch + sem_uniform` while the rows
+    /// were laid out `[anchors, partners, uniform]`, so the co-occurrence terms paired each
+    /// anchor with another anchor's partner (and the uniform rows went unreconstructed).
     #[test]
     fn partner_rows_follow_their_anchors() {
         let s = generate(&SynthSpec {

@@ -34,8 +34,8 @@ pub fn quick_training(c: &mut Config) {
 
 pub const DIM: usize = 16;
 
-/// `retrieval.recommend_min_bucket` of these servers: small, so that users of the small planted
-/// catalogue (240 items over 64 level-1 codes) get SID buckets of their own.
+/// `retrieval.recommend_min_bucket` of these servers: small for the small planted catalogue
+/// (240 items over 64 level-1 codes), where a bucket of 50 would never be found.
 const MIN_BUCKET: u64 = 3;
 
 /// A seeded vector near centre `c` of 4 content clusters.
@@ -319,10 +319,6 @@ async fn training_publishes_versions_assigns_online_and_rolls_back() {
                 r.recommend(req).await.unwrap().into_inner().hits
             }
         };
-        let level1 = |hits: &[pb::Hit]| -> HashSet<u32> {
-            let sid = |h: &pb::Hit| h.sid.as_ref().expect("hit SID").codes[0];
-            hits.iter().map(sid).collect()
-        };
         let all = rec(1000, false).await;
         if all.len() == n_all {
             continue;
@@ -333,10 +329,12 @@ async fn training_publishes_versions_assigns_online_and_rolls_back() {
             "{user}: a bucket of {} items",
             all.len()
         );
-        let codes = level1(&all);
+        let level1 = |h: &pb::Hit| h.sid.as_ref().expect("hit SID").codes[0];
+        let codes: HashSet<u32> = all.iter().map(level1).collect();
         assert_eq!(codes.len(), 1, "{user}: candidates from several buckets");
         let code = *codes.iter().next().expect("one code");
-        let under = (r.clone())
+        let under = r
+            .clone()
             .prefix_scan(pb::PrefixScanRequest {
                 collection: coll.into(),
                 entity: pb::EntityKind::Items as i32,
