@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use super::index::{CollectionIndex, EntityHit, Restrict, SpaceId};
+use super::models::LoadedModel;
 use super::{validate, Engine};
 use crate::error::{Error, Result};
 use crate::storage::models::ModelSid;
@@ -211,9 +212,15 @@ impl Engine {
             // `z_u . z_i` ranks it (the evaluation's SID-native path).
             let min_bucket = e.retrieval.recommend_min_bucket;
             let user_now = current.as_ref().map(|(v, sid)| (*v, sid));
-            if let Some(mut hits) =
-                model_candidates(&index, &user, user_now, k, &exclude, min_bucket)
-            {
+            if let Some(mut hits) = model_candidates(
+                &index,
+                model.as_deref(),
+                &user,
+                user_now,
+                k,
+                &exclude,
+                min_bucket,
+            )? {
                 if hits.len() < k {
                     exclude.extend(hits.iter().map(|h| h.id.to_string()));
                     let rest = Restrict {
@@ -533,30 +540,44 @@ fn space_dim(config: &CollectionConfig, space: SpaceId) -> usize {
     }
 }
 
-/// SID queries need SIDs: a trained model, or SIDs written by clients.
-/// Recommend's candidates under an active model: the items of the longest prefix of the user's
-/// route holding at least `min_bucket` items, ranked by `z_u . z_i`, without `exclude`. `None`
-/// when no model version serves or the user has no model SID.
+/// Recommend's candidates under an active model: the items of the bucket the user's `z` routes
+/// to (the populated bucket nearest to it, routed now against the live bucket counts by the
+/// serving `model`; the stored route when `model` is of another version than the index
+/// serves, for a moment during a swap), ranked by `z_u . z_i`, without `exclude`. `None` when
+/// no model version serves or the user has no model SID.
 fn model_candidates(
     index: &CollectionIndex,
+    model: Option<&LoadedModel>,
     user: &str,
     user_now: Option<(u64, &ModelSid)>,
     k: usize,
     exclude: &[String],
     min_bucket: u64,
-) -> Option<Vec<EntityHit>> {
+) -> Result<Option<Vec<EntityHit>>> {
     let st = index.state.read();
     if st.sid_version == 0 {
-        return None;
+        return Ok(None);
     }
     // the user as the model sees it now when computed by the version being served, else as
     // stored
+    let stored;
     let (route, user_z): (&[u32], &[f32]) = match user_now {
         Some((version, sid)) if version == st.sid_version => (&sid.route, &sid.z),
         _ => {
-            let entry = st.users.model.get(&st.users.point(user)?)?;
-            (&entry.route, &entry.z)
+            let Some(entry) = st.users.point(user).and_then(|p| st.users.model.get(&p)) else {
+                return Ok(None);
+            };
+            stored = entry;
+            (&stored.route, &stored.z)
         }
+    };
+    let routed;
+    let route = match model {
+        Some(m) if m.version == st.sid_version => {
+            routed = m.route_in(user_z, &st.items.trie, min_bucket)?;
+            &routed[..]
+        }
+        _ => route,
     };
     let prefix = st
         .items
@@ -582,7 +603,7 @@ fn model_candidates(
         scored.truncate(k);
     }
     scored.sort_by(by_score);
-    Some(
+    Ok(Some(
         scored
             .into_iter()
             .map(|(score, id)| EntityHit {
@@ -591,9 +612,10 @@ fn model_candidates(
                 sid: st.items.trie.get(id).cloned(),
             })
             .collect(),
-    )
+    ))
 }
 
+/// SID queries need SIDs: a trained model, or SIDs written by clients.
 fn require_sids(coll: &Collection) -> Result<()> {
     if coll.info().active_model_version == 0 && !coll.client_sids() {
         return Err(Error::FailedPrecondition(format!(

@@ -78,6 +78,7 @@ pub fn cosine_scores(u: &[f32], items: &[f32], d: usize, ids: &[u32]) -> Result<
 /// Items grouped by every SID prefix (length 1..=levels).
 pub struct PrefixIndex {
     levels: usize,
+    n_items: usize,
     buckets: BTreeMap<Vec<u32>, Vec<u32>>,
 }
 
@@ -90,7 +91,19 @@ impl PrefixIndex {
                 buckets.entry(t[..l].to_vec()).or_default().push(i as u32);
             }
         }
-        Self { levels, buckets }
+        Self {
+            levels,
+            n_items: codes.len() / levels.max(1),
+            buckets,
+        }
+    }
+
+    /// Items under `prefix` (all items for the empty prefix).
+    pub fn count(&self, prefix: &[u32]) -> usize {
+        match prefix.is_empty() {
+            true => self.n_items,
+            false => self.buckets.get(prefix).map_or(0, Vec::len),
+        }
     }
 
     /// Items under the longest prefix of `route` holding at least `min_items` items; `None` (all

@@ -329,9 +329,10 @@ impl Ctx<'_> {
     fn fill_sid_method(&self, r: &mut MethodResult, model: &TrainedModel) -> Result<()> {
         let items = model.encode_items(&self.ds.item_emb)?;
         let users = model.encode_users(&self.prep.x_user)?;
-        let routes = model.route_users(&users, &items.z)?;
         let levels = model.meta.config.levels;
         let index = PrefixIndex::new(&items.codes, levels);
+        let min = self.opts.min_bucket;
+        let routes = model.route_users(&users, &items.z, &|p| index.count(p) >= min)?;
         let d = items.dim;
         self.fill_ranking(
             r,

@@ -219,35 +219,102 @@ impl TrainedModel {
         }
     }
 
-    /// A user's route into the item SID space: the item codes its `z_u` falls into. With a user
-    /// quantizer, `z_u` is rescaled to the mean norm of `item_z` and residual-quantized by the
-    /// item codebooks (the two codebooks are separate, so code indexes are not comparable
-    /// directly); without one, the user's codes already are item codes.
-    pub fn route_users(&self, users: &Encoded, item_z: &[f32]) -> Result<Vec<u32>> {
+    /// A user's route into the item SID space: the item codes its `z_u` falls into, choosing at
+    /// each level the nearest code whose bucket passes `populated` (see
+    /// [`TrainedModel::route_users_within`]). The mean item `z` norm is taken from `item_z`.
+    pub fn route_users(
+        &self,
+        users: &Encoded,
+        item_z: &[f32],
+        populated: &dyn Fn(&[u32]) -> bool,
+    ) -> Result<Vec<u32>> {
         let d = users.dim;
         let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
         let mean_item = item_z.chunks(d).map(norm).sum::<f32>() / (item_z.len() / d).max(1) as f32;
-        self.route_users_scaled(users, mean_item)
+        self.route_users_within(users, mean_item, populated)
     }
 
-    /// [`TrainedModel::route_users`] with the mean item `z` norm given (the server keeps it with
-    /// the model instead of every item's `z`).
+    /// The unconstrained route ([`TrainedModel::route_users_within`] with every bucket
+    /// populated): plain residual quantization of the user's `z` by the item codebooks.
     pub fn route_users_scaled(&self, users: &Encoded, mean_item_norm: f32) -> Result<Vec<u32>> {
-        let (Some(_), Some(iq)) = (&self.user_q, &self.item_q) else {
-            return Ok(users.codes.clone());
-        };
+        self.route_users_within(users, mean_item_norm, &|_| true)
+    }
+
+    /// Routes users into the item SID space (`n x levels` codes). The user's `z` is brought into
+    /// item code space (with a user quantizer of its own, rescaled to `mean_item_norm`, the mean
+    /// item `z` norm, since the two codebooks are separate; without one, it already is a sum of
+    /// item codes) and residual-quantized by the item codebooks, taking at each level the
+    /// nearest code whose bucket (the codes chosen so far plus this one) passes `populated`.
+    /// Once no code does, the remaining levels take the nearest code regardless, so the longest
+    /// populated prefix of the route is the populated bucket nearest to the user, level by level,
+    /// and with `populated` always true this is plain greedy residual quantization.
+    ///
+    /// A route into an empty bucket makes a recommender fall back to the whole catalogue: most
+    /// of the K^L code tuples hold no item, and a user's nearest tuple is often one of them.
+    pub fn route_users_within(
+        &self,
+        users: &Encoded,
+        mean_item_norm: f32,
+        populated: &dyn Fn(&[u32]) -> bool,
+    ) -> Result<Vec<u32>> {
         let d = users.dim;
-        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        let scaled: Vec<f32> = users
-            .z
-            .chunks(d)
-            .flat_map(|row| {
-                let s = mean_item_norm / norm(row).max(1e-9);
-                row.iter().map(move |v| v * s)
-            })
-            .collect();
-        let h = Tensor::from_vec(scaled, (users.z.len() / d, d), &Device::Cpu)?;
-        Ok(iq.quantize_h(&h)?.0)
+        let (books, book_dim): (Vec<Vec<f32>>, usize) = match (&self.item_q, &self.rqk_books) {
+            (Some(iq), _) => (
+                (0..iq.shape.levels)
+                    .map(|l| iq.book(l))
+                    .collect::<Result<_>>()?,
+                iq.shape.code_dim,
+            ),
+            (None, Some(books)) => (books.clone(), self.meta.item_dim),
+            (None, None) => {
+                return Err(ModelError::InvalidConfig(
+                    "method cf has no quantizer".into(),
+                ))
+            }
+        };
+        if d != book_dim || !users.z.len().is_multiple_of(d.max(1)) {
+            return Err(ModelError::InvalidData(format!(
+                "user z has {d} dimensions, the item codes {book_dim}"
+            )));
+        }
+        let scale_to = self.user_q.as_ref().map(|_| mean_item_norm);
+        let levels = books.len();
+        let mut routes = Vec::with_capacity(users.z.len() / d.max(1) * levels);
+        let mut dists: Vec<(f32, u32)> = Vec::new();
+        for row in users.z.chunks(d) {
+            let mut r: Vec<f32> = row.to_vec();
+            if let Some(target) = scale_to {
+                let n = r.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-9);
+                r.iter_mut().for_each(|x| *x *= target / n);
+            }
+            let start = routes.len();
+            let mut constrained = true;
+            for book in &books {
+                dists.clear();
+                dists.extend(book.chunks(d).enumerate().map(|(c, e)| {
+                    let sq = r.iter().zip(e).map(|(a, b)| (a - b) * (a - b)).sum::<f32>();
+                    (sq, c as u32)
+                }));
+                dists.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                let mut pick = dists[0].1;
+                if constrained {
+                    let mut prefix = routes[start..].to_vec();
+                    prefix.push(0);
+                    let last = prefix.len() - 1;
+                    match dists.iter().find(|&&(_, c)| {
+                        prefix[last] = c;
+                        populated(&prefix)
+                    }) {
+                        Some(&(_, c)) => pick = c,
+                        None => constrained = false,
+                    }
+                }
+                routes.push(pick);
+                let e = &book[pick as usize * d..][..d];
+                r.iter_mut().zip(e).for_each(|(a, b)| *a -= b);
+            }
+        }
+        Ok(routes)
     }
 
     /// The ICDM debiased vectors (`u_int` for all users, `i_pro` for all items), if trained.

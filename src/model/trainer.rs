@@ -1467,6 +1467,102 @@ mod tests {
         );
     }
 
+    /// A user's route takes, level by level, the nearest item code whose bucket is populated,
+    /// and is plain greedy residual quantization of its rescaled `z` when every bucket is.
+    #[test]
+    fn users_route_to_the_nearest_populated_item_bucket() {
+        let s = generate(&SynthSpec {
+            n_items: 128,
+            n_users: 64,
+            ..SynthSpec::default()
+        });
+        let cfg = DasConfig {
+            steps: 10,
+            warmup_steps: 2,
+            ramp_steps: 2,
+            ..small_cfg()
+        };
+        let (model, _) = train(&s.data, Method::Das, &cfg).expect("train");
+        let prep = Prepared::new(&s.data, cfg.recency()).expect("prep");
+        let items = model.encode_items(&s.data.item_emb).expect("items");
+        let users = model.encode_users(&prep.x_user).expect("users");
+        let (d, levels) = (users.dim, cfg.levels);
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let mean = items.z.chunks(d).map(norm).sum::<f32>() / (items.z.len() / d) as f32;
+        let scaled: Vec<f32> = (users.z.chunks(d))
+            .flat_map(|r| {
+                r.iter()
+                    .map(move |v| v * mean / norm(r))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+
+        // every bucket populated: greedy residual quantization by the item codebooks
+        let iq = model.item_q.as_ref().expect("item quantizer");
+        let h = Tensor::from_slice(&scaled, (scaled.len() / d, d), &Device::Cpu).expect("h");
+        let greedy = iq.quantize_h(&h).expect("quantize").0;
+        assert_eq!(
+            model.route_users_scaled(&users, mean).expect("route"),
+            greedy
+        );
+        assert_eq!(
+            model
+                .route_users(&users, &items.z, &|_| true)
+                .expect("route"),
+            greedy
+        );
+
+        // buckets of at least 12 items (of 128 over 8 level-1 codes), the first user's greedy
+        // level-1 bucket taken out too so that routes must move
+        let mut count: HashMap<Vec<u32>, usize> = HashMap::new();
+        for t in items.codes.chunks(levels) {
+            for l in 1..=levels {
+                *count.entry(t[..l].to_vec()).or_default() += 1;
+            }
+        }
+        let populated = |p: &[u32]| count.get(p).is_some_and(|&n| n >= 12) && p[0] != greedy[0];
+        let routes = model
+            .route_users(&users, &items.z, &populated)
+            .expect("route");
+        assert_ne!(
+            routes, greedy,
+            "some users' nearest codes hold fewer than 12 items"
+        );
+        let books: Vec<Vec<f32>> = (0..levels).map(|l| iq.book(l).expect("book")).collect();
+        let sq =
+            |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>();
+        for (u, (route, z)) in routes.chunks(levels).zip(scaled.chunks(d)).enumerate() {
+            let mut r = z.to_vec();
+            let mut constrained = true;
+            for l in 0..levels {
+                let nearest = |ok: &dyn Fn(u32) -> bool| {
+                    (0..books[l].len() / d)
+                        .map(|c| c as u32)
+                        .filter(|&c| ok(c))
+                        .min_by(|&a, &b| {
+                            let da = sq(&r, &books[l][a as usize * d..][..d]);
+                            da.total_cmp(&sq(&r, &books[l][b as usize * d..][..d]))
+                        })
+                };
+                let with = |c: u32| [&route[..l], &[c][..]].concat();
+                let want = match constrained {
+                    true => nearest(&|c| populated(&with(c))),
+                    false => None,
+                };
+                constrained = want.is_some();
+                let want = want.or_else(|| nearest(&|_| true)).expect("a code");
+                assert_eq!(route[l], want, "user {u} level {l}");
+                let e = &books[l][want as usize * d..][..d];
+                r.iter_mut().zip(e).for_each(|(a, b)| *a -= b);
+            }
+            assert!(
+                populated(&route[..1]),
+                "user {u}: level-1 bucket {:?}",
+                &route[..1]
+            );
+        }
+    }
+
     #[test]
     fn every_method_trains_and_rqkmeans_round_trips() {
         let s = generate(&SynthSpec {
