@@ -9,6 +9,7 @@ use super::index::{CollectionIndex, EntityHit, Restrict, SpaceId};
 use super::models::LoadedModel;
 use super::{validate, Engine};
 use crate::error::{Error, Result};
+use crate::index::distance;
 use crate::storage::models::ModelSid;
 use crate::storage::Collection;
 use crate::trie::Cursor;
@@ -543,7 +544,7 @@ fn space_dim(config: &CollectionConfig, space: SpaceId) -> usize {
 /// Recommend's candidates under an active model: the items of the bucket the user's `z` routes
 /// to (the populated bucket nearest to it, routed now against the live bucket counts by the
 /// serving `model`; the stored route when `model` is of another version than the index
-/// serves, for a moment during a swap), ranked by `z_u . z_i`, without `exclude`. `None` when
+/// serves, for a moment during a swap), ranked by the cosine of `z_u` and `z_i`, without `exclude`. `None` when
 /// no model version serves or the user has no model SID.
 fn model_candidates(
     index: &CollectionIndex,
@@ -585,6 +586,8 @@ fn model_candidates(
         .longest_prefix_with_at_least(route, min_bucket)
         .unwrap_or_default();
     let skip: HashSet<&str> = exclude.iter().map(String::as_str).collect();
+    let mut unit_user = user_z.to_vec();
+    distance::normalize(&mut unit_user);
     let mut scored: Vec<(f32, &Arc<str>)> = st
         .items
         .trie
@@ -592,8 +595,7 @@ fn model_candidates(
         .filter(|id| !skip.contains(&***id))
         .filter_map(|id| {
             let z = &st.items.model.get(&st.items.point(id)?)?.z;
-            let dot = z.iter().zip(user_z.iter()).map(|(a, b)| a * b).sum::<f32>();
-            Some((dot, id))
+            Some((z_cosine(&unit_user, z), id))
         })
         .collect();
     let by_score =
@@ -615,6 +617,16 @@ fn model_candidates(
     ))
 }
 
+/// Cosine of a unit user `z` and an item `z`: the similarity the alignments train (InfoNCE on
+/// cosines) and the evaluation ranks by; a raw dot product would favour items with long `z`.
+fn z_cosine(unit_user: &[f32], item_z: &[f32]) -> f32 {
+    let norm = distance::dot(item_z, item_z).sqrt();
+    match norm > 0.0 && norm.is_finite() {
+        true => distance::dot(unit_user, item_z) / norm,
+        false => 0.0,
+    }
+}
+
 /// SID queries need SIDs: a trained model, or SIDs written by clients.
 fn require_sids(coll: &Collection) -> Result<()> {
     if coll.info().active_model_version == 0 && !coll.client_sids() {
@@ -624,4 +636,20 @@ fn require_sids(coll: &Collection) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_candidates_rank_by_cosine_not_by_length() {
+        let mut user = vec![3.0, 0.0];
+        distance::normalize(&mut user);
+        let (close, long) = ([0.9, 0.1], [2.0, 2.0]);
+        // a dot product would put the long item first (2.0 against 0.9)
+        assert!(z_cosine(&user, &close) > z_cosine(&user, &long));
+        assert!((z_cosine(&user, &long) - 0.5f32.sqrt()).abs() < 1e-6);
+        assert_eq!(z_cosine(&user, &[0.0, 0.0]), 0.0);
+    }
 }

@@ -297,11 +297,29 @@ async fn training_publishes_versions_assigns_online_and_rolls_back() {
     assert!(page.entries.iter().any(|e| e.id == new_id));
 
     // Recommend takes its candidates from one SID bucket: the user's `z` is routed, level by
-    // level, to the nearest item code whose bucket holds at least `recommend_min_bucket` items.
-    // So every user's whole candidate set (k beyond the catalogue, nothing excluded) is one
-    // bucket of at least `MIN_BUCKET` items under a common level-1 code, never the whole
-    // catalogue, and its top 5 (seen items excluded) come from it too.
+    // level, to the nearest item code whose bucket holds at least `recommend_min_bucket` items,
+    // and a bucket that runs short of k is topped up by plain similarity. So every user's list
+    // for a k beyond the catalogue (nothing excluded) starts with a whole bucket of at least
+    // `MIN_BUCKET` items under a prefix of its top hit's SID, ranked by cosine, and only then
+    // goes on outside it; with the whole catalogue as candidates (no bucket) it would not.
     let n_all = n_items + 1;
+    let scan = |prefix: Vec<u32>| {
+        let mut r = r.clone();
+        async move {
+            let req = pb::PrefixScanRequest {
+                collection: coll.into(),
+                entity: pb::EntityKind::Items as i32,
+                prefix,
+                limit: 1000,
+                page_token: String::new(),
+            };
+            let page = r.prefix_scan(req).await.unwrap().into_inner();
+            page.entries
+                .into_iter()
+                .map(|e| e.id)
+                .collect::<HashSet<String>>()
+        }
+    };
     for user in &user_ids {
         let rec = |k: u32, exclude_seen: bool| {
             let mut r = r.clone();
@@ -318,37 +336,32 @@ async fn training_publishes_versions_assigns_online_and_rolls_back() {
             }
         };
         let all = rec(1000, false).await;
-        assert!(
-            all.len() < n_all,
-            "{user}: Recommend fell back to the whole catalogue"
-        );
-        assert!(
-            all.len() as u64 >= MIN_BUCKET,
-            "{user}: a bucket of {} items",
-            all.len()
-        );
-        let level1 = |h: &pb::Hit| h.sid.as_ref().expect("hit SID").codes[0];
-        let codes: HashSet<u32> = all.iter().map(level1).collect();
-        assert_eq!(codes.len(), 1, "{user}: candidates from several buckets");
-        let code = *codes.iter().next().expect("one code");
-        let under = r
-            .clone()
-            .prefix_scan(pb::PrefixScanRequest {
-                collection: coll.into(),
-                entity: pb::EntityKind::Items as i32,
-                prefix: vec![code],
-                limit: 1000,
-                page_token: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let under: HashSet<&str> = under.entries.iter().map(|e| e.id.as_str()).collect();
-        assert!(all.iter().all(|h| under.contains(h.id.as_str())), "{user}");
+        assert_eq!(all.len(), n_all, "{user}: topped up to k or the catalogue");
+        let top_codes = all[0].sid.as_ref().expect("hit SID").codes.clone();
+        let mut bucket = None;
+        for len in (1..=top_codes.len()).rev() {
+            let under = scan(top_codes[..len].to_vec()).await;
+            let head: HashSet<String> = all[..under.len()].iter().map(|h| h.id.clone()).collect();
+            if under.len() as u64 >= MIN_BUCKET && head == under {
+                bucket = Some(under);
+                break;
+            }
+        }
+        let bucket = bucket.unwrap_or_else(|| panic!("{user}: no SID bucket heads its list"));
+        assert!(bucket.len() < n_all, "{user}: the whole catalogue");
+        // ranked by the cosine of the two `z`s
+        let head = &all[..bucket.len()];
+        let cosine = |h: &pb::Hit| (-1.0001..=1.0001).contains(&h.score);
+        assert!(head.iter().all(cosine), "{user}: scores are not cosines");
+        // with its history left out, what remains of the bucket still comes first
         let top = rec(5, true).await;
-        assert!(top.len() <= all.len().min(5), "{user}");
-        let inside = top.iter().all(|h| under.contains(h.id.as_str()));
-        assert!(inside, "{user}: top hits outside its bucket");
+        let inside = top.iter().take_while(|h| bucket.contains(&h.id)).count();
+        let rest = top
+            .iter()
+            .skip(inside)
+            .filter(|h| bucket.contains(&h.id))
+            .count();
+        assert_eq!(rest, 0, "{user}: bucket items after items outside it");
     }
 
     // Recommend sees a user described by its profile as it is now: interactions written since
