@@ -1131,6 +1131,25 @@ mod tests {
         }
     }
 
+    /// 128 items and 64 users of the default planted structure.
+    fn small_synth() -> crate::model::synth::Synth {
+        generate(&SynthSpec {
+            n_items: 128,
+            n_users: 64,
+            ..SynthSpec::default()
+        })
+    }
+
+    /// [`small_cfg`] cut to `steps` steps with the given warm-up and ramp.
+    fn short_cfg(steps: usize, warmup_steps: usize, ramp_steps: usize) -> DasConfig {
+        DasConfig {
+            steps,
+            warmup_steps,
+            ramp_steps,
+            ..small_cfg()
+        }
+    }
+
     /// Bucket id of each item's SID prefix of `len` levels.
     fn prefix(model: &TrainedModel, x: &[f32], len: usize) -> Vec<u32> {
         let enc = model.encode_items(x).expect("encode");
@@ -1183,11 +1202,7 @@ mod tests {
 
     #[test]
     fn the_pairs_user_inputs_are_what_the_user_had_before() {
-        let s = generate(&SynthSpec {
-            n_items: 128,
-            n_users: 64,
-            ..SynthSpec::default()
-        });
+        let s = small_synth();
         let mut data = s.data.clone();
         for (k, x) in data.interactions.iter_mut().enumerate() {
             x.ts_ms = k as i64 * 1_000;
@@ -1264,17 +1279,8 @@ mod tests {
 
     #[test]
     fn prefetched_batches_train_what_batches_drawn_inline_train() {
-        let s = generate(&SynthSpec {
-            n_items: 128,
-            n_users: 64,
-            ..SynthSpec::default()
-        });
-        let cfg = DasConfig {
-            steps: 40,
-            warmup_steps: 10,
-            ramp_steps: 10,
-            ..small_cfg()
-        };
+        let s = small_synth();
+        let cfg = short_cfg(40, 10, 10);
         let raw = Prepared::new(&s.data, cfg.recency()).expect("prep");
         let plan = Plan {
             sem_item: true,
@@ -1309,11 +1315,7 @@ mod tests {
     /// anchor with another anchor's partner (and the uniform rows went unreconstructed).
     #[test]
     fn partner_rows_follow_their_anchors() {
-        let s = generate(&SynthSpec {
-            n_items: 128,
-            n_users: 64,
-            ..SynthSpec::default()
-        });
+        let s = small_synth();
         // every term on the log's anchors first
         let cfg = DasConfig {
             co_item_first: 0.0,
@@ -1430,17 +1432,8 @@ mod tests {
 
     #[test]
     fn same_seed_same_sids_and_checkpoint_round_trip() {
-        let s = generate(&SynthSpec {
-            n_items: 128,
-            n_users: 64,
-            ..SynthSpec::default()
-        });
-        let cfg = DasConfig {
-            steps: 30,
-            warmup_steps: 10,
-            ramp_steps: 5,
-            ..small_cfg()
-        };
+        let s = small_synth();
+        let cfg = short_cfg(30, 10, 5);
         let (a, _) = train(&s.data, Method::Das, &cfg).expect("a");
         let (b, _) = train(&s.data, Method::Das, &cfg).expect("b");
         let ea = a.encode_items(&s.data.item_emb).expect("enc");
@@ -1471,17 +1464,8 @@ mod tests {
     /// and is plain greedy residual quantization of its rescaled `z` when every bucket is.
     #[test]
     fn users_route_to_the_nearest_populated_item_bucket() {
-        let s = generate(&SynthSpec {
-            n_items: 128,
-            n_users: 64,
-            ..SynthSpec::default()
-        });
-        let cfg = DasConfig {
-            steps: 10,
-            warmup_steps: 2,
-            ramp_steps: 2,
-            ..small_cfg()
-        };
+        let s = small_synth();
+        let cfg = short_cfg(10, 2, 2);
         let (model, _) = train(&s.data, Method::Das, &cfg).expect("train");
         let prep = Prepared::new(&s.data, cfg.recency()).expect("prep");
         let items = model.encode_items(&s.data.item_emb).expect("items");
@@ -1565,17 +1549,8 @@ mod tests {
 
     #[test]
     fn every_method_trains_and_rqkmeans_round_trips() {
-        let s = generate(&SynthSpec {
-            n_items: 128,
-            n_users: 64,
-            ..SynthSpec::default()
-        });
-        let cfg = DasConfig {
-            steps: 10,
-            warmup_steps: 2,
-            ramp_steps: 2,
-            ..small_cfg()
-        };
+        let s = small_synth();
+        let cfg = short_cfg(10, 2, 2);
         for m in [Method::RqKMeans, Method::TwoStage, Method::Cf] {
             let (model, stats) = train(&s.data, m, &cfg).expect("train");
             assert!(stats.seconds > 0.0);
@@ -1640,11 +1615,7 @@ mod tests {
     }
 
     fn tiny_prep(cfg: &DasConfig) -> (crate::model::synth::Synth, Prepared) {
-        let s = generate(&SynthSpec {
-            n_items: 128,
-            n_users: 64,
-            ..SynthSpec::default()
-        });
+        let s = small_synth();
         let prep = Prepared::new(&s.data, cfg.recency()).expect("prep");
         (s, prep)
     }
