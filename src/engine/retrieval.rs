@@ -209,8 +209,8 @@ impl Engine {
                 }
                 _ => Vec::new(),
             };
-            // With an active model: the user's route into the item codes picks the bucket, and
-            // `z_u . z_i` ranks it (the evaluation's SID-native path).
+            // With an active model: the user's route into the populated item buckets picks the
+            // bucket, and the cosine of the `z`s ranks it (the evaluation's SID-native path).
             let min_bucket = e.retrieval.recommend_min_bucket;
             let user_now = current.as_ref().map(|(v, sid)| (*v, sid));
             if let Some(mut hits) = model_candidates(
@@ -544,8 +544,8 @@ fn space_dim(config: &CollectionConfig, space: SpaceId) -> usize {
 /// Recommend's candidates under an active model: the items of the bucket the user's `z` routes
 /// to (the populated bucket nearest to it, routed now against the live bucket counts by the
 /// serving `model`; the stored route when `model` is of another version than the index
-/// serves, for a moment during a swap), ranked by the cosine of `z_u` and `z_i`, without `exclude`. `None` when
-/// no model version serves or the user has no model SID.
+/// serves, for a moment during a swap), ranked by the cosine of `z_u` and `z_i`, without
+/// `exclude`. `None` when no model version serves or the user has no model SID.
 fn model_candidates(
     index: &CollectionIndex,
     model: Option<&LoadedModel>,
@@ -561,15 +561,13 @@ fn model_candidates(
     }
     // the user as the model sees it now when computed by the version being served, else as
     // stored
-    let stored;
     let (route, user_z): (&[u32], &[f32]) = match user_now {
         Some((version, sid)) if version == st.sid_version => (&sid.route, &sid.z),
         _ => {
             let Some(entry) = st.users.point(user).and_then(|p| st.users.model.get(&p)) else {
                 return Ok(None);
             };
-            stored = entry;
-            (&stored.route, &stored.z)
+            (&entry.route, &entry.z)
         }
     };
     let routed;

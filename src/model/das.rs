@@ -229,8 +229,8 @@ impl TrainedModel {
         populated: &dyn Fn(&[u32]) -> bool,
     ) -> Result<Vec<u32>> {
         let d = users.dim;
-        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        let mean_item = item_z.chunks(d).map(norm).sum::<f32>() / (item_z.len() / d).max(1) as f32;
+        let mean_item =
+            item_z.chunks(d).map(l2_norm).sum::<f32>() / (item_z.len() / d).max(1) as f32;
         self.route_users_within(users, mean_item, populated)
     }
 
@@ -284,17 +284,15 @@ impl TrainedModel {
         for row in users.z.chunks(d) {
             let mut r: Vec<f32> = row.to_vec();
             if let Some(target) = scale_to {
-                let n = r.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-9);
-                r.iter_mut().for_each(|x| *x *= target / n);
+                let s = target / l2_norm(&r).max(1e-9);
+                r.iter_mut().for_each(|x| *x *= s);
             }
             let start = routes.len();
             let mut constrained = true;
             for book in &books {
                 dists.clear();
-                dists.extend(book.chunks(d).enumerate().map(|(c, e)| {
-                    let sq = r.iter().zip(e).map(|(a, b)| (a - b) * (a - b)).sum::<f32>();
-                    (sq, c as u32)
-                }));
+                let nearest = book.chunks(d).enumerate();
+                dists.extend(nearest.map(|(c, e)| (kmeans::row_dist(&r, e), c as u32)));
                 dists.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
                 let mut pick = dists[0].1;
                 if constrained {
@@ -430,4 +428,9 @@ impl TrainedModel {
             Some(r2),
         ))
     }
+}
+
+/// Euclidean length of a row.
+fn l2_norm(v: &[f32]) -> f32 {
+    v.iter().map(|x| x * x).sum::<f32>().sqrt()
 }

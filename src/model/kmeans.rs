@@ -25,7 +25,8 @@ pub fn assign(x: &Tensor, c: &Tensor) -> Result<Vec<u32>> {
     Ok(sq_dists(x, c)?.argmin(D::Minus1)?.to_vec1::<u32>()?)
 }
 
-fn row_dist(a: &[f32], b: &[f32]) -> f32 {
+/// Squared distance of two equally long rows.
+pub fn row_dist(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
 }
 
