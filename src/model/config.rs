@@ -99,6 +99,22 @@ pub struct DasConfig {
     /// 0.1196 / 0.1211 (0.1158 at seed 44), without them 0.1215 / 0.1210 / 0.1153; either term
     /// alone at 1.0 scores like none (0.1205 user side, 0.1193 item side, seed 42). Default 0.5.
     pub w_co: f64,
+    /// Weight within `L_align` of the route alignment **(choice beyond the paper)**: each
+    /// interaction's `z_u`, scaled to the batch's mean item `z` length as a served user is,
+    /// must pick the level-1 item code of the item it took among all level-1 item codes
+    /// (softmax over `-||z_u - e_k||^2`, see [`crate::model::mdam::route_nce`]). This is the
+    /// decision `Recommend` takes for a user (nearest item bucket), trained directly: the other
+    /// terms align `z_u` with single items, none with the coarse item buckets a user is routed
+    /// into. Its gradient reaches the user encoder and codes and the item level-1 codebook.
+    /// Chosen on the MovieLens-1M validation split (`sidb eval --on-validation`, R@10 of the
+    /// SID bucket (a) / of `z_u . z_i` over all items (b)): seed 42, 0 -> 0.0505 / 0.1175,
+    /// 0.3 -> 0.0522 / 0.1195, 1.0 -> 0.0558 / 0.1142, 2.0 -> 0.0557 / 0.1100; seed 43, 0 ->
+    /// 0.0383 / 0.1216, 1.0 -> 0.0535 / 0.1107. With the codebook detached (user side only) 1.0
+    /// gives 0.0573 / 0.1080 and 0.0338 / 0.1001. Default 1.0; 0 = off.
+    pub w_route: f64,
+    /// Temperature of the route alignment, relative to the squared mean item `z` length.
+    /// Default 0.1.
+    pub tau_route: f64,
     /// Let the alignment gradients reach the ICDM side (`u_int`, `i_pro` and, without debiasing,
     /// the fusion MLPs) as well as the codes. When false the CF vectors are targets only: ICDM
     /// learns from the log alone while the codes follow it, both still in one stage. Default
@@ -209,6 +225,8 @@ impl Default for DasConfig {
             w_u2i: 1.0,
             w_self: 1.0,
             w_co: 0.5,
+            w_route: 1.0,
+            tau_route: 0.1,
             align_cf_grad: false,
             hub_damping: 0.5,
             cooc_cap: 200,
@@ -296,6 +314,7 @@ impl DasConfig {
         if self.tau_cf <= 0.0
             || self.tau_align <= 0.0
             || self.tau_self <= 0.0
+            || self.tau_route <= 0.0
             || self.lr <= 0.0
             || self.lr_id <= 0.0
             || self.warm_lr_scale <= 0.0
@@ -307,6 +326,9 @@ impl DasConfig {
             .map_err(ModelError::InvalidConfig)?;
         if !(0.0..=1.0).contains(&self.co_item_first) {
             return bad("co_item_first must be in [0, 1]");
+        }
+        if !(self.w_route >= 0.0 && self.w_route.is_finite()) {
+            return bad("w_route must be a finite number >= 0");
         }
         if !(0.0..=1.0).contains(&self.align_logq_scale) {
             return bad("align_logq_scale must be in [0, 1]");

@@ -6,10 +6,11 @@
 //! *and* its column from the negatives; hub damping gives fractional weights).
 //!
 //! candle's `softmax_last_dim` has no backward pass; this uses `log_softmax`, which has one.
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, D};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use super::kmeans::sq_dists;
 use super::nn::l2n;
 use super::ops::masked_lse;
 use super::Result;
@@ -92,6 +93,35 @@ pub fn info_nce_q(
     let ab = nce_direction(&an, &bn, ids_b, &w, weights, tau, log_q.map(|q| q.1))?;
     let ba = nce_direction(&bn, &an, ids_a, &w, weights, tau, log_q.map(|q| q.0))?;
     Ok(((ab + ba)? * 0.5)?)
+}
+
+/// Route alignment: each row of `z_u`, rescaled to the mean length of the rows of `z_ref` (the
+/// batch's item `z`, detached), picks its target code among the rows of `book` (the item
+/// level-1 codebook, `K x D`) by a softmax over `-||z_u - e_k||^2 / (tau * m^2)`, `m` that mean
+/// length. Mean cross-entropy over rows. The rescaling is the one routing applies at serving
+/// time, so the loss trains the exact decision that picks a user's bucket.
+pub fn route_nce(
+    z_u: &Tensor,
+    z_ref: &Tensor,
+    book: &Tensor,
+    target: &[u32],
+    tau: f64,
+) -> Result<Tensor> {
+    let m = f64::from(
+        z_ref
+            .detach()
+            .sqr()?
+            .sum(1)?
+            .sqrt()?
+            .mean_all()?
+            .to_scalar::<f32>()?,
+    )
+    .max(1e-6);
+    let zs = l2n(z_u)?.affine(m, 0.0)?;
+    let logits = sq_dists(&zs, book)?.affine(-1.0 / (tau * m * m), 0.0)?;
+    let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let t = Tensor::from_slice(target, (target.len(), 1), &Device::Cpu)?;
+    Ok(lp.gather(&t, 1)?.mean_all()?.neg()?)
 }
 
 /// Picks, for each anchor, another member of its neighbour list (`lists[anchor_key]`), not equal
@@ -183,6 +213,37 @@ mod tests {
         crate::model::nn::testing::check_grad(
             &|a| info_nce(a, &b, &ids, &ids, &w, 0.5).expect("nce"),
             &av,
+            (5, 3),
+            2e-2,
+            false,
+        );
+    }
+
+    #[test]
+    fn route_nce_picks_the_nearest_code_and_its_gradient_matches_finite_differences() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let book_v = rand_t(&mut rng, 4, 3);
+        let book = Tensor::from_vec(book_v.clone(), (4, 3), &Device::Cpu).expect("t");
+        let z_ref = Tensor::from_vec(book_v.clone(), (4, 3), &Device::Cpu).expect("t");
+        // users placed on the codes themselves: low loss for their own code, high for another
+        let on_codes = Tensor::from_vec(book_v, (4, 3), &Device::Cpu).expect("t");
+        let loss = |z: &Tensor, t: &[u32]| {
+            route_nce(z, &z_ref, &book, t, 0.1)
+                .expect("route")
+                .to_scalar::<f32>()
+                .expect("s")
+        };
+        let own = loss(&on_codes, &[0, 1, 2, 3]);
+        let other = loss(&on_codes, &[1, 2, 3, 0]);
+        assert!(own < other, "own code {own} vs another {other}");
+        // only the direction of z_u counts: the route rescales every user to one length
+        let doubled = on_codes.affine(2.0, 0.0).expect("scale");
+        assert!((loss(&doubled, &[0, 1, 2, 3]) - own).abs() < 1e-4);
+        let zv = rand_t(&mut rng, 5, 3);
+        let targets = [0, 3, 1, 1, 2];
+        crate::model::nn::testing::check_grad(
+            &|z| route_nce(z, &z_ref, &book, &targets, 0.5).expect("route"),
+            &zv,
             (5, 3),
             2e-2,
             false,

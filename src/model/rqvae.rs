@@ -282,6 +282,11 @@ impl RqVae {
         Ok((codes, z))
     }
 
+    /// Codebook of level `l` (`K x D`), with gradient.
+    pub fn book_tensor(&self, l: usize) -> &Tensor {
+        self.books[l].as_tensor()
+    }
+
     /// Codebook `l` as a row-major `K x D` vector.
     pub fn book(&self, l: usize) -> Result<Vec<f32>> {
         Ok(self.books[l]

@@ -29,7 +29,7 @@ use super::config::DasConfig;
 use super::das::{Method, ModelMeta, TrainedModel};
 use super::data::{center_rows, col_mean, PairSampler, Prepared, TrainingData};
 use super::icdm::{log_share, IcdmOut};
-use super::mdam::{info_nce, info_nce_q, sample_partners};
+use super::mdam::{info_nce, info_nce_q, route_nce, sample_partners};
 use super::nn::rng_for;
 use super::rqvae::{QuantOut, QuantRows, RqVae};
 use super::{kmeans, ModelError, Result};
@@ -1073,6 +1073,18 @@ impl Trainer<'_> {
             let ic = &b.co_items[..n];
             terms.push((c.w_co, info_nce(&z_ic, &z_ip, ic, ip, wip, tau)?));
         }
+        if plan.align == Align::Joint && c.w_route > 0.0 {
+            let iq = self.model.item_q.as_ref().ok_or_else(|| {
+                ModelError::InvalidConfig("route alignment needs the item quantizer".into())
+            })?;
+            let levels = iq.shape.levels;
+            let target: Vec<u32> = (0..n).map(|r| qi.codes[r * levels]).collect();
+            let book = iq.book_tensor(0);
+            terms.push((
+                c.w_route,
+                route_nce(&z_u, &z_i, book, &target, c.tau_route)?,
+            ));
+        }
         let mut total = Tensor::zeros((), candle_core::DType::F32, &Device::Cpu)?;
         for (w, t) in terms {
             total = (total + t.affine(w, 0.0)?)?;
@@ -1197,6 +1209,87 @@ mod tests {
         assert!(
             das1 > blind1 + 0.2,
             "alignment is what does it: das {das1} vs beta=0 {blind1}"
+        );
+    }
+
+    /// Over the positive pairs: the share whose user is routed (unconstrained) into the level-1
+    /// item bucket of the pair's item, and the route cross-entropy ([`route_nce`]) of the
+    /// trained model, with the users' full profiles.
+    fn route_fit(
+        model: &TrainedModel,
+        s: &crate::model::synth::Synth,
+        cfg: &DasConfig,
+    ) -> (f64, f64) {
+        let prep = Prepared::new(&s.data, cfg.recency()).expect("prep");
+        let items = model.encode_items(&s.data.item_emb).expect("items");
+        let users = model.encode_users(&prep.x_user).expect("users");
+        let (d, l) = (items.dim, cfg.levels);
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let mean = items.z.chunks(d).map(norm).sum::<f32>() / (items.z.len() / d) as f32;
+        let routes = model.route_users_scaled(&users, mean).expect("route");
+        let pos: Vec<_> = s
+            .data
+            .interactions
+            .iter()
+            .filter(|e| e.weight > 0.0)
+            .collect();
+        let hits = pos
+            .iter()
+            .filter(|e| routes[e.user as usize * l] == items.codes[e.item as usize * l])
+            .count();
+        let rows = |z: &[f32], ids: &mut dyn Iterator<Item = u32>| {
+            let v: Vec<f32> = ids
+                .flat_map(|k| z[k as usize * d..][..d].to_vec())
+                .collect();
+            Tensor::from_vec(v, (pos.len(), d), &Device::Cpu).expect("rows")
+        };
+        let z_u = rows(&users.z, &mut pos.iter().map(|e| e.user));
+        let z_i = rows(&items.z, &mut pos.iter().map(|e| e.item));
+        let target: Vec<u32> = pos
+            .iter()
+            .map(|e| items.codes[e.item as usize * l])
+            .collect();
+        let book = model
+            .item_q
+            .as_ref()
+            .expect("item quantizer")
+            .book_tensor(0);
+        let ce = route_nce(&z_u, &z_i, book, &target, cfg.tau_route).expect("route loss");
+        (
+            hits as f64 / pos.len() as f64,
+            ce.to_scalar::<f32>().expect("ce") as f64,
+        )
+    }
+
+    /// The route term trains the decision `Recommend` takes: after training with it the users'
+    /// route cross-entropy towards their items' level-1 codes is lower. The share of pairs
+    /// routed exactly into their item's bucket hardly moves on this small catalogue, where
+    /// behaviour groups are clean and routing is near its ceiling without the term (seeds 1-5:
+    /// 0.785 without, 0.790 / 0.765 at 0.3 / 1.0); on MovieLens-1M it lifts the SID bucket's
+    /// recall (see `DasConfig::w_route`).
+    #[test]
+    fn route_alignment_lowers_the_route_cross_entropy() {
+        let s = generate(&SynthSpec::default());
+        let fit = |w_route: f64| {
+            (1..=3)
+                .map(|seed| {
+                    let cfg = DasConfig {
+                        w_route,
+                        seed,
+                        ..small_cfg()
+                    };
+                    let (m, _) = train(&s.data, Method::Das, &cfg).expect("das");
+                    route_fit(&m, &s, &cfg)
+                })
+                .fold((0.0, 0.0), |a, b| (a.0 + b.0 / 3.0, a.1 + b.1 / 3.0))
+        };
+        let (off, on) = (fit(0.0), fit(1.0));
+        eprintln!("route hits / cross-entropy: without {off:.3?}, with {on:.3?}");
+        assert!(
+            on.1 < off.1 * 0.8,
+            "route cross-entropy {:.3} -> {:.3}",
+            off.1,
+            on.1
         );
     }
 
