@@ -5,6 +5,9 @@
 //! logits are masked out. Rows can be weighted (0 = no partner: the row is dropped from the loss
 //! *and* its column from the negatives; hub damping gives fractional weights).
 //!
+//! The route alignment ([`route_nce`], our addition to the paper's six terms) is a softmax
+//! over codebook rows instead of batch rows: a user must pick its item's level-1 code.
+//!
 //! candle's `softmax_last_dim` has no backward pass; this uses `log_softmax`, which has one.
 use candle_core::{Device, Tensor, D};
 use rand::Rng;

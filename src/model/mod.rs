@@ -11,7 +11,8 @@
 //!   dead-code re-seeding.
 //! - [`sparse`]: ID tables with a row-wise (lazy) Adam: only the rows of a batch move.
 //! - [`icdm`]: the ID-based CF model with popularity debiasing.
-//! - [`mdam`]: InfoNCE with masked accidental positives and co-occurrence partner sampling.
+//! - [`mdam`]: InfoNCE with masked accidental positives, co-occurrence partner sampling, and the
+//!   route alignment (a user picks its item's level-1 code).
 //! - [`das`]: the one-stage trainer, its baselines, checkpoints and batched inference.
 //! - [`sid`]: dedup suffixes and the SID quality report.
 //! - [`align`]: code matching across versions (relabel a retrained model's codes so code numbers

@@ -1667,7 +1667,7 @@ mod tests {
     }
 
     #[test]
-    fn a_model_saved_before_the_recency_settings_says_how_it_was_trained() {
+    fn a_model_saved_before_newer_settings_says_how_it_was_trained() {
         let s = generate(&SynthSpec {
             n_items: 64,
             n_users: 32,
@@ -1683,8 +1683,10 @@ mod tests {
         let cfg = meta["config"].as_object_mut().expect("config");
         cfg.remove("recency_half_life_events").expect("written");
         cfg.remove("causal_user_inputs").expect("written");
+        cfg.remove("w_route").expect("written");
         std::fs::write(&path, meta.to_string()).expect("write");
         let old = TrainedModel::load(dir.path()).expect("load");
+        assert_eq!(old.meta.config.w_route, 0.0);
         assert_eq!(old.meta.config.recency_half_life_events, 0.0);
         assert!(!old.meta.config.causal_user_inputs);
         assert_eq!(old.meta.config.recency_half_life_days, 180.0);
