@@ -1212,6 +1212,22 @@ mod tests {
         );
     }
 
+    /// The items and users (full profiles) of `s` encoded by `model`, and the mean item `z`
+    /// length that users are rescaled to when routed.
+    fn encoded(
+        model: &TrainedModel,
+        s: &crate::model::synth::Synth,
+        cfg: &DasConfig,
+    ) -> (crate::model::Encoded, crate::model::Encoded, f32) {
+        let prep = Prepared::new(&s.data, cfg.recency()).expect("prep");
+        let items = model.encode_items(&s.data.item_emb).expect("items");
+        let users = model.encode_users(&prep.x_user).expect("users");
+        let d = items.dim;
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let mean = items.z.chunks(d).map(norm).sum::<f32>() / (items.z.len() / d) as f32;
+        (items, users, mean)
+    }
+
     /// Over the positive pairs: the share whose user is routed (unconstrained) into the level-1
     /// item bucket of the pair's item, and the route cross-entropy ([`route_nce`]) of the
     /// trained model, with the users' full profiles.
@@ -1220,12 +1236,8 @@ mod tests {
         s: &crate::model::synth::Synth,
         cfg: &DasConfig,
     ) -> (f64, f64) {
-        let prep = Prepared::new(&s.data, cfg.recency()).expect("prep");
-        let items = model.encode_items(&s.data.item_emb).expect("items");
-        let users = model.encode_users(&prep.x_user).expect("users");
+        let (items, users, mean) = encoded(model, s, cfg);
         let (d, l) = (items.dim, cfg.levels);
-        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        let mean = items.z.chunks(d).map(norm).sum::<f32>() / (items.z.len() / d) as f32;
         let routes = model.route_users_scaled(&users, mean).expect("route");
         let pos: Vec<_> = s
             .data
@@ -1560,12 +1572,9 @@ mod tests {
         let s = small_synth();
         let cfg = short_cfg(10, 2, 2);
         let (model, _) = train(&s.data, Method::Das, &cfg).expect("train");
-        let prep = Prepared::new(&s.data, cfg.recency()).expect("prep");
-        let items = model.encode_items(&s.data.item_emb).expect("items");
-        let users = model.encode_users(&prep.x_user).expect("users");
+        let (items, users, mean) = encoded(&model, &s, &cfg);
         let (d, levels) = (users.dim, cfg.levels);
         let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        let mean = items.z.chunks(d).map(norm).sum::<f32>() / (items.z.len() / d) as f32;
         let scaled: Vec<f32> = (users.z.chunks(d))
             .flat_map(|r| {
                 r.iter()
