@@ -37,7 +37,7 @@ use crate::config::{RetrievalConfig, TrainingConfig};
 use crate::error::{Error, Result};
 use crate::fsutil::{remove_dir_if_present, replace_dir, sibling, sync_tree};
 use crate::model::data::Prepared;
-use crate::model::{Encoded, Interaction, ModelError, TrainedModel, TrainingData};
+use crate::model::{mean_length, Encoded, Interaction, ModelError, TrainedModel, TrainingData};
 use crate::storage::models::{ModelSid, VersionRecord};
 use crate::storage::ops::{Meta, SidUpdate, WriteOp};
 use crate::storage::{Collection, Scanned, Store};
@@ -665,11 +665,7 @@ pub fn encode_snapshot(
     };
     if !snap.item_ids.is_empty() {
         let items = m.encode_items(&snap.item_x)?;
-        let norms: f64 = items
-            .iter()
-            .map(|s| s.z.iter().map(|v| (v * v) as f64).sum::<f64>().sqrt())
-            .sum();
-        m.info.mean_item_z_norm = (norms / items.len() as f64) as f32;
+        m.info.mean_item_z_norm = mean_length(items.iter().map(|s| &s.z[..]));
         for (id, s) in snap.item_ids.iter().zip(items) {
             out.items.insert(Arc::clone(id), s);
         }

@@ -228,9 +228,7 @@ impl TrainedModel {
         item_z: &[f32],
         populated: &dyn Fn(&[u32]) -> bool,
     ) -> Result<Vec<u32>> {
-        let d = users.dim;
-        let mean_item =
-            item_z.chunks(d).map(l2_norm).sum::<f32>() / (item_z.len() / d).max(1) as f32;
+        let mean_item = mean_length(item_z.chunks(users.dim.max(1)));
         self.route_users_within(users, mean_item, populated)
     }
 
@@ -433,6 +431,14 @@ impl TrainedModel {
 }
 
 /// Euclidean length of a row.
-fn l2_norm(v: &[f32]) -> f32 {
+pub(crate) fn l2_norm(v: &[f32]) -> f32 {
     v.iter().map(|x| x * x).sum::<f32>().sqrt()
+}
+
+/// Mean Euclidean length of `rows` (0 for none), summed in `f64`: the item `z` length users are
+/// rescaled to when routed into the item codes ([`TrainedModel::route_users_within`]).
+pub fn mean_length<'a>(rows: impl ExactSizeIterator<Item = &'a [f32]>) -> f32 {
+    let n = rows.len();
+    let sum: f64 = rows.map(|r| f64::from(l2_norm(r))).sum();
+    (sum / n.max(1) as f64) as f32
 }

@@ -38,7 +38,7 @@ pub mod trainer;
 
 pub use align::{align_codes, CodeAlignment, LevelAlignment};
 pub use config::DasConfig;
-pub use das::{Encoded, Method, TrainedModel};
+pub use das::{mean_length, Encoded, Method, TrainedModel};
 pub use data::{profile_input, Interaction, TrainingData};
 pub use trainer::{train, train_with, Progress, TrainControl, TrainStats};
 

@@ -1222,9 +1222,7 @@ mod tests {
         let prep = Prepared::new(&s.data, cfg.recency()).expect("prep");
         let items = model.encode_items(&s.data.item_emb).expect("items");
         let users = model.encode_users(&prep.x_user).expect("users");
-        let d = items.dim;
-        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        let mean = items.z.chunks(d).map(norm).sum::<f32>() / (items.z.len() / d) as f32;
+        let mean = crate::model::mean_length(items.z.chunks(items.dim));
         (items, users, mean)
     }
 
@@ -1574,11 +1572,10 @@ mod tests {
         let (model, _) = train(&s.data, Method::Das, &cfg).expect("train");
         let (items, users, mean) = encoded(&model, &s, &cfg);
         let (d, levels) = (users.dim, cfg.levels);
-        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
         let scaled: Vec<f32> = (users.z.chunks(d))
             .flat_map(|r| {
                 r.iter()
-                    .map(move |v| v * mean / norm(r))
+                    .map(move |v| v * mean / crate::model::das::l2_norm(r))
                     .collect::<Vec<_>>()
             })
             .collect();
