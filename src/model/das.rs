@@ -368,12 +368,13 @@ impl TrainedModel {
         };
         let mut value: serde_json::Value = serde_json::from_str(&text).map_err(format)?;
         // models saved before these settings existed trained on full, age-weighted profiles,
-        // without the route alignment
+        // without the route alignment, with the full logQ correction in the alignment
         if let Some(cfg) = value.get_mut("config").and_then(|c| c.as_object_mut()) {
             for (key, then) in [
                 ("recency_half_life_events", serde_json::json!(0.0)),
                 ("causal_user_inputs", serde_json::json!(false)),
                 ("w_route", serde_json::json!(0.0)),
+                ("align_logq_scale", serde_json::json!(1.0)),
             ] {
                 cfg.entry(key).or_insert(then);
             }

@@ -1690,9 +1690,11 @@ mod tests {
         cfg.remove("recency_half_life_events").expect("written");
         cfg.remove("causal_user_inputs").expect("written");
         cfg.remove("w_route").expect("written");
+        cfg.remove("align_logq_scale").expect("written");
         std::fs::write(&path, meta.to_string()).expect("write");
         let old = TrainedModel::load(dir.path()).expect("load");
         assert_eq!(old.meta.config.w_route, 0.0);
+        assert_eq!(old.meta.config.align_logq_scale, 1.0);
         assert_eq!(old.meta.config.recency_half_life_events, 0.0);
         assert!(!old.meta.config.causal_user_inputs);
         assert_eq!(old.meta.config.recency_half_life_days, 180.0);
