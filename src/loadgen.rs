@@ -1,10 +1,13 @@
-//! `sidb bench ingest`: a load client that streams items into a running server over gRPC from
-//! several concurrent connections and reports throughput and latency percentiles.
+//! The load clients of `sidb bench`: `ingest` streams items into a running server over gRPC
+//! from several concurrent connections, `search` loads clustered vectors and searches them,
+//! `recommend` asks a collection's users for recommendations next to plain similarity searches
+//! for the same users; each reports throughput and latency percentiles.
 //!
 //! Requests are generated (seeded) before the clock starts, so the client's own CPU use during
 //! the run is only gRPC encoding; the server and client share this machine's cores either way,
 //! which the report states.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -104,17 +107,106 @@ async fn create_collection(channel: &Channel, prefix: &str, seed: u64, dim: u32)
     Ok(name)
 }
 
-/// A deterministic xorshift64* stream of floats in [-1, 1).
+/// A deterministic xorshift64* stream.
 struct Rng(u64);
 
 impl Rng {
-    fn next_f32(&mut self) -> f32 {
+    fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
-        let x = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
+
+    /// A float in [-1, 1).
+    fn next_f32(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    /// An index in `0..n` (`n` >= 1).
+    fn below(&mut self, n: usize) -> usize {
+        ((self.next_u64() >> 11) % n as u64) as usize
+    }
+}
+
+/// What one timed run of requests measured.
+#[derive(Debug, Clone)]
+pub struct Timed {
+    /// Requests answered.
+    pub requests: u64,
+    /// Sum over the replies of what the call counts (items written, hits returned).
+    pub counted: u64,
+    /// Wall-clock seconds of the run.
+    pub seconds: f64,
+    /// Request latency percentiles in milliseconds: p50, p90, p99, max.
+    pub latency_ms: [f64; 4],
+}
+
+impl Timed {
+    /// Requests per second.
+    pub fn per_sec(&self) -> f64 {
+        self.requests as f64 / self.seconds
+    }
+}
+
+impl std::fmt::Display for Timed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [p50, p90, p99, max] = self.latency_ms;
+        write!(
+            f,
+            "{} requests in {:.2} s = {:.0}/s | latency ms p50 {p50:.2} p90 {p90:.2} p99 {p99:.2} max {max:.2}",
+            self.requests,
+            self.seconds,
+            self.per_sec()
+        )
+    }
+}
+
+/// Sends every client's requests in order, all clients at once (one task and connection each),
+/// and times each request. `call` sends one request on a clone of its client (tonic clients
+/// share their connection) and returns what the reply counts.
+async fn timed<C, R, F, Fut>(work: Vec<(C, Vec<R>)>, call: F) -> Result<Timed>
+where
+    C: Clone + Send + 'static,
+    R: Send + 'static,
+    F: Fn(C, R) -> Fut + Copy + Send + 'static,
+    Fut: Future<Output = Result<u64>> + Send,
+{
+    let histogram = || {
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+            .expect("static histogram bounds are valid")
+    };
+    let start = Instant::now();
+    let tasks: Vec<_> = work
+        .into_iter()
+        .map(|(client, reqs)| {
+            tokio::spawn(async move {
+                let mut lat = histogram();
+                let mut counted = 0;
+                for req in reqs {
+                    let t = Instant::now();
+                    counted += call(client.clone(), req).await?;
+                    lat.saturating_record(t.elapsed().as_micros() as u64);
+                }
+                Ok::<_, Error>((lat, counted))
+            })
+        })
+        .collect();
+    let mut all = histogram();
+    let mut counted = 0;
+    for t in tasks {
+        let (lat, n) = t.await.map_err(|e| Error::Internal(e.to_string()))??;
+        all.add(&lat).map_err(|e| Error::Internal(e.to_string()))?;
+        counted += n;
+    }
+    let seconds = start.elapsed().max(Duration::from_micros(1)).as_secs_f64();
+    let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
+    Ok(Timed {
+        requests: all.len(),
+        counted,
+        seconds,
+        latency_ms: [ms(0.5), ms(0.9), ms(0.99), all.max() as f64 / 1000.0],
+    })
 }
 
 fn requests(
@@ -185,44 +277,17 @@ pub async fn ingest(opts: &IngestOptions) -> Result<IngestReport> {
             .max_encoding_message_size(usize::MAX);
         work.push((client, requests(opts, (&collection, &modality, dim), c)));
     }
-    let start = Instant::now();
-    let tasks: Vec<_> = work
-        .into_iter()
-        .map(|(mut client, reqs)| {
-            tokio::spawn(async move {
-                let mut lat = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-                    .expect("static histogram bounds are valid");
-                let mut written = 0;
-                for req in reqs {
-                    let t = Instant::now();
-                    let w = client
-                        .upsert_items(req)
-                        .await
-                        .map_err(transport)?
-                        .into_inner();
-                    lat.saturating_record(t.elapsed().as_micros() as u64);
-                    written += w.written;
-                }
-                Ok::<_, Error>((lat, written))
-            })
-        })
-        .collect();
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-        .expect("static histogram bounds are valid");
-    let mut items = 0;
-    for t in tasks {
-        let (lat, written) = t.await.map_err(|e| Error::Internal(e.to_string()))??;
-        all.add(&lat).map_err(|e| Error::Internal(e.to_string()))?;
-        items += written;
-    }
-    let seconds = start.elapsed().max(Duration::from_micros(1)).as_secs_f64();
-    let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
+    let run = timed(work, |mut client, req| async move {
+        let reply = client.upsert_items(req).await.map_err(transport)?;
+        Ok(reply.into_inner().written)
+    })
+    .await?;
     Ok(IngestReport {
         durability: opts.durability,
-        items,
-        seconds,
-        latency_ms: [ms(0.5), ms(0.9), ms(0.99), all.max() as f64 / 1000.0],
-        requests: all.len(),
+        items: run.counted,
+        seconds: run.seconds,
+        latency_ms: run.latency_ms,
+        requests: run.requests,
     })
 }
 
@@ -398,46 +463,204 @@ pub async fn search(opts: &SearchOptions) -> Result<SearchReport> {
                 .collect()
         })
         .collect();
-    let mut clients = Vec::new();
-    for _ in 0..opts.clients {
-        clients.push(pb::retrieval_client::RetrievalClient::new(
-            connect(&opts.addr).await?,
-        ));
-    }
-    let start = Instant::now();
-    let tasks: Vec<_> = clients
-        .into_iter()
-        .zip(per_client)
-        .map(|(mut client, reqs)| {
-            tokio::spawn(async move {
-                let mut lat = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-                    .expect("static histogram bounds are valid");
-                for req in reqs {
-                    let t = Instant::now();
-                    client.search(req).await.map_err(transport)?;
-                    lat.saturating_record(t.elapsed().as_micros() as u64);
-                }
-                Ok::<_, Error>(lat)
-            })
-        })
-        .collect();
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-        .expect("static histogram bounds are valid");
-    for t in tasks {
-        let lat = t.await.map_err(|e| Error::Internal(e.to_string()))??;
-        all.add(&lat).map_err(|e| Error::Internal(e.to_string()))?;
-    }
-    let seconds = start.elapsed().max(Duration::from_micros(1)).as_secs_f64();
-    let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
+    let work = retrieval_clients(&opts.addr, per_client).await?;
+    let run = timed(work, search_call).await?;
     Ok(SearchReport {
         collection: collection.clone(),
         load_seconds,
         index_seconds,
-        queries: all.len(),
-        seconds,
-        latency_ms: [ms(0.5), ms(0.9), ms(0.99), all.max() as f64 / 1000.0],
+        queries: run.requests,
+        seconds: run.seconds,
+        latency_ms: run.latency_ms,
         recall,
     })
+}
+
+type RetrievalClient = pb::retrieval_client::RetrievalClient<Channel>;
+
+/// Pairs each client's requests with a connection of its own.
+async fn retrieval_clients<R>(
+    addr: &str,
+    per_client: Vec<Vec<R>>,
+) -> Result<Vec<(RetrievalClient, Vec<R>)>> {
+    let mut work = Vec::with_capacity(per_client.len());
+    for reqs in per_client {
+        work.push((RetrievalClient::new(connect(addr).await?), reqs));
+    }
+    Ok(work)
+}
+
+/// One `Search`; counts its hits.
+async fn search_call(mut client: RetrievalClient, req: pb::SearchRequest) -> Result<u64> {
+    let reply = client.search(req).await.map_err(transport)?;
+    Ok(reply.into_inner().hits.len() as u64)
+}
+
+/// One `Recommend`; counts its hits.
+async fn recommend_call(mut client: RetrievalClient, req: pb::RecommendRequest) -> Result<u64> {
+    let reply = client.recommend(req).await.map_err(transport)?;
+    Ok(reply.into_inner().hits.len() as u64)
+}
+
+/// What `sidb bench recommend` runs.
+#[derive(Debug, Clone)]
+pub struct RecommendOptions {
+    /// Server URL.
+    pub addr: String,
+    /// An existing collection whose users have SIDs (an active model): they are listed with
+    /// `PrefixScan`.
+    pub collection: String,
+    /// Concurrent clients, one connection each.
+    pub clients: usize,
+    /// Requests in total, of each kind (after a warm-up of 20 per client).
+    pub queries: usize,
+    /// Items per answer.
+    pub k: u32,
+    /// `Recommend`'s `exclude_seen`.
+    pub exclude_seen: bool,
+    /// Seed of the user draw (with replacement).
+    pub seed: u64,
+}
+
+/// What `sidb bench recommend` measured.
+#[derive(Debug, Clone)]
+pub struct RecommendReport {
+    /// The collection.
+    pub collection: String,
+    /// Users with a SID, the pool queries are drawn from.
+    pub users: usize,
+    /// `Recommend` for the drawn users.
+    pub recommend: Timed,
+    /// `Search` by `user_id` for the same users, the same `k`: plain similarity over the whole
+    /// catalogue, what `Recommend` serves without a model.
+    pub search: Timed,
+}
+
+impl std::fmt::Display for RecommendReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hits = |t: &Timed| t.counted as f64 / t.requests.max(1) as f64;
+        writeln!(
+            f,
+            "collection {}: {} users with a SID",
+            self.collection, self.users
+        )?;
+        writeln!(
+            f,
+            "recommend: {} | {:.1} hits each",
+            self.recommend,
+            hits(&self.recommend)
+        )?;
+        writeln!(
+            f,
+            "search by user_id: {} | {:.1} hits each",
+            self.search,
+            hits(&self.search)
+        )?;
+        write!(
+            f,
+            "recommend / search: throughput {:.2}x, p50 latency {:.2}x, p99 latency {:.2}x",
+            self.recommend.per_sec() / self.search.per_sec(),
+            self.recommend.latency_ms[0] / self.search.latency_ms[0],
+            self.recommend.latency_ms[2] / self.search.latency_ms[2]
+        )
+    }
+}
+
+/// Lists the users of `opts.collection` that have a SID, then sends `Recommend` for users drawn
+/// from them (seeded, with replacement) from `opts.clients` connections, then `Search` by
+/// `user_id` for the same users, and reports both. Either kind failing fails the run.
+pub async fn recommend(opts: &RecommendOptions) -> Result<RecommendReport> {
+    if opts.clients == 0 || opts.queries < opts.clients || opts.k == 0 {
+        return Err(Error::invalid(
+            "clients and k must be >= 1 and queries >= clients",
+        ));
+    }
+    let channel = connect(&opts.addr).await?;
+    let mut scan = RetrievalClient::new(channel);
+    let mut users = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = scan
+            .prefix_scan(pb::PrefixScanRequest {
+                collection: opts.collection.clone(),
+                entity: pb::EntityKind::Users as i32,
+                limit: 10_000,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .map_err(transport)?
+            .into_inner();
+        users.extend(page.entries.into_iter().map(|e| e.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    if users.is_empty() {
+        return Err(Error::invalid(format!(
+            "collection {}: no user has a SID (train a model first)",
+            opts.collection
+        )));
+    }
+    let mut rng = Rng(opts.seed | 1);
+    let warm_up = 20 * opts.clients;
+    let drawn: Vec<&str> = (0..warm_up + opts.queries)
+        .map(|_| users[rng.below(users.len())].as_str())
+        .collect();
+    let recommend = |ids: &[&str]| -> Vec<Vec<pb::RecommendRequest>> {
+        let req = |u: &str| pb::RecommendRequest {
+            collection: opts.collection.clone(),
+            user_id: u.to_string(),
+            k: opts.k,
+            exclude_seen: opts.exclude_seen,
+            ..Default::default()
+        };
+        round_robin(ids, opts.clients, req)
+    };
+    let search = |ids: &[&str]| -> Vec<Vec<pb::SearchRequest>> {
+        let req = |u: &str| pb::SearchRequest {
+            collection: opts.collection.clone(),
+            query: Some(pb::search_request::Query::UserId(u.to_string())),
+            k: opts.k,
+            ..Default::default()
+        };
+        round_robin(ids, opts.clients, req)
+    };
+    let (warm, timed_ids) = drawn.split_at(warm_up);
+    timed(
+        retrieval_clients(&opts.addr, recommend(warm)).await?,
+        recommend_call,
+    )
+    .await?;
+    timed(
+        retrieval_clients(&opts.addr, search(warm)).await?,
+        search_call,
+    )
+    .await?;
+    let rec = retrieval_clients(&opts.addr, recommend(timed_ids)).await?;
+    let recommend = timed(rec, recommend_call).await?;
+    let sea = retrieval_clients(&opts.addr, search(timed_ids)).await?;
+    let search = timed(sea, search_call).await?;
+    Ok(RecommendReport {
+        collection: opts.collection.clone(),
+        users: users.len(),
+        recommend,
+        search,
+    })
+}
+
+/// Deals `ids` out to `clients` clients in turn, each as the request `req` makes of it.
+fn round_robin<R>(ids: &[&str], clients: usize, req: impl Fn(&str) -> R) -> Vec<Vec<R>> {
+    (0..clients)
+        .map(|c| {
+            ids.iter()
+                .skip(c)
+                .step_by(clients)
+                .map(|u| req(u))
+                .collect()
+        })
+        .collect()
 }
 
 /// Exact top-k row indices by cosine similarity.

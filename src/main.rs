@@ -90,6 +90,34 @@ enum BenchCommand {
     /// Load clustered vectors, wait for the graph, then search from N clients; report QPS,
     /// latency percentiles and recall@k.
     Search(SearchArgs),
+    /// Ask a trained collection's users for recommendations from N clients, then search by the
+    /// same user ids; report both (QPS, latency percentiles) and their ratio.
+    Recommend(RecommendArgs),
+}
+
+#[derive(Args)]
+struct RecommendArgs {
+    /// Server URL.
+    #[arg(long, default_value = "http://127.0.0.1:7707")]
+    addr: String,
+    /// A collection with an active model (its users are listed by their SIDs).
+    #[arg(long)]
+    collection: String,
+    /// Concurrent clients (one connection each).
+    #[arg(long, default_value_t = 2)]
+    clients: usize,
+    /// Requests of each kind.
+    #[arg(long, default_value_t = 5_000)]
+    queries: usize,
+    /// Items per answer.
+    #[arg(long, default_value_t = 10)]
+    k: u32,
+    /// Recommend with exclude_seen (reads each user's history).
+    #[arg(long)]
+    exclude_seen: bool,
+    /// Seed of the user draw.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
 }
 
 #[derive(Args)]
@@ -213,6 +241,7 @@ fn main() -> anyhow::Result<()> {
         Command::Config(args) => print!("{}", toml::to_string_pretty(&args.load()?)?),
         Command::Bench(BenchCommand::Ingest(a)) => rt.block_on(bench_ingest(a))?,
         Command::Bench(BenchCommand::Search(a)) => rt.block_on(bench_search(a))?,
+        Command::Bench(BenchCommand::Recommend(a)) => rt.block_on(bench_recommend(a))?,
         Command::Import(a) => rt.block_on(admin_cli::import(a))?,
         Command::Training(c) => rt.block_on(admin_cli::training(c))?,
         Command::Train(_) | Command::Eval(_) => unreachable!("handled above"),
@@ -238,6 +267,24 @@ async fn bench_search(a: SearchArgs) -> anyhow::Result<()> {
         reuse: a.reuse,
     };
     println!("{}", loadgen::search(&opts).await?);
+    Ok(())
+}
+
+async fn bench_recommend(a: RecommendArgs) -> anyhow::Result<()> {
+    println!(
+        "recommend: collection {}, k {}, exclude_seen {}, {} clients, {} requests of each kind, server {}",
+        a.collection, a.k, a.exclude_seen, a.clients, a.queries, a.addr
+    );
+    let opts = loadgen::RecommendOptions {
+        addr: a.addr,
+        collection: a.collection,
+        clients: a.clients,
+        queries: a.queries,
+        k: a.k,
+        exclude_seen: a.exclude_seen,
+        seed: a.seed,
+    };
+    println!("{}", loadgen::recommend(&opts).await?);
     Ok(())
 }
 

@@ -418,6 +418,30 @@ async fn training_publishes_versions_assigns_online_and_rolls_back() {
         "not what the stored SID gives"
     );
 
+    // `sidb bench recommend` finds the users by their SIDs and times Recommend next to Search
+    // by user id; a collection without a model says so.
+    let bench = |collection: &str| sidb::loadgen::RecommendOptions {
+        addr: s.url(),
+        collection: collection.into(),
+        clients: 2,
+        queries: 40,
+        k: 5,
+        exclude_seen: false,
+        seed: 7,
+    };
+    let report = sidb::loadgen::recommend(&bench(coll)).await.unwrap();
+    assert_eq!(report.users, n_users);
+    for run in [&report.recommend, &report.search] {
+        assert_eq!(run.requests, 40);
+        assert_eq!(run.counted, 40 * 5, "k hits per answer");
+        assert!(run.latency_ms[0] > 0.0 && run.latency_ms[0] <= run.latency_ms[3]);
+    }
+    create(&s, "no_model").await;
+    let err = sidb::loadgen::recommend(&bench("no_model"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no semantic IDs yet"), "{err}");
+
     // A second training (asked for) warm-starts and publishes version 2 with its churn.
     t.trigger_training(pb::TriggerTrainingRequest {
         collection: coll.into(),
