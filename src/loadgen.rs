@@ -44,34 +44,28 @@ pub struct IngestOptions {
 pub struct IngestReport {
     /// Durability of the writes.
     pub durability: Durability,
-    /// Items written.
-    pub items: u64,
-    /// Wall-clock seconds of the run.
-    pub seconds: f64,
-    /// Request latency percentiles in milliseconds: p50, p90, p99, max.
-    pub latency_ms: [f64; 4],
-    /// Requests sent.
-    pub requests: u64,
+    /// The run; `counted` is the items written.
+    pub run: Timed,
 }
 
 impl IngestReport {
     /// Items per second.
     pub fn items_per_sec(&self) -> f64 {
-        self.items as f64 / self.seconds
+        self.run.counted as f64 / self.run.seconds
     }
 }
 
 impl std::fmt::Display for IngestReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let [p50, p90, p99, max] = self.latency_ms;
         write!(
             f,
-            "{:<9} {:>9} items {:>7.2} s {:>10.0} items/s | batch latency ms p50 {p50:.2} p90 {p90:.2} p99 {p99:.2} max {max:.2} ({} requests)",
+            "{:<9} {:>9} items {:>7.2} s {:>10.0} items/s | batch latency ms {} ({} requests)",
             format!("{:?}", self.durability).to_uppercase(),
-            self.items,
-            self.seconds,
+            self.run.counted,
+            self.run.seconds,
             self.items_per_sec(),
-            self.requests
+            self.run.percentiles(),
+            self.run.requests
         )
     }
 }
@@ -147,17 +141,23 @@ impl Timed {
     pub fn per_sec(&self) -> f64 {
         self.requests as f64 / self.seconds
     }
+
+    /// The latency percentiles as printed: `p50 .. p90 .. p99 .. max ..` (ms).
+    fn percentiles(&self) -> String {
+        let [p50, p90, p99, max] = self.latency_ms;
+        format!("p50 {p50:.2} p90 {p90:.2} p99 {p99:.2} max {max:.2}")
+    }
 }
 
 impl std::fmt::Display for Timed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let [p50, p90, p99, max] = self.latency_ms;
         write!(
             f,
-            "{} requests in {:.2} s = {:.0}/s | latency ms p50 {p50:.2} p90 {p90:.2} p99 {p99:.2} max {max:.2}",
+            "{} requests in {:.2} s = {:.0}/s | latency ms {}",
             self.requests,
             self.seconds,
-            self.per_sec()
+            self.per_sec(),
+            self.percentiles()
         )
     }
 }
@@ -284,10 +284,7 @@ pub async fn ingest(opts: &IngestOptions) -> Result<IngestReport> {
     .await?;
     Ok(IngestReport {
         durability: opts.durability,
-        items: run.counted,
-        seconds: run.seconds,
-        latency_ms: run.latency_ms,
-        requests: run.requests,
+        run,
     })
 }
 
@@ -327,28 +324,24 @@ pub struct SearchReport {
     pub load_seconds: f64,
     /// Seconds from the end of the load until every vector was in the graph.
     pub index_seconds: f64,
-    /// Searches run.
-    pub queries: u64,
-    /// Wall-clock seconds of the search run.
-    pub seconds: f64,
-    /// Latency percentiles in milliseconds: p50, p90, p99, max.
-    pub latency_ms: [f64; 4],
+    /// The search run.
+    pub run: Timed,
     /// Mean recall@k against the exact answer over the sample.
     pub recall: f64,
 }
 
 impl std::fmt::Display for SearchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let [p50, p90, p99, max] = self.latency_ms;
         write!(
             f,
-            "collection {}: load {:.1} s, graph caught up {:.1} s later\nsearch: {} queries in {:.2} s = {:.0} QPS | latency ms p50 {p50:.2} p90 {p90:.2} p99 {p99:.2} max {max:.2} | recall@k {:.3}",
+            "collection {}: load {:.1} s, graph caught up {:.1} s later\nsearch: {} queries in {:.2} s = {:.0} QPS | latency ms {} | recall@k {:.3}",
             self.collection,
             self.load_seconds,
             self.index_seconds,
-            self.queries,
-            self.seconds,
-            self.queries as f64 / self.seconds,
+            self.run.requests,
+            self.run.seconds,
+            self.run.per_sec(),
+            self.run.percentiles(),
             self.recall
         )
     }
@@ -463,31 +456,34 @@ pub async fn search(opts: &SearchOptions) -> Result<SearchReport> {
                 .collect()
         })
         .collect();
-    let work = retrieval_clients(&opts.addr, per_client).await?;
-    let run = timed(work, search_call).await?;
+    let clients = retrieval_clients(&opts.addr, opts.clients).await?;
+    let run = timed(paired(&clients, per_client), search_call).await?;
     Ok(SearchReport {
         collection: collection.clone(),
         load_seconds,
         index_seconds,
-        queries: run.requests,
-        seconds: run.seconds,
-        latency_ms: run.latency_ms,
+        run,
         recall,
     })
 }
 
 type RetrievalClient = pb::retrieval_client::RetrievalClient<Channel>;
 
-/// Pairs each client's requests with a connection of its own.
-async fn retrieval_clients<R>(
-    addr: &str,
-    per_client: Vec<Vec<R>>,
-) -> Result<Vec<(RetrievalClient, Vec<R>)>> {
-    let mut work = Vec::with_capacity(per_client.len());
-    for reqs in per_client {
-        work.push((RetrievalClient::new(connect(addr).await?), reqs));
+/// `n` clients, one connection each.
+async fn retrieval_clients(addr: &str, n: usize) -> Result<Vec<RetrievalClient>> {
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        clients.push(RetrievalClient::new(connect(addr).await?));
     }
-    Ok(work)
+    Ok(clients)
+}
+
+/// Pairs each client's requests with its client (a handle on the same connection).
+fn paired<R>(
+    clients: &[RetrievalClient],
+    per_client: Vec<Vec<R>>,
+) -> Vec<(RetrievalClient, Vec<R>)> {
+    clients.iter().cloned().zip(per_client).collect()
 }
 
 /// One `Search`; counts its hits.
@@ -575,8 +571,8 @@ pub async fn recommend(opts: &RecommendOptions) -> Result<RecommendReport> {
             "clients and k must be >= 1 and queries >= clients",
         ));
     }
-    let channel = connect(&opts.addr).await?;
-    let mut scan = RetrievalClient::new(channel);
+    let clients = retrieval_clients(&opts.addr, opts.clients).await?;
+    let mut scan = clients[0].clone();
     let mut users = Vec::new();
     let mut page_token = String::new();
     loop {
@@ -627,21 +623,12 @@ pub async fn recommend(opts: &RecommendOptions) -> Result<RecommendReport> {
         };
         round_robin(ids, opts.clients, req)
     };
+    // The warm-up runs on the connections the timed runs use.
     let (warm, timed_ids) = drawn.split_at(warm_up);
-    timed(
-        retrieval_clients(&opts.addr, recommend(warm)).await?,
-        recommend_call,
-    )
-    .await?;
-    timed(
-        retrieval_clients(&opts.addr, search(warm)).await?,
-        search_call,
-    )
-    .await?;
-    let rec = retrieval_clients(&opts.addr, recommend(timed_ids)).await?;
-    let recommend = timed(rec, recommend_call).await?;
-    let sea = retrieval_clients(&opts.addr, search(timed_ids)).await?;
-    let search = timed(sea, search_call).await?;
+    timed(paired(&clients, recommend(warm)), recommend_call).await?;
+    timed(paired(&clients, search(warm)), search_call).await?;
+    let recommend = timed(paired(&clients, recommend(timed_ids)), recommend_call).await?;
+    let search = timed(paired(&clients, search(timed_ids)), search_call).await?;
     Ok(RecommendReport {
         collection: opts.collection.clone(),
         users: users.len(),
