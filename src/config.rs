@@ -73,6 +73,11 @@ pub struct StorageConfig {
     pub checkpoint_interval_secs: u64,
     /// sled page cache in bytes. Default 512 MiB.
     pub cache_bytes: u64,
+    /// Open a store whose sled state is behind what was acknowledged (see `storage::watermark`)
+    /// instead of refusing with DATA_LOSS: the lost writes stay lost, and the watermark is reset
+    /// to what is left. For one start after a damage has been looked at (`sidb serve
+    /// --accept-data-loss`); never leave it on. Default false.
+    pub accept_data_loss: bool,
 }
 
 impl Default for StorageConfig {
@@ -84,6 +89,7 @@ impl Default for StorageConfig {
             max_pending_bytes: 512 << 20,
             checkpoint_interval_secs: 60,
             cache_bytes: 512 << 20,
+            accept_data_loss: false,
         }
     }
 }
@@ -100,6 +106,7 @@ impl StorageConfig {
             },
             checkpoint_interval: Duration::from_secs(self.checkpoint_interval_secs.max(1)),
             lock_wait: crate::storage::DEFAULT_LOCK_WAIT,
+            accept_data_loss: self.accept_data_loss,
         }
     }
 }

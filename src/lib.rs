@@ -11,6 +11,7 @@
 //! - [`server`], [`auth`]: listener, API keys, health, reflection, startup and graceful shutdown.
 //! - [`model`], [`eval`]: the DAS semantic-ID quantizer (candle) and its offline evaluation;
 //!   plain in-memory data in, no storage or tokio.
+//! - [`lock`]: the ranked locks: the one lock order, checked in debug builds.
 //! - [`profile`]: the recency weighting of a user's history (trainer and queries share it).
 //! - [`loadgen`]: the load clients behind `sidb bench ingest` and `sidb bench search`.
 #![warn(missing_docs)]
@@ -23,6 +24,7 @@ pub mod eval;
 pub mod fsutil;
 pub mod index;
 pub mod loadgen;
+pub mod lock;
 pub mod model;
 pub mod profile;
 pub mod proto;

@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
-use parking_lot::{Mutex, RwLock};
+use crate::lock::{Mutex, Rank, RwLock};
 
 use super::models::LoadedModel;
 
@@ -488,7 +488,10 @@ impl CollectionIndex {
             coll_id,
             config: config.clone(),
             params,
-            state: RwLock::new(IndexState {
+            state: RwLock::new(
+                Rank::IndexState,
+                "retrieval state",
+                IndexState {
                 applied_seq: 0,
                 next_point: 0,
                 items: Entities::default(),
@@ -497,9 +500,10 @@ impl CollectionIndex {
                 user_space,
                 sid_version: 0,
                 touched: None,
-            }),
+                },
+            ),
             model: ArcSwapOption::empty(),
-            queries: Mutex::new(HashMap::new()),
+            queries: Mutex::new(Rank::QuerySample, "query sample", HashMap::new()),
         }
     }
 

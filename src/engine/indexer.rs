@@ -15,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex as StdMutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock};
+use crate::lock::{Mutex, Rank, RwLock};
 
 use super::index::CollectionIndex;
 use crate::error::{Error, Result};
@@ -76,9 +76,9 @@ impl Indexes {
             .build()
             .map_err(|e| Error::Internal(format!("starting the index threads: {e}")))?;
         let indexes = Arc::new(Indexes {
-            map: RwLock::new(initial),
+            map: RwLock::new(Rank::Registry, "indexes", initial),
             signal: Arc::new(Signal::default()),
-            worker: Mutex::new(None),
+            worker: Mutex::new(Rank::Leaf, "indexer thread", None),
         });
         let weak = Arc::downgrade(&indexes);
         let signal = Arc::clone(&indexes.signal);

@@ -28,7 +28,7 @@ use std::sync::{Arc, Condvar};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use crate::lock::{Mutex, Rank};
 use tokio::sync::watch;
 
 use super::index::VersionSids;
@@ -210,9 +210,9 @@ impl Trainers {
             .map_err(|e| Error::Internal(format!("training pool: {e}")))?;
         let t = Arc::new(Trainers {
             ctx,
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(Rank::Registry, "trainer slots", HashMap::new()),
             wake: Arc::new((std::sync::Mutex::new(false), Condvar::new())),
-            worker: Mutex::new(None),
+            worker: Mutex::new(Rank::Leaf, "trainer thread", None),
             pool,
         });
         let weak = Arc::downgrade(&t);
@@ -265,11 +265,13 @@ impl Trainers {
     }
 
     fn slot(&self, coll: &Collection) -> Arc<Slot> {
+        // Read before the registry lock: the writer lock ranks below it (src/lock.rs).
+        let active = self.ctx.store.active_version(coll);
         let mut slots = self.slots.lock();
         let slot = slots.entry(coll.entry.id).or_insert_with(|| {
             let status = TrainingStatus {
                 collection: coll.entry.name.clone(),
-                active_model_version: self.ctx.store.active_version(coll),
+                active_model_version: active,
                 ..Default::default()
             };
             Arc::new(Slot {
@@ -277,8 +279,8 @@ impl Trainers {
                 requested: AtomicBool::new(false),
                 running: AtomicBool::new(false),
                 cancel: AtomicBool::new(false),
-                last_end: Mutex::new(None),
-                last_write: Mutex::new((0, Instant::now())),
+                last_end: Mutex::new(Rank::Leaf, "last training end", None),
+                last_write: Mutex::new(Rank::Leaf, "last write seen", (0, Instant::now())),
             })
         });
         Arc::clone(slot)

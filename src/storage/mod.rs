@@ -25,6 +25,7 @@ pub mod keys;
 pub mod models;
 pub mod ops;
 pub mod wal;
+pub mod watermark;
 
 #[cfg(test)]
 mod model_tests;
@@ -35,7 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Mutex, RwLock};
+use crate::lock::{Mutex, Rank, RwLock};
 
 use crate::error::{Error, Result};
 use crate::types::{
@@ -46,6 +47,7 @@ use codec::{Dec, Enc};
 use keys::{tag, HistoryPos};
 use ops::{LogEntry, Meta, WriteOp};
 use wal::{Wal, WalOptions};
+use watermark::{Mark, Watermark};
 
 /// Storage settings.
 #[derive(Debug, Clone)]
@@ -60,6 +62,9 @@ pub struct StoreOptions {
     /// (or a store dropped a moment ago, whose background I/O threads still hold the file)
     /// releases a little after it lets go. Past it, opening fails with `Unavailable`.
     pub lock_wait: Duration,
+    /// Open even when sled is behind the watermark (logging what was lost) instead of failing
+    /// with `DataLoss`; see [`watermark`].
+    pub accept_data_loss: bool,
 }
 
 /// The default of [`StoreOptions::lock_wait`].
@@ -163,8 +168,9 @@ struct Inner {
     sys: sled::Tree,
     wal: Wal,
     collections: RwLock<BTreeMap<String, Arc<Collection>>>,
-    /// Serialises catalogue changes (create/delete) with each other and with checkpoints.
-    catalog_lock: Mutex<()>,
+    /// Serialises catalogue changes (create/delete) with each other and with checkpoints, and
+    /// holds the watermark last written (see [`watermark`]).
+    catalog_lock: Mutex<Watermark>,
     closed: AtomicBool,
     /// Set by `close`; the checkpoint thread waits on it between runs.
     stop_checkpoints: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
@@ -182,7 +188,26 @@ const NEXT_ID_KEY: &[u8] = b"next_collection_id";
 
 impl Store {
     /// Opens (creating if needed) the store in `dir` and recovers it from the WAL.
+    ///
+    /// sled panics on some damaged files instead of returning an error; such a panic during
+    /// the open and the recovery becomes `DataLoss` naming the database directory.
     pub fn open(dir: &Path, opts: StoreOptions) -> Result<Store> {
+        let db_dir = dir.join("db");
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::open_inner(dir, opts)))
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("a panic");
+                Err(Error::DataLoss(format!(
+                    "{}: the database files are damaged (sled failed while opening them: {what})",
+                    db_dir.display()
+                )))
+            })
+    }
+
+    fn open_inner(dir: &Path, opts: StoreOptions) -> Result<Store> {
         let db_dir = dir.join("db");
         let wal_dir = dir.join("wal");
         for d in [dir, &db_dir, &wal_dir] {
@@ -198,6 +223,8 @@ impl Store {
         // Make what was replayed durable in sled before its segments go.
         db.flush()?;
         crate::fsutil::sync_tree(&db_dir)?;
+        // Before anything is deleted: a store behind what was acknowledged keeps its evidence.
+        let watermark = reconcile_watermark(dir, &sys, &collections, opts.accept_data_loss)?;
         for (_, path) in &segments {
             std::fs::remove_file(path)
                 .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
@@ -218,9 +245,9 @@ impl Store {
                 catalog,
                 sys,
                 wal,
-                collections: RwLock::new(collections),
-                catalog_lock: Mutex::new(()),
-                checkpointer: Mutex::new(None),
+                collections: RwLock::new(Rank::Registry, "collections", collections),
+                catalog_lock: Mutex::new(Rank::Catalog, "catalogue", watermark),
+                checkpointer: Mutex::new(Rank::Leaf, "checkpoint thread", None),
                 closed: AtomicBool::new(false),
                 stop_checkpoints: Arc::new((
                     std::sync::Mutex::new(false),
@@ -245,7 +272,7 @@ impl Store {
         created_ms: i64,
     ) -> Result<CollectionInfo> {
         self.check_open()?;
-        let _g = self.inner.catalog_lock.lock();
+        let mut wm = self.inner.catalog_lock.lock();
         if self.inner.collections.read().contains_key(name) {
             return Err(Error::AlreadyExists(format!(
                 "collection {name:?} already exists"
@@ -263,10 +290,20 @@ impl Store {
         tree.insert(ops::META_KEY, Meta::default().encode())?;
         self.inner.catalog.insert(name.as_bytes(), entry.encode())?;
         self.sync_sled()?;
+        // After the sync: sled may be ahead of the watermark, never behind it.
+        wm.next_collection_id = id + 1;
+        wm.marks.insert(
+            id,
+            Mark {
+                name: name.to_string(),
+                sequence: 0,
+            },
+        );
+        wm.store(&self.inner.dir)?;
         let coll = Arc::new(Collection {
             entry,
             tree,
-            writer: Mutex::new(Meta::default()),
+            writer: Mutex::new(Rank::Writer, "collection writer", Meta::default()),
             deleted: AtomicBool::new(false),
             poisoned: AtomicBool::new(false),
         });
@@ -279,14 +316,7 @@ impl Store {
     }
 
     fn next_collection_id(&self) -> Result<u64> {
-        let cur = match self.inner.sys.get(NEXT_ID_KEY)? {
-            Some(v) => u64::from_le_bytes(
-                v.as_ref()
-                    .try_into()
-                    .map_err(|_| Error::DataLoss("sys/next_collection_id: not 8 bytes".into()))?,
-            ),
-            None => 1,
-        };
+        let cur = read_next_id(&self.inner.sys)?;
         self.inner
             .sys
             .insert(NEXT_ID_KEY, &(cur + 1).to_le_bytes())?;
@@ -296,11 +326,15 @@ impl Store {
     /// Deletes a collection and all its data; durable when this returns.
     pub fn delete_collection(&self, name: &str) -> Result<()> {
         self.check_open()?;
-        let _g = self.inner.catalog_lock.lock();
+        let mut wm = self.inner.catalog_lock.lock();
         let coll = self.collection(name)?;
         // Wait for in-flight writes, and stop new ones from applying.
         let _w = coll.writer.lock();
         coll.deleted.store(true, Ordering::SeqCst);
+        // Out of the watermark before the tree goes: a crash in between leaves sled ahead.
+        if wm.marks.remove(&coll.entry.id).is_some() {
+            wm.store(&self.inner.dir)?;
+        }
         self.inner.catalog.remove(name.as_bytes())?;
         self.inner
             .db
@@ -322,12 +356,13 @@ impl Store {
 
     /// Every collection, by name.
     pub fn list_collections(&self) -> Vec<CollectionInfo> {
-        self.inner
-            .collections
-            .read()
-            .values()
-            .map(|c| c.info())
-            .collect()
+        self.open_collections().iter().map(|c| c.info()).collect()
+    }
+
+    /// Every open collection, by name. The registry lock is released before this returns:
+    /// callers take writer locks on what it gives them, which rank below it (src/lock.rs).
+    pub fn open_collections(&self) -> Vec<Arc<Collection>> {
+        self.inner.collections.read().values().cloned().collect()
     }
 
     /// Logs and applies one write. Returns the result and the WAL position to wait for; a DURABLE
@@ -527,23 +562,29 @@ impl Store {
 
     /// Makes everything applied so far durable in sled and deletes the WAL segments it covers.
     pub fn checkpoint(&self) -> Result<()> {
-        let _g = self.inner.catalog_lock.lock();
+        let mut wm = self.inner.catalog_lock.lock();
         let closed = self.inner.wal.closed_segments();
         if closed.is_empty() {
             return Ok(());
         }
-        self.checkpoint_segments(&closed)?;
+        self.checkpoint_segments(&mut wm, &closed)?;
         self.inner.wal.forget_segments(&closed);
         Ok(())
     }
 
-    fn checkpoint_segments(&self, segments: &[PathBuf]) -> Result<()> {
+    fn checkpoint_segments(&self, wm: &mut Watermark, segments: &[PathBuf]) -> Result<()> {
         // Every entry in `segments` was appended under some writer lock and is applied by the
-        // time that lock is released: taking each lock once is the barrier.
-        for coll in self.inner.collections.read().values() {
-            drop(coll.writer.lock());
+        // time that lock is released: taking each lock once is the barrier. The sequences seen
+        // there are applied, so sled holds them once the sync below returns.
+        for coll in self.open_collections() {
+            let seq = coll.writer.lock().stats.last_sequence;
+            if let Some(mark) = wm.marks.get_mut(&coll.entry.id) {
+                mark.sequence = mark.sequence.max(seq);
+            }
         }
         self.sync_sled()?;
+        // Recorded before the segments go: from here on, only the watermark remembers them.
+        wm.store(&self.inner.dir)?;
         for path in segments {
             match std::fs::remove_file(path) {
                 Ok(()) => {}
@@ -585,8 +626,8 @@ impl Store {
             }
         }
         let segments = self.inner.wal.close()?;
-        let _g = self.inner.catalog_lock.lock();
-        self.checkpoint_segments(&segments)
+        let mut wm = self.inner.catalog_lock.lock();
+        self.checkpoint_segments(&mut wm, &segments)
     }
 
     fn spawn_checkpointer(&self, every: Duration) -> Result<()> {
@@ -617,6 +658,83 @@ impl Store {
     }
 }
 
+fn read_next_id(sys: &sled::Tree) -> Result<u64> {
+    match sys.get(NEXT_ID_KEY)? {
+        Some(v) => Ok(u64::from_le_bytes(v.as_ref().try_into().map_err(|_| {
+            Error::DataLoss("sys/next_collection_id: not 8 bytes".into())
+        })?)),
+        None => Ok(1),
+    }
+}
+
+/// Compares what sled holds after the replay with the watermark of the last checkpoint, and
+/// writes the new watermark. Refuses (`DataLoss`) when sled is behind, unless `accept`.
+fn reconcile_watermark(
+    dir: &Path,
+    sys: &sled::Tree,
+    collections: &BTreeMap<String, Arc<Collection>>,
+    accept: bool,
+) -> Result<Watermark> {
+    let now = Watermark {
+        next_collection_id: read_next_id(sys)?,
+        marks: collections
+            .values()
+            .map(|c| {
+                let sequence = c.writer.lock().stats.last_sequence;
+                let name = c.entry.name.clone();
+                (c.entry.id, Mark { name, sequence })
+            })
+            .collect(),
+    };
+    let problems = match Watermark::load(dir)? {
+        Some(w) => w.behind(&now, &dir.join("db")),
+        // No watermark yet: a new data directory, or one written before watermarks existed.
+        // Left-over index or model files of collections sled does not know are the one trace
+        // of an older catalogue then.
+        None => orphans(dir, &now)?,
+    };
+    if !problems.is_empty() {
+        if !accept {
+            return Err(Error::DataLoss(format!(
+                "{}. Nothing was changed or deleted. Restore the data directory from a backup,                  or start once with --accept-data-loss to serve what is left",
+                problems.join("; ")
+            )));
+        }
+        for p in &problems {
+            tracing::error!(problem = %p, "accepting data loss (--accept-data-loss)");
+        }
+    }
+    now.store(dir)?;
+    Ok(now)
+}
+
+/// `index/<id>` and `models/<id>` directories of collection ids that the catalogue lacks.
+fn orphans(dir: &Path, now: &Watermark) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for sub in ["index", "models"] {
+        let parent = dir.join(sub);
+        let Ok(entries) = std::fs::read_dir(&parent) else {
+            continue;
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(format!("reading {}", parent.display()), e))?;
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.parse::<u64>().ok()) else {
+                continue;
+            };
+            if !now.marks.contains_key(&id) {
+                out.push(format!(
+                    "{} belongs to collection id {id}, which {} does not hold (and {} is missing)",
+                    entry.path().display(),
+                    dir.join("db").display(),
+                    watermark::path(dir).display()
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn load_collections(
     db: &sled::Db,
     catalog: &sled::Tree,
@@ -632,7 +750,7 @@ fn load_collections(
             Arc::new(Collection {
                 entry,
                 tree,
-                writer: Mutex::new(meta),
+                writer: Mutex::new(Rank::Writer, "collection writer", meta),
                 deleted: AtomicBool::new(false),
                 poisoned: AtomicBool::new(false),
             }),

@@ -15,9 +15,19 @@
 //! - A segment that has grown past `segment_bytes` is closed and a new one started. Closed
 //!   segments are deleted by the store's checkpoint once sled's state covering them is fsync'ed.
 //!
-//! Segment format: the 8-byte magic `SIDBWAL1`, then frames `len: u32 LE | crc32(payload): u32 LE |
-//! payload`. A frame that is cut short or fails its checksum ends the log if it is in the last
-//! segment (a torn write that was never acknowledged); anywhere else it is corruption.
+//! Segment format: the 8-byte magic `SIDBWAL2`, then one **batch** per sync: a 16-byte header
+//! `BATCH_MAGIC: u32 LE | len: u32 LE | crc32(body): u32 LE | crc32(the first 12 bytes): u32 LE`
+//! and a body of `len` bytes, the frames `len: u32 LE | crc32(payload): u32 LE | payload`.
+//!
+//! Why batches: the sync thread writes batch N+1 only after the `fdatasync` of batch N returned,
+//! so a crash can tear only the last batch, and within it the disk may have kept any subset of
+//! its pages. A batch that is cut short or fails its checksum is therefore a torn tail (writes
+//! never acknowledged) only if no intact batch follows it in the last segment. An intact batch
+//! after a damaged one proves the damaged one was synced, and acknowledged: that is corruption
+//! (`DataLoss`), as is any damage in a closed segment, and replay stops without deleting
+//! anything. The one damage that cannot be told from a torn write is damage inside the very last
+//! batch of the last segment. Segments of the first format (`SIDBWAL1`: frames without batches)
+//! still replay, with every damage in the last segment taken as its tail.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -26,15 +36,23 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Condvar;
+
+use crate::lock::{Mutex, Rank};
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 
-const MAGIC: &[u8; 8] = b"SIDBWAL1";
+const MAGIC: &[u8; 8] = b"SIDBWAL2";
+/// The magic of the first format, frames without batch headers (still read).
+const MAGIC_V1: &[u8; 8] = b"SIDBWAL1";
 const FRAME_HEADER: usize = 8;
+const BATCH_MAGIC: u32 = 0x5842_4453;
+const BATCH_HEADER: usize = 16;
 /// Largest payload a frame may carry (a frame length beyond it is corruption).
 pub const MAX_FRAME: usize = 1 << 30;
+/// Largest batch body (a sync of more is written as several batches; a batch's length is a u32).
+const MAX_BATCH: usize = 1 << 31;
 
 /// Tuning of the log.
 #[derive(Debug, Clone)]
@@ -137,27 +155,108 @@ pub fn replay_segment(
             )))
         };
     }
-    if &data[..MAGIC.len()] != MAGIC {
+    let v1 = &data[..MAGIC.len()] == MAGIC_V1;
+    if !v1 && &data[..MAGIC.len()] != MAGIC {
         return Err(Error::DataLoss(format!(
             "{name}: not a sidb log segment (bad magic)"
         )));
     }
     let mut off = MAGIC.len();
     while off < data.len() {
-        match frame_at(&data, off) {
-            Some(payload) => {
-                f(payload)?;
-                off += FRAME_HEADER + payload.len();
-            }
-            None if last => return Ok((data.len() - off) as u64),
-            None => {
+        let body = if v1 {
+            Some(&data[off..])
+        } else {
+            batch_at(&data, off)
+        };
+        let Some(body) = body else {
+            if !last {
                 return Err(Error::DataLoss(format!(
-                    "{name}: damaged log frame at byte {off} in a closed segment"
-                )))
+                    "{name}: damaged log batch at byte {off} in a closed segment"
+                )));
+            }
+            if let Some(next) = next_batch(&data, off + 1) {
+                return Err(Error::DataLoss(format!(
+                    "{name}: damaged log batch at byte {off}, followed by an intact one at byte \
+                     {next}: the damaged batch was synced and acknowledged, so this is \
+                     corruption, not a torn tail (the segment is left as it is)"
+                )));
+            }
+            return Ok((data.len() - off) as u64);
+        };
+        let mut at = 0;
+        while at < body.len() {
+            match frame_at(body, at) {
+                Some(payload) => {
+                    f(payload)?;
+                    at += FRAME_HEADER + payload.len();
+                }
+                // The first format has no batches: its damage ends the last segment.
+                None if v1 && last => return Ok((body.len() - at) as u64),
+                None => {
+                    return Err(Error::DataLoss(format!(
+                        "{name}: damaged log frame at byte {}",
+                        off + at + if v1 { 0 } else { BATCH_HEADER }
+                    )))
+                }
             }
         }
+        off += body.len() + if v1 { 0 } else { BATCH_HEADER };
     }
     Ok(0)
+}
+
+/// The body of the intact batch at `off`, or `None` when it is cut short or fails a checksum.
+fn batch_at(data: &[u8], off: usize) -> Option<&[u8]> {
+    let header = data.get(off..off + BATCH_HEADER)?;
+    let word = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().expect("4 bytes"));
+    if word(0) != BATCH_MAGIC || crc32fast::hash(&header[..12]) != word(12) {
+        return None;
+    }
+    let body = data.get(off + BATCH_HEADER..off + BATCH_HEADER + word(4) as usize)?;
+    (crc32fast::hash(body) == word(8)).then_some(body)
+}
+
+/// The offset of the first intact batch at or after `from`. A random match needs the magic and
+/// two checksums to agree by chance, about one in 2^64 per position.
+fn next_batch(data: &[u8], from: usize) -> Option<usize> {
+    let magic = BATCH_MAGIC.to_le_bytes();
+    (from..data.len().saturating_sub(BATCH_HEADER - 1))
+        .filter(|&p| data[p..p + 4] == magic)
+        .find(|&p| batch_at(data, p).is_some())
+}
+
+/// `data` (whole frames) cut at frame boundaries into bodies of at most `max` bytes (or one
+/// frame, if a frame is larger).
+fn batches(data: &[u8], max: usize) -> impl Iterator<Item = &[u8]> {
+    let mut rest = data;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut end = 0;
+        while end < rest.len() {
+            let len = u32::from_le_bytes(rest[end..end + 4].try_into().expect("4 bytes"));
+            let next = end + FRAME_HEADER + len as usize;
+            if next > max && end > 0 {
+                break;
+            }
+            end = next;
+        }
+        let (body, tail) = rest.split_at(end);
+        rest = tail;
+        Some(body)
+    })
+}
+
+/// The header of a batch whose body is `body`.
+fn batch_header(body: &[u8]) -> [u8; BATCH_HEADER] {
+    let mut h = [0u8; BATCH_HEADER];
+    h[..4].copy_from_slice(&BATCH_MAGIC.to_le_bytes());
+    h[4..8].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    h[8..12].copy_from_slice(&crc32fast::hash(body).to_le_bytes());
+    let hc = crc32fast::hash(&h[..12]);
+    h[12..].copy_from_slice(&hc.to_le_bytes());
+    h
 }
 
 /// The payload of the intact frame at `off`, or `None` when it is cut short or fails its checksum.
@@ -197,7 +296,10 @@ impl Wal {
         let (file, path) = create_segment(dir, first_id)
             .map_err(|e| Error::io(format!("creating log segment in {}", dir.display()), e))?;
         let shared = Arc::new(Shared {
-            pending: Mutex::new(Pending {
+            pending: Mutex::new(
+                Rank::Wal,
+                "log buffer",
+                Pending {
                 buf: Vec::with_capacity(1 << 20),
                 next_lsn: 0,
                 urgent: false,
@@ -205,7 +307,8 @@ impl Wal {
                 failed: None,
                 closed_segments: Vec::new(),
                 durable_lsn: 0,
-            }),
+                },
+            ),
             wake: Condvar::new(),
             synced: Condvar::new(),
             durable: watch::channel(DurableState::default()).0,
@@ -225,7 +328,7 @@ impl Wal {
             .map_err(|e| Error::io("starting the log thread", e))?;
         Ok(Wal {
             shared,
-            thread: Mutex::new(Some(thread)),
+            thread: Mutex::new(Rank::Leaf, "log thread", Some(thread)),
         })
     }
 
@@ -293,7 +396,7 @@ impl Wal {
             if let Some(e) = &p.failed {
                 return Err(Error::Internal(format!("the write-ahead log failed: {e}")));
             }
-            self.shared.synced.wait(&mut p);
+            p.wait(&self.shared.synced);
         }
     }
 
@@ -404,12 +507,12 @@ impl SyncThread {
                 if p.closing {
                     return None;
                 }
-                self.shared.wake.wait(&mut p);
+                p.wait(&self.shared.wake);
                 continue;
             }
             // Only buffered writes wait: give them the flush interval unless a durable one comes.
             let interval = self.shared.opts.flush_interval;
-            if self.shared.wake.wait_for(&mut p, interval).timed_out() {
+            if p.wait_for(&self.shared.wake, interval) {
                 break;
             }
         }
@@ -419,10 +522,12 @@ impl SyncThread {
     }
 
     fn write_and_sync(&mut self, data: &[u8]) -> std::io::Result<()> {
-        self.file.write_all(data)?;
-        self.file.sync_data()?;
-        self.size += data.len() as u64;
-        Ok(())
+        for chunk in batches(data, MAX_BATCH) {
+            self.file.write_all(&batch_header(chunk))?;
+            self.file.write_all(chunk)?;
+            self.size += (BATCH_HEADER + chunk.len()) as u64;
+        }
+        self.file.sync_data()
     }
 
     fn rotate(&mut self) -> std::io::Result<()> {
@@ -525,21 +630,110 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        assert_eq!((n, torn), (2, 13));
+        // One batch per durable append: 16 bytes of batch header, 8 of frame header, 10 of
+        // payload; 5 of the last were cut.
+        assert_eq!((n, torn), (2, 29));
         // The same damage in a closed segment is corruption.
         let err = replay_segment(path, false, |_| Ok(())).unwrap_err();
         assert!(matches!(err, Error::DataLoss(_)), "{err:?}");
-        // A flipped payload byte fails the checksum.
-        let mut data = fs::read(path).unwrap();
-        data[MAGIC.len() + FRAME_HEADER] ^= 0xFF;
-        fs::write(path, &data).unwrap();
+    }
+
+    /// Three durable appends, one batch each; returns the closed segment.
+    fn three_batches(dir: &Path) -> PathBuf {
+        let wal = Wal::start(
+            dir,
+            1,
+            WalOptions {
+                segment_bytes: 1 << 20,
+                ..opts()
+            },
+        )
+        .unwrap();
+        for i in 0..3u8 {
+            let l = wal.append(&[i; 10], true).unwrap();
+            wal.wait_durable_blocking(l).unwrap();
+        }
+        wal.close().unwrap().remove(0)
+    }
+
+    fn count(path: &Path) -> Result<(usize, u64)> {
         let mut n = 0;
-        replay_segment(path, true, |_| {
+        let torn = replay_segment(path, true, |_| {
             n += 1;
+            Ok(())
+        })?;
+        Ok((n, torn))
+    }
+
+    #[test]
+    fn damage_followed_by_an_intact_batch_is_corruption_even_in_the_last_segment() {
+        // Regression: a damaged frame in the middle of the newest segment was taken for a torn
+        // tail; replay stopped there, and the acknowledged writes after it were dropped.
+        let dir = tempfile::tempdir().unwrap();
+        let path = three_batches(dir.path());
+        let good = fs::read(&path).unwrap();
+        let batch = BATCH_HEADER + FRAME_HEADER + 10;
+        for (what, at) in [
+            ("payload", MAGIC.len() + BATCH_HEADER + FRAME_HEADER + 3),
+            ("frame length", MAGIC.len() + BATCH_HEADER),
+            ("batch length", MAGIC.len() + 4),
+            ("second batch", MAGIC.len() + batch + BATCH_HEADER + 1),
+        ] {
+            let mut data = good.clone();
+            data[at] ^= 0x40;
+            fs::write(&path, &data).unwrap();
+            let err = count(&path).unwrap_err();
+            assert!(
+                matches!(&err, Error::DataLoss(m) if m.contains("followed by an intact one")),
+                "{what}: {err:?}"
+            );
+        }
+        // Damage in the last batch cannot be told from a torn write: the two before replay.
+        let mut data = good.clone();
+        data[MAGIC.len() + 2 * batch + BATCH_HEADER + FRAME_HEADER] ^= 0x40;
+        fs::write(&path, &data).unwrap();
+        assert_eq!(count(&path).unwrap(), (2, batch as u64));
+        // A tail of zeros (blocks allocated, never written) is a torn tail too.
+        let mut data = good.clone();
+        data.extend_from_slice(&[0; 100]);
+        fs::write(&path, &data).unwrap();
+        assert_eq!(count(&path).unwrap(), (3, 100));
+    }
+
+    #[test]
+    fn segments_of_the_first_format_still_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = segment_path(dir.path(), 1);
+        let mut data = MAGIC_V1.to_vec();
+        for payload in [&b"one"[..], b"two"] {
+            data.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            data.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+            data.extend_from_slice(payload);
+        }
+        data.extend_from_slice(&[7, 0, 0]);
+        fs::write(&path, &data).unwrap();
+        let mut got = Vec::new();
+        let torn = replay_segment(&path, true, |p| {
+            got.push(p.to_vec());
             Ok(())
         })
         .unwrap();
-        assert_eq!(n, 0);
+        assert_eq!((got, torn), (vec![b"one".to_vec(), b"two".to_vec()], 3));
+    }
+
+    #[test]
+    fn a_large_sync_is_cut_into_batches_at_frame_boundaries() {
+        let mut data = Vec::new();
+        for len in [5usize, 7, 3] {
+            data.extend_from_slice(&(len as u32).to_le_bytes());
+            data.extend_from_slice(&[0; 4]);
+            data.extend(std::iter::repeat_n(1u8, len));
+        }
+        let bodies = |max| batches(&data, max).map(|b| b.len()).collect::<Vec<_>>();
+        assert_eq!(bodies(MAX_BATCH), vec![39]);
+        assert_eq!(bodies(30), vec![28, 11]);
+        assert_eq!(bodies(20), vec![13, 15, 11]);
+        assert_eq!(bodies(5), vec![13, 15, 11]);
     }
 
     #[test]
