@@ -246,6 +246,18 @@ impl<T> RwLock<T> {
         }
     }
 
+    /// Exclusive access to a lock that no other thread can reach yet (its owner is being built
+    /// and not published). Such a lock cannot take part in a deadlock, so it is outside the
+    /// order: locks of any rank may be taken while it is held.
+    ///
+    /// # Panics
+    /// If the lock is held: then it is shared after all.
+    pub fn write_unpublished(&self) -> parking_lot::RwLockWriteGuard<'_, T> {
+        self.inner
+            .try_write()
+            .expect("write_unpublished on a lock that another thread holds")
+    }
+
     /// Exclusive access, checking the order first (debug builds).
     pub fn write(&self) -> WriteGuard<'_, T> {
         let held = Held::check(self.rank, self.name);

@@ -526,7 +526,9 @@ impl CollectionIndex {
                 None
             }
         };
-        let mut st = index.state.write();
+        // Nothing else can reach `index` before this returns; the scan below takes the writer
+        // lock, which ranks below the state lock (src/lock.rs).
+        let mut st = index.state.write_unpublished();
         if let Some(d) = &dump {
             st.next_point = d.next_point;
         }

@@ -28,6 +28,8 @@ pub mod wal;
 pub mod watermark;
 
 #[cfg(test)]
+mod damage_tests;
+#[cfg(test)]
 mod model_tests;
 
 use std::collections::BTreeMap;
