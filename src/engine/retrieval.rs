@@ -447,8 +447,10 @@ impl Engine {
             profile.iter_mut().zip(&v).for_each(|(p, v)| *p += w * v);
             used += 1;
         }
-        if used > 0 && profile.iter().any(|x| *x != 0.0) {
-            return Ok(profile);
+        if used > 0 {
+            if let Some(profile) = usable_profile(profile) {
+                return Ok(profile);
+            }
         }
         let known = index.state.read().users.point(user).is_some();
         if !known && history.is_empty() {
@@ -636,6 +638,24 @@ fn require_sids(coll: &Collection) -> Result<()> {
     Ok(())
 }
 
+/// A profile whose length a query can use: as it is when its squared length is a normal f32,
+/// rescaled to unit length when it is too short or too long for that (weights of events long
+/// before the newest underflow; huge weights overflow), `None` when it has no direction.
+fn usable_profile(mut profile: Vec<f32>) -> Option<Vec<f32>> {
+    let norm = profile.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    if (norm * norm) as f32 >= f32::MIN_POSITIVE && ((norm * norm) as f32).is_finite() {
+        return Some(profile);
+    }
+    let finite = profile.iter().all(|x| x.is_finite());
+    if !finite || norm == 0.0 || !norm.is_finite() {
+        return None;
+    }
+    profile
+        .iter_mut()
+        .for_each(|x| *x = (f64::from(*x) / norm) as f32);
+    Some(profile)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -650,4 +670,21 @@ mod tests {
         assert!((z_cosine(&user, &long) - 0.5f32.sqrt()).abs() < 1e-6);
         assert_eq!(z_cosine(&user, &[0.0, 0.0]), 0.0);
     }
+
+    #[test]
+    fn profiles_of_underflowed_weights_are_rescaled_and_empty_ones_refused() {
+        // Regression: events far older than the user's newest weigh ~1e-30 each, and the
+        // profile's squared length underflowed: Search by user_id answered "vector has zero
+        // norm" (INVALID_ARGUMENT, no field named).
+        let tiny = usable_profile(vec![3e-30, 4e-30]).expect("a direction");
+        assert!((tiny[0] - 0.6).abs() < 1e-6 && (tiny[1] - 0.8).abs() < 1e-6);
+        assert!(distance::normalize(&mut tiny.clone()));
+        assert!(!distance::normalize(&mut vec![3e-30, 4e-30]));
+        assert_eq!(usable_profile(vec![0.5, 2.0]), Some(vec![0.5, 2.0]));
+        assert_eq!(usable_profile(vec![0.0, 0.0]), None);
+        assert_eq!(usable_profile(vec![f32::INFINITY, 1.0]), None);
+        let huge = usable_profile(vec![3e30, 4e30]).expect("a direction");
+        assert!((huge[1] - 0.8).abs() < 1e-6);
+    }
 }
+

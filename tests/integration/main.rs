@@ -5,6 +5,7 @@
 mod common;
 
 mod collections;
+mod concurrency;
 mod durability;
 mod errors;
 mod interactions;
