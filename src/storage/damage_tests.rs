@@ -10,7 +10,9 @@ use super::wal::WalOptions;
 use super::{watermark, Store, StoreOptions};
 use crate::error::Error;
 use crate::storage::ops::WriteOp;
-use crate::types::{CollectionConfig, Durability, ItemRecord, Metric, Modality};
+use crate::types::{
+    CollectionConfig, Durability, InteractionRecord, ItemRecord, Metric, Modality,
+};
 
 const ITEMS: u64 = 300;
 
@@ -212,5 +214,63 @@ fn copy_dir(from: &Path, to: &Path) {
         } else {
             std::fs::copy(entry.path(), &target).unwrap();
         }
+    }
+}
+
+/// Not a test: the measurement behind [`super::ops::INTERACTION_SLICE`]. Six writes of 100,000
+/// interactions (each as `N` requests, default 1) into a store with a sled cache of `CACHE` MiB
+/// (default 16); prints the resident memory after each. Run with
+/// `CACHE=16 N=1 cargo test --lib memory_probe -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn memory_probe() {
+    let env = |name: &str, default: u64| {
+        std::env::var(name).map_or(default, |v| v.parse().expect("a number"))
+    };
+    let (cache, requests) = (env("CACHE", 16), env("N", 1) as usize);
+    let rss = || {
+        let s = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = s.lines().find(|l| l.starts_with("VmRSS")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        cache_bytes: cache << 20,
+        ..options()
+    };
+    let store = Store::open(dir.path(), opts).unwrap();
+    let config = CollectionConfig {
+        item_modalities: vec![Modality {
+            name: "t".into(),
+            dim: 3,
+        }],
+        user_dim: 0,
+        metric: Metric::Cosine,
+        sid_levels: 3,
+        sid_codebook_size: 0,
+    };
+    store.create_collection("c", config, 1).unwrap();
+    let coll = store.collection("c").unwrap();
+    eprintln!("start: {} MiB", rss());
+    for round in 0..6 {
+        let xs: Vec<InteractionRecord> = (0..100_000 / requests)
+            .map(|i| {
+                let k = i * 7919 + round * 104_729;
+                InteractionRecord {
+                    user_id: format!("user-{:05}", k % 100),
+                    item_id: format!("item-{:06}", k % 5000),
+                    kind: "click".into(),
+                    weight: 1.0,
+                    timestamp_ms: (round * 100_000 + i) as i64,
+                    sequence: 0,
+                }
+            })
+            .collect();
+        for _ in 0..requests {
+            let op = WriteOp::Interactions(xs.clone());
+            let (_, lsn) = store.write(&coll, op, Durability::Durable).unwrap();
+            store.wait_durable_blocking(lsn).unwrap();
+        }
+        eprintln!("after {} interactions: {} MiB", (round + 1) * 100_000, rss());
     }
 }

@@ -11,6 +11,7 @@ mod errors;
 mod interactions;
 mod items;
 mod lifecycle;
+mod memory;
 mod retrieval;
 mod training;
 mod training_crash;
