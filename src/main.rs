@@ -61,6 +61,11 @@ struct ServeArgs {
     /// Log filter, RUST_LOG syntax (log.level).
     #[arg(long)]
     log_level: Option<String>,
+    /// Open a data directory whose database is behind what was acknowledged (a damaged or
+    /// deleted `db/`), serving what is left, instead of refusing to start with DATA_LOSS
+    /// (storage.accept_data_loss). For one start, after the damage has been looked at.
+    #[arg(long)]
+    accept_data_loss: bool,
 }
 
 impl ServeArgs {
@@ -78,6 +83,7 @@ impl ServeArgs {
         if let Some(l) = &self.log_level {
             c.log.level = l.clone();
         }
+        c.storage.accept_data_loss |= self.accept_data_loss;
         c.validate()?;
         Ok(c)
     }

@@ -6,6 +6,7 @@ mod common;
 
 mod collections;
 mod concurrency;
+mod damage;
 mod durability;
 mod errors;
 mod interactions;
