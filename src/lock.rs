@@ -315,8 +315,14 @@ mod tests {
             let _b = inner.read();
             let _a = outer.lock();
         }));
-        let msg = *caught.expect_err("out of order").downcast::<String>().unwrap();
-        assert!(msg.contains("taking outer (Writer) while holding inner (Registry)"), "{msg}");
+        let msg = *caught
+            .expect_err("out of order")
+            .downcast::<String>()
+            .unwrap();
+        assert!(
+            msg.contains("taking outer (Writer) while holding inner (Registry)"),
+            "{msg}"
+        );
         assert!(violations() > before);
         // The panic released both: the right order works again on this thread.
         let _a = outer.lock();

@@ -34,8 +34,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
 use crate::lock::{Mutex, Rank, RwLock};
+use arc_swap::ArcSwapOption;
 
 use super::models::LoadedModel;
 
@@ -492,14 +492,14 @@ impl CollectionIndex {
                 Rank::IndexState,
                 "retrieval state",
                 IndexState {
-                applied_seq: 0,
-                next_point: 0,
-                items: Entities::default(),
-                users: Entities::default(),
-                item_spaces,
-                user_space,
-                sid_version: 0,
-                touched: None,
+                    applied_seq: 0,
+                    next_point: 0,
+                    items: Entities::default(),
+                    users: Entities::default(),
+                    item_spaces,
+                    user_space,
+                    sid_version: 0,
+                    touched: None,
                 },
             ),
             model: ArcSwapOption::empty(),

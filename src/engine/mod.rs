@@ -73,34 +73,11 @@ impl Engine {
         let recovered = started.elapsed();
         let r = config.retrieval.clone();
         let params = hnsw_params(&r);
+        let colls = store.open_collections();
+        let loaded = io_parallel(&colls, |coll| open_index(&store, coll, params, &r));
         let mut map = HashMap::new();
-        for info in store.list_collections() {
-            let coll = store.collection(&info.name)?;
-            let dir = index_dir(store.dir(), coll.entry.id);
-            let t = Instant::now();
-            models::drop_aborted(&store, &coll, store.dir())?;
-            let index = CollectionIndex::open(&store, &coll, params, &dir, r.hnsw_target_recall)?;
-            let active = store.active_version(&coll);
-            if active > 0 {
-                // Without its checkpoint the version's SIDs still serve; only online assignment
-                // (and warm starts) stop until the next training publishes a version.
-                match models::load_model(store.dir(), coll.entry.id, active) {
-                    Ok(m) => index.model.store(Some(Arc::new(m))),
-                    Err(e) => {
-                        tracing::error!(collection = %info.name, version = active, error = %e, "active model not loadable; new entities get no SID until the next training")
-                    }
-                }
-            }
-            let pending = index.pending();
-            tracing::info!(
-                collection = %info.name,
-                items = info.stats.items,
-                users = info.stats.users,
-                pending,
-                ms = t.elapsed().as_millis() as u64,
-                "indexes loaded"
-            );
-            map.insert(coll.entry.id, Arc::new(index));
+        for (coll, index) in colls.iter().zip(loaded) {
+            map.insert(coll.entry.id, Arc::new(index?));
         }
         let indexes = Indexes::start(map, r.index_threads, r.index_batch, r.hnsw_target_recall)?;
         let retrieval = Arc::new(r);
@@ -380,7 +357,7 @@ impl Engine {
         self.trainers.stop();
         self.store.close()?;
         self.indexes.stop();
-        for index in self.indexes.all() {
+        io_parallel(&self.indexes.all(), |index| {
             let t = Instant::now();
             let dir = index_dir(self.store.dir(), index.coll_id);
             // A failed dump only costs a rebuild at the next start.
@@ -394,7 +371,7 @@ impl Engine {
                     tracing::warn!(collection = index.coll_id, error = %e, "index dump failed; the next start rebuilds it")
                 }
             }
-        }
+        });
         Ok(())
     }
 
@@ -403,6 +380,71 @@ impl Engine {
     pub fn wait_indexed(&self, timeout: std::time::Duration) -> bool {
         self.indexes.wait_idle(timeout)
     }
+}
+
+/// Loads (or starts rebuilding) the retrieval index of one collection. Blocking.
+fn open_index(
+    store: &Store,
+    coll: &Collection,
+    params: HnswParams,
+    r: &RetrievalConfig,
+) -> Result<CollectionIndex> {
+    let info = coll.info();
+    let dir = index_dir(store.dir(), coll.entry.id);
+    let t = Instant::now();
+    models::drop_aborted(store, coll, store.dir())?;
+    let index = CollectionIndex::open(store, coll, params, &dir, r.hnsw_target_recall)?;
+    let active = store.active_version(coll);
+    if active > 0 {
+        // Without its checkpoint the version's SIDs still serve; only online assignment
+        // (and warm starts) stop until the next training publishes a version.
+        match models::load_model(store.dir(), coll.entry.id, active) {
+            Ok(m) => index.model.store(Some(Arc::new(m))),
+            Err(e) => {
+                tracing::error!(collection = %info.name, version = active, error = %e, "active model not loadable; new entities get no SID until the next training")
+            }
+        }
+    }
+    let pending = index.pending();
+    tracing::info!(
+        collection = %info.name,
+        items = info.stats.items,
+        users = info.stats.users,
+        pending,
+        ms = t.elapsed().as_millis() as u64,
+        "indexes loaded"
+    );
+    Ok(index)
+}
+
+/// Threads for per-collection disk work at start and shutdown (index dumps and loads): their
+/// time is mostly fsync and read latency, which overlaps across collections even on 2 cores.
+const IO_THREADS: usize = 4;
+
+/// `f` of every element of `xs` on up to [`IO_THREADS`] threads, results in the order of `xs`.
+/// A panic in `f` is resumed on the calling thread.
+fn io_parallel<T: Sync, R: Send>(xs: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let work = || {
+        let mut mine = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(x) = xs.get(i) else { return mine };
+            mine.push((i, f(x)));
+        }
+    };
+    let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..IO_THREADS.min(xs.len()))
+            .map(|_| scope.spawn(work))
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
 }
 
 /// The graph parameters of the configuration.

@@ -642,7 +642,11 @@ fn require_sids(coll: &Collection) -> Result<()> {
 /// rescaled to unit length when it is too short or too long for that (weights of events long
 /// before the newest underflow; huge weights overflow), `None` when it has no direction.
 fn usable_profile(mut profile: Vec<f32>) -> Option<Vec<f32>> {
-    let norm = profile.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    let norm = profile
+        .iter()
+        .map(|&x| f64::from(x).powi(2))
+        .sum::<f64>()
+        .sqrt();
     if (norm * norm) as f32 >= f32::MIN_POSITIVE && ((norm * norm) as f32).is_finite() {
         return Some(profile);
     }
@@ -687,4 +691,3 @@ mod tests {
         assert!((huge[1] - 0.8).abs() < 1e-6);
     }
 }
-

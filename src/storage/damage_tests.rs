@@ -10,9 +10,7 @@ use super::wal::WalOptions;
 use super::{watermark, Store, StoreOptions};
 use crate::error::Error;
 use crate::storage::ops::WriteOp;
-use crate::types::{
-    CollectionConfig, Durability, InteractionRecord, ItemRecord, Metric, Modality,
-};
+use crate::types::{CollectionConfig, Durability, InteractionRecord, ItemRecord, Metric, Modality};
 
 const ITEMS: u64 = 300;
 
@@ -109,7 +107,10 @@ fn a_deleted_database_directory_is_refused_and_the_rest_is_left_alone() {
     populated(dir.path());
     std::fs::remove_dir_all(dir.path().join("db")).unwrap();
     let m = data_loss(reopen(dir.path()), "db");
-    assert!(m.contains("collection \"c\" (id 1) is missing; sequence 300"), "{m}");
+    assert!(
+        m.contains("collection \"c\" (id 1) is missing; sequence 300"),
+        "{m}"
+    );
     assert!(m.contains("--accept-data-loss"), "{m}");
     // Refused again: nothing was reset by the failed start.
     data_loss(reopen(dir.path()), "is missing");
@@ -231,7 +232,12 @@ fn memory_probe() {
     let rss = || {
         let s = std::fs::read_to_string("/proc/self/status").unwrap();
         let line = s.lines().find(|l| l.starts_with("VmRSS")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            / 1024
     };
     let dir = tempfile::tempdir().unwrap();
     let opts = StoreOptions {
@@ -271,6 +277,10 @@ fn memory_probe() {
             let (_, lsn) = store.write(&coll, op, Durability::Durable).unwrap();
             store.wait_durable_blocking(lsn).unwrap();
         }
-        eprintln!("after {} interactions: {} MiB", (round + 1) * 100_000, rss());
+        eprintln!(
+            "after {} interactions: {} MiB",
+            (round + 1) * 100_000,
+            rss()
+        );
     }
 }

@@ -310,7 +310,12 @@ pub fn apply(tree: &Tree, meta: &mut Meta, seq: u64, op: &WriteOp) -> Result<u64
             let last = (xs.len() - 1) / INTERACTION_SLICE * INTERACTION_SLICE;
             for start in (0..last).step_by(INTERACTION_SLICE) {
                 let mut slice = Batch::default();
-                append_interactions(&mut slice, seq, start, &xs[start..start + INTERACTION_SLICE])?;
+                append_interactions(
+                    &mut slice,
+                    seq,
+                    start,
+                    &xs[start..start + INTERACTION_SLICE],
+                )?;
                 tree.apply_batch(slice)?;
             }
             append_interactions(&mut batch, seq, last, &xs[last..])?;
@@ -647,7 +652,10 @@ mod tests {
         // The replay writes the whole entry again.
         let mut meta = Meta::default();
         assert_eq!(apply(&tree, &mut meta, 1, &op).unwrap(), n as u64);
-        assert_eq!((meta.stats.interactions, meta.stats.last_sequence), (n as u64, 1));
+        assert_eq!(
+            (meta.stats.interactions, meta.stats.last_sequence),
+            (n as u64, 1)
+        );
         assert_eq!(Meta::load(&tree).unwrap(), meta);
         assert_eq!((count(tag::HISTORY), count(tag::LOG)), (n, n));
         // Each interaction is there once, at its own position.

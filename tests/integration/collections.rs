@@ -219,3 +219,39 @@ async fn recreated_collection_starts_empty_even_after_restart() {
     assert_eq!(got.missing_ids, ["old"]);
     assert_eq!(get_collection(&s, "re").await.item_count, 0);
 }
+
+/// Not a test: the measurement of start and stop with many small collections. Run with
+/// `cargo test --release --test integration many_collections_probe -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn many_collections_probe() {
+    let n: usize = std::env::var("N").map_or(2000, |v| v.parse().unwrap());
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(tmp.path(), |c| c.training.auto = false).await;
+    let mut c = server.collections().await;
+    let mut items = server.items().await;
+    for i in 0..n {
+        let name = format!("c{i}");
+        c.create_collection(pb::CreateCollectionRequest {
+            name: name.clone(),
+            config: Some(config(4, 0)),
+        })
+        .await
+        .unwrap();
+        items
+            .upsert_items(upsert(&name, vec![item("a", i as f32)]))
+            .await
+            .unwrap();
+    }
+    let t = std::time::Instant::now();
+    let (r, _) = server.stop().await;
+    r.unwrap();
+    eprintln!("{n} collections: stop {:?}", t.elapsed());
+    let t = std::time::Instant::now();
+    let server = TestServer::start_in(tmp.path(), |c| c.training.auto = false).await;
+    eprintln!("{n} collections: start to SERVING {:?}", t.elapsed());
+    let t = std::time::Instant::now();
+    let (r, _) = server.stop().await;
+    r.unwrap();
+    eprintln!("{n} collections: second stop {:?}", t.elapsed());
+}

@@ -13,7 +13,9 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::common::*;
-use crate::training::{load_planted, planted_item, quick_training, RetrievalClient, TrainingClient};
+use crate::training::{
+    load_planted, planted_item, quick_training, RetrievalClient, TrainingClient,
+};
 
 /// A call that takes longer than this is a hang.
 const HANG: Duration = Duration::from_secs(20);
@@ -35,7 +37,10 @@ impl Tally {
         self.calls.fetch_add(1, Ordering::Relaxed);
         match tokio::time::timeout(HANG, fut).await {
             Err(_) => {
-                self.bad.lock().unwrap().push(format!("{what}: no answer within {HANG:?}"));
+                self.bad
+                    .lock()
+                    .unwrap()
+                    .push(format!("{what}: no answer within {HANG:?}"));
                 None
             }
             Ok(Ok(v)) => Some(v),
@@ -97,7 +102,12 @@ async fn delete_collection_while_collections_are_listed_does_not_hang() {
     lister.await.unwrap();
     wait_serving(&server.url()).await;
     let bad = tally.bad.lock().unwrap().clone();
-    assert!(bad.is_empty(), "{} failures, first: {:?}", bad.len(), &bad[..bad.len().min(5)]);
+    assert!(
+        bad.is_empty(),
+        "{} failures, first: {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
     assert_eq!(sidb::lock::violations(), 0, "a lock was taken out of order");
 }
 
@@ -131,7 +141,10 @@ async fn writes(ch: Channel, t: Arc<Tally>, coll: &'static str, round: u64) {
     let mut ix = InteractionsClient::new(ch);
     let id = format!("w{}", round % 50);
     let durability = (round % 2 + 1) as i32;
-    let mut req = upsert(coll, vec![planted_item(&id, (round % 4) as usize, round as usize)]);
+    let mut req = upsert(
+        coll,
+        vec![planted_item(&id, (round % 4) as usize, round as usize)],
+    );
     req.durability = durability;
     t.call("UpsertItems", items.upsert_items(req)).await;
     let user = pb::User {
@@ -146,10 +159,15 @@ async fn writes(ch: Channel, t: Arc<Tally>, coll: &'static str, round: u64) {
     t.call("UpsertUsers", users.upsert_users(req)).await;
     let req = pb::WriteInteractionsRequest {
         collection: coll.into(),
-        interactions: vec![interaction(&format!("u{:03}", round % 80), &id, round as i64)],
+        interactions: vec![interaction(
+            &format!("u{:03}", round % 80),
+            &id,
+            round as i64,
+        )],
         durability,
     };
-    t.call("WriteInteractions", ix.write_interactions(req)).await;
+    t.call("WriteInteractions", ix.write_interactions(req))
+        .await;
     if round % 3 == 0 {
         let req = pb::DeleteItemsRequest {
             collection: coll.into(),
@@ -177,9 +195,21 @@ async fn reads(ch: Channel, t: Arc<Tally>, coll: &'static str, round: u64) {
     let vector = pb::Vector {
         values: crate::training::planted_vector((round % 4) as usize, round as usize),
     };
-    t.call("Search vector", r.search(search(coll, Query::Vector(vector)))).await;
-    t.call("Search item", r.search(search(coll, Query::ItemId(item.clone())))).await;
-    t.call("Search user", r.search(search(coll, Query::UserId(user.clone())))).await;
+    t.call(
+        "Search vector",
+        r.search(search(coll, Query::Vector(vector))),
+    )
+    .await;
+    t.call(
+        "Search item",
+        r.search(search(coll, Query::ItemId(item.clone()))),
+    )
+    .await;
+    t.call(
+        "Search user",
+        r.search(search(coll, Query::UserId(user.clone()))),
+    )
+    .await;
     let rec = pb::RecommendRequest {
         collection: coll.into(),
         user_id: user.clone(),
@@ -231,31 +261,47 @@ async fn training(ch: Channel, t: Arc<Tally>, coll: &'static str, round: u64) {
     let mut c = CollectionsClient::new(ch);
     let name = coll.to_string();
     if round % 20 == 0 {
-        let req = pb::TriggerTrainingRequest { collection: name.clone() };
+        let req = pb::TriggerTrainingRequest {
+            collection: name.clone(),
+        };
         t.call("TriggerTraining", tr.trigger_training(req)).await;
     }
-    let req = pb::GetTrainingStatusRequest { collection: name.clone() };
-    t.call("GetTrainingStatus", tr.get_training_status(req)).await;
-    let req = pb::ListModelVersionsRequest { collection: name.clone() };
-    let versions = t.call("ListModelVersions", tr.list_model_versions(req)).await;
+    let req = pb::GetTrainingStatusRequest {
+        collection: name.clone(),
+    };
+    t.call("GetTrainingStatus", tr.get_training_status(req))
+        .await;
+    let req = pb::ListModelVersionsRequest {
+        collection: name.clone(),
+    };
+    let versions = t
+        .call("ListModelVersions", tr.list_model_versions(req))
+        .await;
     if let Some(v) = versions.and_then(|v| v.into_inner().versions.into_iter().find(|v| v.active)) {
         let req = pb::ActivateModelVersionRequest {
             collection: name.clone(),
             version: v.version,
         };
-        t.call("ActivateModelVersion", tr.activate_model_version(req)).await;
+        t.call("ActivateModelVersion", tr.activate_model_version(req))
+            .await;
         let req = pb::GetModelReportRequest {
             collection: name.clone(),
             version: 0,
         };
         t.call("GetModelReport", tr.get_model_report(req)).await;
     }
-    let req = pb::WatchTrainingRequest { collection: name.clone() };
+    let req = pb::WatchTrainingRequest {
+        collection: name.clone(),
+    };
     if let Some(stream) = t.call("WatchTraining", tr.watch_training(req)).await {
         let mut stream = stream.into_inner();
         t.call("WatchTraining first status", stream.message()).await;
     }
-    t.call("ListCollections", c.list_collections(pb::ListCollectionsRequest {})).await;
+    t.call(
+        "ListCollections",
+        c.list_collections(pb::ListCollectionsRequest {}),
+    )
+    .await;
     let req = pb::GetCollectionRequest { name };
     t.call("GetCollection", c.get_collection(req)).await;
 }
@@ -266,11 +312,15 @@ async fn victim(ch: Channel, t: Arc<Tally>, round: u64) {
     let mut c = CollectionsClient::new(ch.clone());
     let mut tr = TrainingClient::new(ch.clone());
     load_planted(&ch, &name, 120, 40).await;
-    let req = pb::TriggerTrainingRequest { collection: name.clone() };
-    t.call("TriggerTraining victim", tr.trigger_training(req)).await;
+    let req = pb::TriggerTrainingRequest {
+        collection: name.clone(),
+    };
+    t.call("TriggerTraining victim", tr.trigger_training(req))
+        .await;
     tokio::time::sleep(Duration::from_millis(50 * (round % 8))).await;
     let req = pb::DeleteCollectionRequest { name };
-    t.call("DeleteCollection victim", c.delete_collection(req)).await;
+    t.call("DeleteCollection victim", c.delete_collection(req))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -283,12 +333,18 @@ async fn every_rpc_at_once_with_deletes_and_the_background_threads() {
     let mut tasks = Vec::new();
     for _ in 0..2 {
         let (c, t) = (ch.clone(), tally.clone());
-        tasks.push(worker(until, move |r| writes(c.clone(), t.clone(), "main", r)));
+        tasks.push(worker(until, move |r| {
+            writes(c.clone(), t.clone(), "main", r)
+        }));
         let (c, t) = (ch.clone(), tally.clone());
-        tasks.push(worker(until, move |r| reads(c.clone(), t.clone(), "main", r)));
+        tasks.push(worker(until, move |r| {
+            reads(c.clone(), t.clone(), "main", r)
+        }));
     }
     let (c, t) = (ch.clone(), tally.clone());
-    tasks.push(worker(until, move |r| training(c.clone(), t.clone(), "main", r)));
+    tasks.push(worker(until, move |r| {
+        training(c.clone(), t.clone(), "main", r)
+    }));
     let (c, t) = (ch.clone(), tally.clone());
     tasks.push(worker(until, move |r| victim(c.clone(), t.clone(), r)));
     for task in tasks {
@@ -299,7 +355,12 @@ async fn every_rpc_at_once_with_deletes_and_the_background_threads() {
     let calls = tally.calls.load(Ordering::Relaxed);
     eprintln!("{calls} calls, {} failures", bad.len());
     assert!(calls > 200, "only {calls} calls ran");
-    assert!(bad.is_empty(), "{} failures, first: {:?}", bad.len(), &bad[..bad.len().min(5)]);
+    assert!(
+        bad.is_empty(),
+        "{} failures, first: {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
     assert_eq!(sidb::lock::violations(), 0, "a lock was taken out of order");
     let (r, _dir) = server.stop().await;
     r.expect("clean shutdown");

@@ -14,7 +14,14 @@ use crate::common::*;
 /// what it printed.
 fn refused_start(dir: &Path) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sidb"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-level", "warn", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "warn",
+            "--data-dir",
+        ])
         .arg(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -32,7 +39,8 @@ fn refused_start(dir: &Path) -> String {
         std::thread::sleep(Duration::from_millis(50));
     };
     let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(!status.success(), "exit status {status:?}: {text}");
     assert!(!text.contains("panicked"), "{text}");
     text
@@ -80,7 +88,11 @@ async fn a_damaged_frame_in_the_middle_of_the_newest_log_segment_is_refused_and_
     let out = refused_start(tmp.path());
     assert!(out.contains("followed by an intact one"), "{out}");
     assert!(out.contains(&segments[0].display().to_string()), "{out}");
-    assert_eq!(std::fs::read(&segments[0]).unwrap(), data, "the evidence is kept");
+    assert_eq!(
+        std::fs::read(&segments[0]).unwrap(),
+        data,
+        "the evidence is kept"
+    );
     // Repaired (the damage undone), everything acknowledged is there.
     data[middle] ^= 0x20;
     std::fs::write(&segments[0], &data).unwrap();
@@ -115,7 +127,10 @@ async fn a_deleted_database_is_refused_until_the_operator_accepts_the_loss() {
     assert!(child.wait().unwrap().success());
     std::fs::remove_dir_all(tmp.path().join("db")).unwrap();
     let out = refused_start(tmp.path());
-    assert!(out.contains("collection \"d\" (id 1) is missing; sequence 5"), "{out}");
+    assert!(
+        out.contains("collection \"d\" (id 1) is missing; sequence 5"),
+        "{out}"
+    );
     assert!(out.contains("--accept-data-loss"), "{out}");
     let out = refused_start(tmp.path());
     assert!(out.contains("is missing"), "refused again: {out}");
@@ -126,7 +141,13 @@ async fn a_deleted_database_is_refused_until_the_operator_accepts_the_loss() {
         .unwrap()
         .port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sidb"))
-        .args(["serve", "--accept-data-loss", "--log-level", "error", "--listen"])
+        .args([
+            "serve",
+            "--accept-data-loss",
+            "--log-level",
+            "error",
+            "--listen",
+        ])
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
         .arg(tmp.path())
