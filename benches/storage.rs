@@ -67,6 +67,7 @@ fn write_benches(c: &mut Criterion) {
         checkpoint_interval: Duration::from_secs(30),
         lock_wait: sidb::storage::DEFAULT_LOCK_WAIT,
         accept_data_loss: false,
+        min_free_bytes: 0,
     };
     let store = Store::open(dir.path(), opts).expect("open store");
     let config = CollectionConfig {

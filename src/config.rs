@@ -78,6 +78,10 @@ pub struct StorageConfig {
     /// to what is left. For one start after a damage has been looked at (`sidb serve
     /// --accept-data-loss`); never leave it on. Default false.
     pub accept_data_loss: bool,
+    /// Writes are refused with RESOURCE_EXHAUSTED, before anything of them is logged, while the
+    /// data directory's file system has less than this many bytes free beyond twice the write
+    /// (0: no check). A reserve for sled's own writes and checkpoints. Default 128 MiB.
+    pub min_free_bytes: u64,
 }
 
 impl Default for StorageConfig {
@@ -90,6 +94,7 @@ impl Default for StorageConfig {
             checkpoint_interval_secs: 60,
             cache_bytes: 512 << 20,
             accept_data_loss: false,
+            min_free_bytes: 128 << 20,
         }
     }
 }
@@ -107,6 +112,7 @@ impl StorageConfig {
             checkpoint_interval: Duration::from_secs(self.checkpoint_interval_secs.max(1)),
             lock_wait: crate::storage::DEFAULT_LOCK_WAIT,
             accept_data_loss: self.accept_data_loss,
+            min_free_bytes: self.min_free_bytes,
         }
     }
 }

@@ -40,6 +40,24 @@ pub fn replace_dir(tmp: &Path, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Bytes available to this process on the file system holding `path` (`statvfs`).
+pub fn free_bytes(path: &Path) -> Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::invalid(format!("{} contains a NUL byte", path.display())))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c` is a NUL-terminated path and `st` is a properly sized, writable buffer that
+    // statvfs fills on success; it is read only then.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(Error::io(format!("statvfs {}", path.display()), e));
+    }
+    // SAFETY: statvfs returned 0, so it initialised `st`.
+    let st = unsafe { st.assume_init() };
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
 /// Removes a directory tree; absent is fine.
 pub fn remove_dir_if_present(dir: &Path) -> Result<()> {
     match fs::remove_dir_all(dir) {

@@ -25,6 +25,7 @@ fn options() -> StoreOptions {
         checkpoint_interval: Duration::from_secs(3600),
         lock_wait: Duration::from_secs(10),
         accept_data_loss: false,
+        min_free_bytes: 0,
     }
 }
 
@@ -283,4 +284,111 @@ fn memory_probe() {
             rss()
         );
     }
+}
+
+/// A tmpfs of `mib` MiB mounted on a fresh directory for the life of the value (tests run as
+/// root here, as CI does; elsewhere the disk-full test says why it cannot run).
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(mib: u64) -> Option<SmallDisk> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("not root: a tmpfs cannot be mounted, the disk-full test cannot run");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "root, but mounting a tmpfs failed");
+        Some(SmallDisk { dir })
+    }
+
+    /// Fills the disk up to `leave` bytes free with a file, returned for removal.
+    fn fill(&self, leave: u64) -> std::path::PathBuf {
+        let path = self.dir.path().join("filler");
+        let free = crate::fsutil::free_bytes(self.dir.path()).unwrap();
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 1 << 16];
+        let mut left = free.saturating_sub(leave);
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            if std::io::Write::write_all(&mut f, &chunk[..n]).is_err() {
+                break;
+            }
+            left -= n as u64;
+        }
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_writes_with_resource_exhausted_and_they_resume_when_space_returns() {
+    let Some(disk) = SmallDisk::mount(24) else {
+        return;
+    };
+    let dir = disk.dir.path().join("data");
+    let opts = StoreOptions {
+        min_free_bytes: 4 << 20,
+        ..options()
+    };
+    let store = Store::open(&dir, opts.clone()).unwrap();
+    let config = CollectionConfig {
+        item_modalities: vec![Modality {
+            name: "t".into(),
+            dim: 3,
+        }],
+        user_dim: 0,
+        metric: Metric::Cosine,
+        sid_levels: 3,
+        sid_codebook_size: 0,
+    };
+    store.create_collection("c", config, 1).unwrap();
+    let coll = store.collection("c").unwrap();
+    let write = |i: u64| {
+        let op = WriteOp::UpsertItems(vec![item(i)]);
+        store
+            .write(&coll, op, Durability::Durable)
+            .and_then(|(w, lsn)| store.wait_durable_blocking(lsn).map(|_| w.sequence))
+    };
+    for i in 0..10 {
+        assert_eq!(write(i).unwrap(), i + 1);
+    }
+    let filler = disk.fill(2 << 20);
+    for i in 10..20 {
+        match write(i) {
+            Err(Error::ResourceExhausted(m)) => assert!(m.contains("disk full"), "{m}"),
+            other => panic!("write {i} on a full disk: {other:?}"),
+        }
+    }
+    assert_eq!(
+        coll.info().stats.last_sequence,
+        10,
+        "a refused write took a sequence"
+    );
+    assert_eq!(store.get_items(&coll, &[item(10).id]).unwrap(), vec![None]);
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(write(10).unwrap(), 11, "writes resume once space returns");
+    store.close().unwrap();
+    drop((coll, store));
+    let store = Store::open(&dir, opts).unwrap();
+    let coll = store.collection("c").unwrap();
+    let ids: Vec<String> = (0..12).map(|i| item(i).id).collect();
+    let got = store.get_items(&coll, &ids).unwrap();
+    let want: Vec<_> = (0..12).map(|i| (i <= 10).then(|| item(i))).collect();
+    assert_eq!(got, want);
+    store.close().unwrap();
 }

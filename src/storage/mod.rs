@@ -67,6 +67,11 @@ pub struct StoreOptions {
     /// Open even when sled is behind the watermark (logging what was lost) instead of failing
     /// with `DataLoss`; see [`watermark`].
     pub accept_data_loss: bool,
+    /// Writes are refused with `ResourceExhausted`, before anything of them is logged, while the
+    /// data directory's file system has less than this many bytes free beyond the write itself
+    /// (0: no check). The reserve keeps sled's own writes and the checkpoints from meeting a
+    /// full disk, where sled's state could no longer follow the log.
+    pub min_free_bytes: u64,
 }
 
 /// The default of [`StoreOptions::lock_wait`].
@@ -173,6 +178,8 @@ struct Inner {
     /// Serialises catalogue changes (create/delete) with each other and with checkpoints, and
     /// holds the watermark last written (see [`watermark`]).
     catalog_lock: Mutex<Watermark>,
+    /// [`StoreOptions::min_free_bytes`].
+    min_free_bytes: u64,
     closed: AtomicBool,
     /// Set by `close`; the checkpoint thread waits on it between runs.
     stop_checkpoints: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
@@ -249,6 +256,7 @@ impl Store {
                 wal,
                 collections: RwLock::new(Rank::Registry, "collections", collections),
                 catalog_lock: Mutex::new(Rank::Catalog, "catalogue", watermark),
+                min_free_bytes: opts.min_free_bytes,
                 checkpointer: Mutex::new(Rank::Leaf, "checkpoint thread", None),
                 closed: AtomicBool::new(false),
                 stop_checkpoints: Arc::new((
@@ -424,10 +432,12 @@ impl Store {
             seq,
             op,
         };
+        let encoded = entry.encode();
+        self.check_space(encoded.len())?;
         let lsn = self
             .inner
             .wal
-            .append(&entry.encode(), durability == Durability::Durable)?;
+            .append(&encoded, durability == Durability::Durable)?;
         let written = ops::apply(&coll.tree, &mut meta, seq, &entry.op).inspect_err(|e| {
             tracing::error!(collection = %coll.entry.name, error = %e, "logged write failed to apply");
             coll.poisoned.store(true, Ordering::SeqCst);
@@ -600,6 +610,25 @@ impl Store {
     fn sync_sled(&self) -> Result<()> {
         self.inner.db.flush()?;
         crate::fsutil::sync_tree(&self.inner.dir.join("db"))
+    }
+
+    /// Refuses a write of `len` bytes while the disk has less than the reserve free beyond it.
+    fn check_space(&self, len: usize) -> Result<()> {
+        let reserve = self.inner.min_free_bytes;
+        if reserve == 0 {
+            return Ok(());
+        }
+        let free = crate::fsutil::free_bytes(&self.inner.dir)?;
+        let needed = reserve.saturating_add(2 * len as u64);
+        if free < needed {
+            return Err(Error::ResourceExhausted(format!(
+                "disk full: {free} bytes free under {}, and this write of {len} bytes needs \
+                 {needed} (storage.min_free_bytes {reserve} plus twice the write); free some \
+                 space and retry",
+                self.inner.dir.display()
+            )));
+        }
+        Ok(())
     }
 
     fn check_open(&self) -> Result<()> {

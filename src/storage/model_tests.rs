@@ -40,6 +40,7 @@ fn options() -> StoreOptions {
         checkpoint_interval: Duration::from_millis(20),
         lock_wait: Duration::from_secs(10),
         accept_data_loss: false,
+        min_free_bytes: 0,
     }
 }
 

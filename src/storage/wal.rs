@@ -271,6 +271,19 @@ fn frame_at(data: &[u8], off: usize) -> Option<&[u8]> {
     (crc32fast::hash(payload) == crc).then_some(payload)
 }
 
+/// The error of a log that stopped with `msg`: RESOURCE_EXHAUSTED when the disk was full
+/// (ENOSPC), else INTERNAL. Either way the log takes no more writes until a restart: the
+/// entries of the failed sync are applied to sled already, and a log that went on without
+/// them would not replay (`storage::min_free_bytes` keeps writes from getting that far).
+fn failure(what: &str, msg: &str) -> Error {
+    let text = format!("{what}: {msg}; restart the server once the cause is fixed");
+    if msg.contains("(os error 28)") {
+        Error::ResourceExhausted(format!("disk full: {text}"))
+    } else {
+        Error::Internal(text)
+    }
+}
+
 /// fsyncs a directory, so that files created or removed in it survive a crash.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
@@ -343,7 +356,7 @@ impl Wal {
         }
         let mut p = self.shared.pending.lock();
         if let Some(e) = &p.failed {
-            return Err(Error::Internal(format!("the write-ahead log failed: {e}")));
+            return Err(failure("the write-ahead log failed", e));
         }
         if p.closing {
             return Err(Error::Unavailable("server is shutting down".into()));
@@ -379,9 +392,10 @@ impl Wal {
             .map_err(|_| Error::Internal("the log thread is gone".into()))?
             .clone();
         match state.failed {
-            Some(e) if state.lsn < lsn => Err(Error::Internal(format!(
-                "the write-ahead log failed before this write reached the disk: {e}"
-            ))),
+            Some(e) if state.lsn < lsn => Err(failure(
+                "the write-ahead log failed before this write reached the disk",
+                &e,
+            )),
             _ => Ok(()),
         }
     }
@@ -394,7 +408,7 @@ impl Wal {
                 return Ok(());
             }
             if let Some(e) = &p.failed {
-                return Err(Error::Internal(format!("the write-ahead log failed: {e}")));
+                return Err(failure("the write-ahead log failed", e));
             }
             p.wait(&self.shared.synced);
         }
@@ -430,7 +444,7 @@ impl Wal {
             .map_err(|_| Error::Internal("the log thread panicked".into()))?;
         let p = self.shared.pending.lock();
         if let Some(e) = &p.failed {
-            return Err(Error::Internal(format!("the write-ahead log failed: {e}")));
+            return Err(failure("the write-ahead log failed", e));
         }
         let mut all = p.closed_segments.clone();
         all.push(current);
