@@ -22,6 +22,8 @@ pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod fsutil;
+#[cfg(any(test, feature = "fuzz"))]
+pub mod fuzz;
 pub mod index;
 pub mod loadgen;
 pub mod lock;

@@ -481,14 +481,14 @@ fn split<T>(config: &CollectionConfig, ids: Vec<String>, got: Vec<Option<T>>) ->
 const HISTORY_TOKEN_TAG: &str = "h1.";
 
 /// Page tokens are opaque to clients: a version tag and the hex of the last position returned.
-fn encode_history_token(pos: HistoryPos) -> String {
+pub(crate) fn encode_history_token(pos: HistoryPos) -> String {
     let mut raw = Vec::with_capacity(20);
     pos.append_to(&mut raw);
     let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
     format!("{HISTORY_TOKEN_TAG}{hex}")
 }
 
-fn decode_history_token(token: &str) -> Result<Option<HistoryPos>> {
+pub(crate) fn decode_history_token(token: &str) -> Result<Option<HistoryPos>> {
     if token.is_empty() {
         return Ok(None);
     }
@@ -496,7 +496,8 @@ fn decode_history_token(token: &str) -> Result<Option<HistoryPos>> {
         Error::invalid(format!("page_token: {token:?} is malformed; pass back the next_page_token of the previous page"))
     };
     let hex = token.strip_prefix(HISTORY_TOKEN_TAG).ok_or_else(bad)?;
-    if hex.len() != 40 || !hex.is_ascii() {
+    // `from_str_radix` alone would take "+f" as a digit pair.
+    if hex.len() != 40 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad());
     }
     let raw = (0..hex.len())
@@ -526,6 +527,8 @@ mod tests {
             "h1.zz",
             &t[..t.len() - 1],
             "h1.é000000000000000000000000000000000000000",
+            // Regression: u8::from_str_radix accepted "+f" as a hex pair.
+            &format!("h1.+{}", &t[4..]),
         ] {
             assert!(
                 matches!(decode_history_token(bad), Err(Error::InvalidArgument(m)) if m.starts_with("page_token"))

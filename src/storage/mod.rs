@@ -102,7 +102,7 @@ pub struct CatalogEntry {
 }
 
 impl CatalogEntry {
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut e = Enc::versioned();
         e.u64(self.id);
         e.str(&self.name);
@@ -112,7 +112,7 @@ impl CatalogEntry {
         e.buf
     }
 
-    fn decode(buf: &[u8]) -> Result<Self> {
+    pub(crate) fn decode(buf: &[u8]) -> Result<Self> {
         let mut d = Dec::versioned(buf, "catalogue entry")?;
         let entry = CatalogEntry {
             id: d.u64()?,

@@ -134,16 +134,21 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 /// Calls `f` with the payload of every intact frame of a segment, in order. `last` says whether
 /// this is the newest segment, where a torn tail is expected after a crash and ends the log.
 /// Returns the number of bytes of torn tail that were ignored.
-pub fn replay_segment(
-    path: &Path,
-    last: bool,
-    mut f: impl FnMut(&[u8]) -> Result<()>,
-) -> Result<u64> {
+pub fn replay_segment(path: &Path, last: bool, f: impl FnMut(&[u8]) -> Result<()>) -> Result<u64> {
     let mut data = Vec::new();
     File::open(path)
         .and_then(|mut file| file.read_to_end(&mut data))
         .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-    let name = path.display();
+    replay_bytes(&data, &path.display().to_string(), last, f)
+}
+
+/// [`replay_segment`] over the bytes of a segment named `name` (in messages).
+pub fn replay_bytes(
+    data: &[u8],
+    name: &str,
+    last: bool,
+    mut f: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<u64> {
     if data.len() < MAGIC.len() {
         // A segment is created with its header synced; a shorter file can only be the crash
         // window of its creation, which held no frames.
@@ -249,7 +254,7 @@ fn batches(data: &[u8], max: usize) -> impl Iterator<Item = &[u8]> {
 }
 
 /// The header of a batch whose body is `body`.
-fn batch_header(body: &[u8]) -> [u8; BATCH_HEADER] {
+pub(crate) fn batch_header(body: &[u8]) -> [u8; BATCH_HEADER] {
     let mut h = [0u8; BATCH_HEADER];
     h[..4].copy_from_slice(&BATCH_MAGIC.to_le_bytes());
     h[4..8].copy_from_slice(&(body.len() as u32).to_le_bytes());

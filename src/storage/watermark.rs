@@ -57,7 +57,7 @@ pub fn path(data_dir: &Path) -> PathBuf {
 }
 
 impl Watermark {
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut body = Enc::versioned();
         body.u64(self.next_collection_id);
         body.u32(self.marks.len() as u32);
@@ -72,7 +72,7 @@ impl Watermark {
         out
     }
 
-    fn decode(buf: &[u8], file: &Path) -> Result<Watermark> {
+    pub(crate) fn decode(buf: &[u8], file: &Path) -> Result<Watermark> {
         let bad = |why: &str| Error::DataLoss(format!("{}: {why}", file.display()));
         if buf.len() < MAGIC.len() + 4 || &buf[..MAGIC.len()] != MAGIC {
             return Err(bad("not a sidb watermark (bad header)"));

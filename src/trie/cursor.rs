@@ -28,7 +28,7 @@ pub struct Cursor {
 
 impl Cursor {
     /// The cursor after the entity `(sid, id)` in a scan of `prefix`.
-    pub(super) fn after(prefix: &[u32], sid: &SemanticId, id: &Arc<str>) -> Self {
+    pub(crate) fn after(prefix: &[u32], sid: &SemanticId, id: &Arc<str>) -> Self {
         Cursor {
             prefix: prefix.to_vec(),
             codes: sid.codes.clone(),
