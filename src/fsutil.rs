@@ -55,6 +55,7 @@ pub fn free_bytes(path: &Path) -> Result<u64> {
     }
     // SAFETY: statvfs returned 0, so it initialised `st`.
     let st = unsafe { st.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
     Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 

@@ -232,7 +232,8 @@ mod tests {
 
     #[test]
     fn bounded_fuzz_run_of_every_target() {
-        let targets: [(&str, fn(&[u8])); 4] = [
+        type Target = (&'static str, fn(&[u8]));
+        let targets: [Target; 4] = [
             ("keys", keys),
             ("records", records),
             ("wal_replay", wal_replay),

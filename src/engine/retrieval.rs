@@ -683,7 +683,7 @@ mod tests {
         let tiny = usable_profile(vec![3e-30, 4e-30]).expect("a direction");
         assert!((tiny[0] - 0.6).abs() < 1e-6 && (tiny[1] - 0.8).abs() < 1e-6);
         assert!(distance::normalize(&mut tiny.clone()));
-        assert!(!distance::normalize(&mut vec![3e-30, 4e-30]));
+        assert!(!distance::normalize(&mut [3e-30, 4e-30]));
         assert_eq!(usable_profile(vec![0.5, 2.0]), Some(vec![0.5, 2.0]));
         assert_eq!(usable_profile(vec![0.0, 0.0]), None);
         assert_eq!(usable_profile(vec![f32::INFINITY, 1.0]), None);

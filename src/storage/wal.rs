@@ -171,7 +171,7 @@ pub fn replay_bytes(
         let body = if v1 {
             Some(&data[off..])
         } else {
-            batch_at(&data, off)
+            batch_at(data, off)
         };
         let Some(body) = body else {
             if !last {
@@ -179,7 +179,7 @@ pub fn replay_bytes(
                     "{name}: damaged log batch at byte {off} in a closed segment"
                 )));
             }
-            if let Some(next) = next_batch(&data, off + 1) {
+            if let Some(next) = next_batch(data, off + 1) {
                 return Err(Error::DataLoss(format!(
                     "{name}: damaged log batch at byte {off}, followed by an intact one at byte \
                      {next}: the damaged batch was synced and acknowledged, so this is \

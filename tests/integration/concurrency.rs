@@ -168,7 +168,7 @@ async fn writes(ch: Channel, t: Arc<Tally>, coll: &'static str, round: u64) {
     };
     t.call("WriteInteractions", ix.write_interactions(req))
         .await;
-    if round % 3 == 0 {
+    if round.is_multiple_of(3) {
         let req = pb::DeleteItemsRequest {
             collection: coll.into(),
             ids: vec![id],
@@ -214,7 +214,7 @@ async fn reads(ch: Channel, t: Arc<Tally>, coll: &'static str, round: u64) {
         collection: coll.into(),
         user_id: user.clone(),
         k: 10,
-        exclude_seen: round % 2 == 0,
+        exclude_seen: round.is_multiple_of(2),
         modality: String::new(),
     };
     t.call("Recommend", r.recommend(rec)).await;
@@ -260,7 +260,7 @@ async fn training(ch: Channel, t: Arc<Tally>, coll: &'static str, round: u64) {
     let mut tr = TrainingClient::new(ch.clone());
     let mut c = CollectionsClient::new(ch);
     let name = coll.to_string();
-    if round % 20 == 0 {
+    if round.is_multiple_of(20) {
         let req = pb::TriggerTrainingRequest {
             collection: name.clone(),
         };
