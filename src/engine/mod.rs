@@ -74,7 +74,8 @@ impl Engine {
         let r = config.retrieval.clone();
         let params = hnsw_params(&r);
         let colls = store.open_collections();
-        let loaded = io_parallel(&colls, |coll| open_index(&store, coll, params, &r));
+        let keep = config.training.keep_versions;
+        let loaded = io_parallel(&colls, |coll| open_index(&store, coll, params, &r, keep));
         let mut map = HashMap::new();
         for (coll, index) in colls.iter().zip(loaded) {
             map.insert(coll.entry.id, Arc::new(index?));
@@ -284,19 +285,35 @@ impl Engine {
         validate::ids("ids", &ids, &self.limits)?;
         let coll = self.store.collection(collection)?;
         self.blocking(move |e| {
-            let got = e.store.get_items(&coll, &ids)?;
-            let mut found = split(coll.config(), ids, got);
-            if !with_vectors {
-                found.found.iter_mut().for_each(|x| x.vectors.clear());
-            }
-            // The SID served: the active version's (or the client's when no model is active).
             let index = e.indexes.get(coll.entry.id)?;
-            let st = index.state.read();
-            for x in &mut found.found {
-                x.sid = st.items.trie.get(&x.id).cloned();
-            }
-            drop(st);
-            Ok(found)
+            // Records and SIDs of one sequence: never a record of one write with the SID of
+            // another, nor SIDs of two versions across an activation.
+            let (got, sids) = e.store.read_consistent(&coll, || {
+                let got = e.store.get_items(&coll, &ids)?;
+                let st = index.state.read();
+                let sids = got
+                    .iter()
+                    .map(|x| x.as_ref().and_then(|x| st.items.trie.get(&x.id).cloned()))
+                    .collect::<Vec<_>>();
+                drop(st);
+                Ok((got, sids))
+            })?;
+            let got = got
+                .into_iter()
+                .zip(sids)
+                .map(|(x, sid)| {
+                    x.map(|mut x| {
+                        // The SID served: the active version's (or the client's when no model
+                        // is active).
+                        x.sid = sid;
+                        if !with_vectors {
+                            x.vectors.clear();
+                        }
+                        x
+                    })
+                })
+                .collect();
+            Ok(split(coll.config(), ids, got))
         })
         .await
     }
@@ -311,18 +328,32 @@ impl Engine {
         validate::ids("ids", &ids, &self.limits)?;
         let coll = self.store.collection(collection)?;
         self.blocking(move |e| {
-            let got = e.store.get_users(&coll, &ids)?;
-            let mut found = split(coll.config(), ids, got);
-            if !with_vectors {
-                found.found.iter_mut().for_each(|x| x.vector = None);
-            }
             let index = e.indexes.get(coll.entry.id)?;
-            let st = index.state.read();
-            for x in &mut found.found {
-                x.sid = st.users.trie.get(&x.id).cloned();
-            }
-            drop(st);
-            Ok(found)
+            // As in `get_items`: records and SIDs of one sequence.
+            let (got, sids) = e.store.read_consistent(&coll, || {
+                let got = e.store.get_users(&coll, &ids)?;
+                let st = index.state.read();
+                let sids = got
+                    .iter()
+                    .map(|x| x.as_ref().and_then(|x| st.users.trie.get(&x.id).cloned()))
+                    .collect::<Vec<_>>();
+                drop(st);
+                Ok((got, sids))
+            })?;
+            let got = got
+                .into_iter()
+                .zip(sids)
+                .map(|(x, sid)| {
+                    x.map(|mut x| {
+                        x.sid = sid;
+                        if !with_vectors {
+                            x.vector = None;
+                        }
+                        x
+                    })
+                })
+                .collect();
+            Ok(split(coll.config(), ids, got))
         })
         .await
     }
@@ -388,11 +419,13 @@ fn open_index(
     coll: &Collection,
     params: HnswParams,
     r: &RetrievalConfig,
+    keep_versions: usize,
 ) -> Result<CollectionIndex> {
     let info = coll.info();
     let dir = index_dir(store.dir(), coll.entry.id);
     let t = Instant::now();
     models::drop_aborted(store, coll, store.dir())?;
+    models::prune_versions(store, coll, store.dir(), keep_versions)?;
     let index = CollectionIndex::open(store, coll, params, &dir, r.hnsw_target_recall)?;
     let active = store.active_version(coll);
     if active > 0 {

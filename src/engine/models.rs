@@ -193,6 +193,15 @@ pub fn drop_aborted(store: &Store, coll: &Collection, data_dir: &Path) -> Result
         store.drop_version(coll, v)?;
         remove_dir_if_present(&model_dir(data_dir, coll.entry.id, v))?;
     }
+    // A kept version must have its checkpoint (a rollback loads it). Only a damaged directory
+    // lacks one now; the active version keeps serving its stored SIDs all the same.
+    let active = store.active_version(coll);
+    for r in store.versions(coll)? {
+        if r.version != active && !model_dir(data_dir, coll.entry.id, r.version).is_dir() {
+            tracing::warn!(collection = %coll.entry.name, version = r.version, "removing a kept model version whose checkpoint directory is missing");
+            store.drop_version(coll, r.version)?;
+        }
+    }
     let kept: HashSet<u64> = store.versions(coll)?.iter().map(|r| r.version).collect();
     let dir = collection_models_dir(data_dir, coll.entry.id);
     if let Ok(entries) = std::fs::read_dir(&dir) {
@@ -878,9 +887,28 @@ fn set_in_map(map: &mut HashMap<Arc<str>, ModelSid>, id: &str, s: Option<ModelSi
 
 /// Drops the oldest versions beyond `training.keep_versions` (never the active one).
 fn prune(ctx: &PublishCtx) -> Result<()> {
-    let active = ctx.store.active_version(ctx.coll);
-    let versions = ctx.store.versions(ctx.coll)?;
-    let keep = ctx.training.keep_versions.max(1);
+    prune_versions(
+        ctx.store,
+        ctx.coll,
+        ctx.data_dir,
+        ctx.training.keep_versions,
+    )
+}
+
+/// Drops the oldest versions beyond `keep` (at least 1; never the active one): after a
+/// publication, and at start, where a crash between an activation and its prune left one too
+/// many. The records and SIDs go first and are synced before any checkpoint directory is
+/// removed, so a crash in between leaves directories without a record (which
+/// [`drop_aborted`] removes), never a kept version whose checkpoint is gone.
+pub fn prune_versions(
+    store: &Store,
+    coll: &Collection,
+    data_dir: &Path,
+    keep: usize,
+) -> Result<()> {
+    let active = store.active_version(coll);
+    let versions = store.versions(coll)?;
+    let keep = keep.max(1);
     if versions.len() <= keep {
         return Ok(());
     }
@@ -891,10 +919,13 @@ fn prune(ctx: &PublishCtx) -> Result<()> {
         .collect();
     drop.sort_unstable();
     drop.truncate(versions.len() - keep);
+    for &v in &drop {
+        store.drop_version(coll, v)?;
+    }
+    store.sync()?;
     for v in drop {
-        ctx.store.drop_version(ctx.coll, v)?;
-        remove_dir_if_present(&model_dir(ctx.data_dir, ctx.coll.entry.id, v))?;
-        tracing::info!(collection = %ctx.coll.entry.name, version = v, "model version pruned");
+        remove_dir_if_present(&model_dir(data_dir, coll.entry.id, v))?;
+        tracing::info!(collection = %coll.entry.name, version = v, "model version pruned");
     }
     Ok(())
 }

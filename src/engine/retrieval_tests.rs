@@ -507,3 +507,81 @@ async fn the_calibration_moves_to_the_real_queries_once_it_has_enough() {
     assert!(at_own < 0.8, "own points would do: {at_own}");
     assert!(at_real >= 0.9, "the real queries' ef: {at_real}");
 }
+
+/// GetItems and GetUsers read the record from the store and the SID from the trie. A writer
+/// flipping one item (and one user) between two (vector, SID) pairs must never be seen half way:
+/// the vector of one write with the SID of the other. Without `Store::read_consistent` a few
+/// thousand reads against the flipping writer see such torn pairs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn point_reads_never_pair_a_record_with_another_writes_sid() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path(), |_| {});
+    let mut config = collection_config(4, Metric::L2);
+    config.user_dim = 4;
+    e.create_collection("c".into(), config).await.unwrap();
+    let pairs: Vec<(Vec<f32>, Vec<u32>)> = vec![
+        (vec![1.0, 0.0, 0.0, 0.0], vec![1, 1, 1]),
+        (vec![0.0, 1.0, 0.0, 0.0], vec![2, 2, 2]),
+    ];
+    let sid = |codes: &[u32]| crate::types::SemanticId {
+        codes: codes.to_vec(),
+        suffix: 0,
+        model_version: 0,
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (e, pairs, stop) = (e.clone(), pairs.clone(), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut n = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (v, codes) = &pairs[n % 2];
+                let mut it = item("a", v);
+                it.sid = Some(sid(codes));
+                e.upsert_items("c", vec![it], Durability::Buffered)
+                    .await
+                    .unwrap();
+                let user = UserInput {
+                    id: "u".into(),
+                    vector: Some(v.clone()),
+                    sid: Some(sid(codes)),
+                    ..UserInput::default()
+                };
+                e.upsert_users("c", vec![user], Durability::Buffered)
+                    .await
+                    .unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let expected = |v: &[f32]| -> Vec<u32> {
+        pairs
+            .iter()
+            .find(|(pv, _)| pv == v)
+            .expect("a written vector")
+            .1
+            .clone()
+    };
+    let mut reads = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        let items = e.get_items("c", vec!["a".into()], true).await.unwrap();
+        for x in &items.found {
+            let codes = x.sid.as_ref().map(|s| s.codes.clone());
+            assert_eq!(codes, Some(expected(&x.vectors[0])), "torn item read {x:?}");
+        }
+        let users = e.get_users("c", vec!["u".into()], true).await.unwrap();
+        for x in &users.found {
+            let codes = x.sid.as_ref().map(|s| s.codes.clone());
+            let v = x.vector.as_ref().expect("asked with vectors");
+            assert_eq!(codes, Some(expected(v)), "torn user read {x:?}");
+        }
+        reads += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = writer.await.unwrap();
+    assert!(
+        reads > 100 && writes > 100,
+        "{reads} reads, {writes} writes"
+    );
+}

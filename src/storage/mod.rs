@@ -34,7 +34,7 @@ mod model_tests;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -137,6 +137,30 @@ pub struct Collection {
     /// Set when a logged write failed to apply: later writes would reuse its sequence number, so
     /// the collection takes no more writes until a restart replays the log.
     poisoned: AtomicBool,
+    /// A sequence lock over what writes change: odd while a write applies (to the tree and, in
+    /// its `applied` callback, to the caller's in-memory structures). See
+    /// [`Store::read_consistent`].
+    epoch: AtomicU64,
+}
+
+/// Optimistic tries of [`Store::read_consistent`] before it takes the writer lock.
+pub const CONSISTENT_READ_TRIES: usize = 4;
+
+/// Holds a collection's epoch odd while a write applies; even again when dropped, also when the
+/// apply failed (the collection is poisoned then and takes no more writes).
+struct Applying<'a>(&'a AtomicU64);
+
+impl<'a> Applying<'a> {
+    fn start(epoch: &'a AtomicU64) -> Self {
+        epoch.fetch_add(1, Ordering::SeqCst);
+        Applying(epoch)
+    }
+}
+
+impl Drop for Applying<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 impl Collection {
@@ -316,6 +340,7 @@ impl Store {
             writer: Mutex::new(Rank::Writer, "collection writer", Meta::default()),
             deleted: AtomicBool::new(false),
             poisoned: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
         });
         let info = coll.info();
         self.inner
@@ -438,11 +463,13 @@ impl Store {
             .inner
             .wal
             .append(&encoded, durability == Durability::Durable)?;
+        let applying = Applying::start(&coll.epoch);
         let written = ops::apply(&coll.tree, &mut meta, seq, &entry.op).inspect_err(|e| {
             tracing::error!(collection = %coll.entry.name, error = %e, "logged write failed to apply");
             coll.poisoned.store(true, Ordering::SeqCst);
         })?;
         applied(seq, &entry.op);
+        drop(applying);
         Ok((
             WriteResult {
                 written,
@@ -450,6 +477,32 @@ impl Store {
             },
             lsn,
         ))
+    }
+
+    /// Runs `read` so that it sees the collection between two writes, never in the middle of
+    /// one: what it reads from the store and what it reads from structures kept in step by
+    /// [`Store::write_with`]'s `applied` callback (the SID trie) then belong to the same
+    /// sequence. Optimistic first: `read` runs without locks and is repeated when a write
+    /// applied meanwhile; after [`CONSISTENT_READ_TRIES`] such tries it runs under the writer
+    /// lock, so a steady stream of writes cannot starve it. `read` must have no side effects.
+    pub fn read_consistent<T>(
+        &self,
+        coll: &Collection,
+        mut read: impl FnMut() -> Result<T>,
+    ) -> Result<T> {
+        for _ in 0..CONSISTENT_READ_TRIES {
+            let before = coll.epoch.load(Ordering::SeqCst);
+            if before % 2 == 1 {
+                std::thread::yield_now();
+                continue;
+            }
+            let got = read()?;
+            if coll.epoch.load(Ordering::SeqCst) == before {
+                return Ok(got);
+            }
+        }
+        let _w = coll.writer.lock();
+        read()
     }
 
     /// Waits until the WAL is on disk up to `lsn`.
@@ -784,6 +837,7 @@ fn load_collections(
                 writer: Mutex::new(Rank::Writer, "collection writer", meta),
                 deleted: AtomicBool::new(false),
                 poisoned: AtomicBool::new(false),
+                epoch: AtomicU64::new(0),
             }),
         );
     }

@@ -563,6 +563,29 @@ async fn training_publishes_versions_assigns_online_and_rolls_back() {
     .await
     .unwrap();
     assert_eq!(got.sids["after-restart"].model_version, 3);
+
+    // A start with fewer versions to keep prunes down to them (as a crash between an
+    // activation and its prune leaves one too many): records and checkpoints both go.
+    let (r1, _) = s.stop().await;
+    r1.unwrap();
+    let s = TestServer::start_in(tmp.path(), |c| {
+        quick_training(c);
+        c.training.keep_versions = 1;
+    })
+    .await;
+    let ch = s.channel().await;
+    let kept: Vec<u64> = model_versions(&ch, coll)
+        .await
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(kept, vec![3]);
+    let dirs = std::fs::read_dir(tmp.path().join("models"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect::<Vec<_>>();
+    assert_eq!(dirs, vec!["3".to_string()]);
 }
 
 #[tokio::test]
