@@ -60,6 +60,11 @@ fn check(config: &AuthConfig, path: &str, headers: &http::HeaderMap) -> Result<(
     }
     let method = path.rsplit('/').next().unwrap_or_default();
     if WRITE_VERBS.iter().any(|v| method.starts_with(v)) {
+        // the path is the client's: quoted and cut when it is long
+        let method = match method.len() <= crate::error::ECHO_BYTES {
+            true => method.to_string(),
+            false => crate::error::echo(method),
+        };
         return Err(Status::permission_denied(format!(
             "{method}: the API key is read-only"
         )));

@@ -493,7 +493,10 @@ pub(crate) fn decode_history_token(token: &str) -> Result<Option<HistoryPos>> {
         return Ok(None);
     }
     let bad = || {
-        Error::invalid(format!("page_token: {token:?} is malformed; pass back the next_page_token of the previous page"))
+        Error::invalid(format!(
+            "page_token: {} is malformed; pass back the next_page_token of the previous page",
+            crate::error::echo(token)
+        ))
     };
     let hex = token.strip_prefix(HISTORY_TOKEN_TAG).ok_or_else(bad)?;
     // `from_str_radix` alone would take "+f" as a digit pair.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::index::{CollectionIndex, EntityHit, Restrict, SpaceId};
 use super::models::LoadedModel;
 use super::{validate, Engine};
-use crate::error::{Error, Result};
+use crate::error::{echo, Error, Result};
 use crate::index::distance;
 use crate::storage::models::ModelSid;
 use crate::storage::Collection;
@@ -145,7 +145,7 @@ impl Engine {
                         ));
                     };
                     let v = index.vector_of(space, &id).ok_or_else(|| {
-                        Error::NotFound(format!("query.item_id: item {id:?} not found"))
+                        Error::NotFound(format!("query.item_id: item {} not found", echo(&id)))
                     })?;
                     exclude.push(id);
                     v
@@ -414,9 +414,9 @@ impl Engine {
         if space == SpaceId::User {
             let known = index.state.read().users.point(user).is_some();
             return Err(if known {
-                Error::FailedPrecondition(format!("user_id: user {user:?} has no vector"))
+                Error::FailedPrecondition(format!("user_id: user {} has no vector", echo(user)))
             } else {
-                Error::NotFound(format!("user_id: user {user:?} not found"))
+                Error::NotFound(format!("user_id: user {} not found", echo(user)))
             });
         }
         let events = self.retrieval.profile_events;
@@ -455,11 +455,13 @@ impl Engine {
         let known = index.state.read().users.point(user).is_some();
         if !known && history.is_empty() {
             return Err(Error::NotFound(format!(
-                "user_id: user {user:?} not found and has no interactions"
+                "user_id: user {} not found and has no interactions",
+                echo(user)
             )));
         }
         Err(Error::FailedPrecondition(format!(
-            "user_id: user {user:?} has no vector in this space and no positive interactions with stored items"
+            "user_id: user {} has no vector in this space and no positive interactions with stored items",
+            echo(user)
         )))
     }
 
@@ -514,7 +516,8 @@ fn space_for(config: &CollectionConfig, entity: EntityKind, modality: &str) -> R
             }
             if !modality.is_empty() {
                 return Err(Error::invalid(format!(
-                    "modality: {modality:?} given, but USERS have one vector space; leave it empty"
+                    "modality: {} given, but USERS have one vector space; leave it empty",
+                    echo(modality)
                 )));
             }
             Ok(SpaceId::User)
@@ -530,7 +533,8 @@ fn space_for(config: &CollectionConfig, entity: EntityKind, modality: &str) -> R
                     .map(|m| m.name.as_str())
                     .collect();
                 Error::invalid(format!(
-                    "modality: {modality:?} is unknown; the collection declares {declared:?}"
+                    "modality: {} is unknown; the collection declares {declared:?}",
+                    echo(modality)
                 ))
             }),
     }

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use crate::config::Limits;
-use crate::error::{Error, Result};
+use crate::error::{echo, Error, Result};
 use crate::types::{
     CollectionConfig, InteractionRecord, ItemRecord, Metric, Modality, SemanticId, UserRecord,
     DEFAULT_SID_LEVELS,
@@ -73,7 +73,8 @@ fn name_like(field: &str, name: &str, max: usize) -> Result<()> {
         Ok(())
     } else {
         Err(Error::invalid(format!(
-            "{field}: {name:?} must be 1..={max} characters of [A-Za-z0-9_-]"
+            "{field}: {} must be 1..={max} characters of [A-Za-z0-9_-]",
+            echo(name)
         )))
     }
 }
@@ -131,9 +132,9 @@ pub fn id(field: &str, id: &str) -> Result<()> {
     }
     if id.len() > MAX_ID_BYTES {
         return Err(Error::invalid(format!(
-            "{field}: {} bytes long, at most {MAX_ID_BYTES} allowed (id starts {:?})",
+            "{field}: {} bytes long, at most {MAX_ID_BYTES} allowed (id {})",
             id.len(),
-            id.chars().take(32).collect::<String>()
+            echo(id)
         )));
     }
     Ok(())
@@ -178,7 +179,8 @@ fn attributes(field: &str, attrs: Vec<(String, String)>) -> Result<BTreeMap<Stri
     for (k, v) in &attrs {
         if k.is_empty() || k.len() > MAX_ATTR_KEY {
             return Err(Error::invalid(format!(
-                "{field}: key {k:?} must be 1..={MAX_ATTR_KEY} bytes"
+                "{field}: key {} must be 1..={MAX_ATTR_KEY} bytes",
+                echo(k)
             )));
         }
         if v.len() > MAX_ATTR_VALUE {
@@ -257,7 +259,8 @@ fn item(config: &CollectionConfig, field: &str, it: ItemInput) -> Result<ItemRec
                 .map(|m| m.name.as_str())
                 .collect();
             return Err(Error::invalid(format!(
-                "{field}.vectors[{name:?}]: unknown modality; the collection declares {declared:?}"
+                "{field}.vectors[{}]: unknown modality; the collection declares {declared:?}",
+                echo(&name)
             )));
         };
         vector(

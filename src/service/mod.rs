@@ -50,20 +50,39 @@ impl EngineSlot {
     }
 }
 
+/// Longest status message sent, in bytes: messages quote client values through
+/// [`crate::error::echo`], and this cap holds whatever slipped past that, so the `grpc-message`
+/// trailer stays far below the 16 KiB of metadata that clients accept.
+pub const MAX_STATUS_MESSAGE: usize = 2048;
+
+/// `m` cut to [`MAX_STATUS_MESSAGE`] bytes at a char boundary, marked when cut.
+fn capped(mut m: String) -> String {
+    if m.len() > MAX_STATUS_MESSAGE {
+        let mut end = MAX_STATUS_MESSAGE - 32;
+        while !m.is_char_boundary(end) {
+            end -= 1;
+        }
+        let len = m.len();
+        m.truncate(end);
+        m.push_str(&format!("…({len} bytes)"));
+    }
+    m
+}
+
 /// Maps every crate error to its status code: the one place where that is decided.
 pub fn status(e: Error) -> Status {
     match e {
-        Error::InvalidArgument(m) => Status::invalid_argument(m),
-        Error::NotFound(m) => Status::not_found(m),
-        Error::AlreadyExists(m) => Status::already_exists(m),
-        Error::FailedPrecondition(m) => Status::failed_precondition(m),
-        Error::ResourceExhausted(m) => Status::resource_exhausted(m),
-        Error::Unavailable(m) => Status::unavailable(m),
-        Error::Unimplemented(m) => Status::unimplemented(m),
-        Error::DataLoss(m) => Status::data_loss(m),
+        Error::InvalidArgument(m) => Status::invalid_argument(capped(m)),
+        Error::NotFound(m) => Status::not_found(capped(m)),
+        Error::AlreadyExists(m) => Status::already_exists(capped(m)),
+        Error::FailedPrecondition(m) => Status::failed_precondition(capped(m)),
+        Error::ResourceExhausted(m) => Status::resource_exhausted(capped(m)),
+        Error::Unavailable(m) => Status::unavailable(capped(m)),
+        Error::Unimplemented(m) => Status::unimplemented(capped(m)),
+        Error::DataLoss(m) => Status::data_loss(capped(m)),
         Error::Internal(m) => {
             tracing::error!(error = %m, "internal error");
-            Status::internal(m)
+            Status::internal(capped(m))
         }
     }
 }
@@ -393,6 +412,19 @@ mod tests {
             too_large_to_resource_exhausted(other).code(),
             tonic::Code::OutOfRange
         );
+    }
+
+    #[test]
+    fn status_messages_are_capped() {
+        let s = status(Error::NotFound(format!("x: {}", "é".repeat(10_000))));
+        assert_eq!(s.code(), tonic::Code::NotFound);
+        assert!(
+            s.message().len() <= MAX_STATUS_MESSAGE,
+            "{}",
+            s.message().len()
+        );
+        assert!(s.message().ends_with("…(20003 bytes)"), "{}", s.message());
+        assert_eq!(status(Error::invalid("short")).message(), "short");
     }
 
     #[test]

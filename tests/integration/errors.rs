@@ -3,9 +3,13 @@
 
 use sidb::proto as pb;
 use tokio_stream::iter as stream_of;
+use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::common::*;
+
+type Retrieval = pb::retrieval_client::RetrievalClient<Channel>;
+type Training = pb::training_client::TrainingClient<Channel>;
 
 async fn server_with_items() -> TestServer {
     let s = TestServer::start_with(|c| {
@@ -214,4 +218,131 @@ async fn oversized_messages_are_resource_exhausted() {
         .unwrap()
         .into_inner();
     assert_eq!(got.missing_ids, ["big"]);
+}
+
+/// Asserts `code` and a message that contains `needle` and stays short.
+fn assert_short<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, needle: &str) {
+    if let Err(s) = &r {
+        assert!(
+            s.message().len() < 512,
+            "{code:?}: a {} byte message: {:.300}",
+            s.message().len(),
+            s.message()
+        );
+    }
+    assert_status(r, code, needle);
+}
+
+#[tokio::test]
+async fn a_20_kb_name_gets_its_real_code_and_a_short_message() {
+    // Regression: messages quoted client values whole; a 20 KB name made the grpc-message
+    // trailer exceed the client's 16 KiB metadata limit, and the client saw RESOURCE_EXHAUSTED
+    // "received metadata size exceeds hard limit" instead of the code.
+    let s = server_with_items().await;
+    let long = "n".repeat(20_000);
+    let cut = "…\"(20000 bytes)";
+    let mut colls = s.collections().await;
+    assert_short(
+        colls
+            .create_collection(pb::CreateCollectionRequest {
+                name: long.clone(),
+                config: Some(config(4, 0)),
+            })
+            .await,
+        Code::InvalidArgument,
+        &format!("name: \"{}{cut} must be 1..=64 characters", "n".repeat(64)),
+    );
+    assert_short(
+        colls
+            .get_collection(pb::GetCollectionRequest { name: long.clone() })
+            .await,
+        Code::NotFound,
+        &format!("{cut} not found"),
+    );
+    assert_short(
+        colls
+            .delete_collection(pb::DeleteCollectionRequest { name: long.clone() })
+            .await,
+        Code::NotFound,
+        cut,
+    );
+    let mut items = s.items().await;
+    assert_short(
+        items
+            .upsert_items(upsert(&long, vec![item("a", 0.0)]))
+            .await,
+        Code::NotFound,
+        cut,
+    );
+    assert_short(
+        items
+            .get_items(pb::GetItemsRequest {
+                collection: "c".into(),
+                ids: vec![long.clone()],
+                with_vectors: false,
+            })
+            .await,
+        Code::InvalidArgument,
+        "ids[0]: 20000 bytes long",
+    );
+    let mut key = item("a", 0.0);
+    key.attributes.insert(long.clone(), "v".into());
+    assert_short(
+        items.upsert_items(upsert("c", vec![key])).await,
+        Code::InvalidArgument,
+        &format!("items[0].attributes: key \"{}{cut}", "n".repeat(64)),
+    );
+    let mut modality = item("a", 0.0);
+    modality.vectors.insert(long.clone(), vec4(0.0));
+    assert_short(
+        items.upsert_items(upsert("c", vec![modality])).await,
+        Code::InvalidArgument,
+        &format!("{cut}]: unknown modality"),
+    );
+    let mut retrieval = Retrieval::new(s.channel().await);
+    assert_short(
+        retrieval
+            .search(pb::SearchRequest {
+                collection: "c".into(),
+                query: Some(pb::search_request::Query::Vector(vec4(1.0))),
+                modality: long.clone(),
+                k: 1,
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        &format!("modality: \"{}{cut} is unknown", "n".repeat(64)),
+    );
+    assert_short(
+        retrieval
+            .prefix_stats(pb::PrefixStatsRequest {
+                collection: long.clone(),
+                ..Default::default()
+            })
+            .await,
+        Code::NotFound,
+        cut,
+    );
+    assert_short(
+        s.interactions()
+            .await
+            .get_user_history(pb::GetUserHistoryRequest {
+                collection: "c".into(),
+                user_id: "u".into(),
+                limit: 0,
+                page_token: format!("h1.{long}"),
+            })
+            .await,
+        Code::InvalidArgument,
+        "page_token: \"h1.nnn",
+    );
+    assert_short(
+        Training::new(s.channel().await)
+            .get_training_status(pb::GetTrainingStatusRequest {
+                collection: long.clone(),
+            })
+            .await,
+        Code::NotFound,
+        cut,
+    );
 }
