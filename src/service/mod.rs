@@ -4,6 +4,7 @@
 //! request -> call the engine -> convert back. Status codes are decided in exactly one place,
 //! [`status`]. Only this module (and `proto`) knows protobuf.
 
+pub mod codec;
 mod convert;
 mod retrieval;
 mod training;

@@ -1,6 +1,7 @@
 //! The error table of the API, row by row, for the item write path (users and interactions have
 //! their rows in their own modules).
 
+use prost::Message;
 use sidb::proto as pb;
 use tokio_stream::iter as stream_of;
 use tonic::transport::Channel;
@@ -345,4 +346,55 @@ async fn a_20_kb_name_gets_its_real_code_and_a_short_message() {
         Code::NotFound,
         cut,
     );
+}
+
+#[tokio::test]
+async fn malformed_protobuf_is_invalid_argument() {
+    // Regression: tonic-prost answers a body that does not decode with INTERNAL.
+    let s = server_with_items().await;
+    let ch = s.channel().await;
+    // field 1 (collection) says 5 bytes follow, 1 does
+    let truncated = vec![0x0a, 0x05, 0x63];
+    // field 1 as a string of invalid UTF-8
+    let not_utf8 = vec![0x0a, 0x02, 0xff, 0xfe];
+    // a varint of 11 bytes
+    let long_varint = [vec![0x18], vec![0xff; 10], vec![0x01]].concat();
+    for path in [
+        "/sidb.v1.Items/UpsertItems",
+        "/sidb.v1.Collections/GetCollection",
+        "/sidb.v1.Retrieval/Search",
+        "/sidb.v1.Training/GetModelReport",
+    ] {
+        for body in [&truncated, &not_utf8, &long_varint] {
+            let r = raw_unary(&ch, path, body.clone()).await;
+            assert_short(r, Code::InvalidArgument, "not a valid protobuf encoding");
+        }
+    }
+    // a stream's bad message: the messages before it stay written
+    let good = upsert("c", vec![item("ok", 0.0)]).encode_to_vec();
+    let r = raw_client_stream(
+        &ch,
+        "/sidb.v1.Items/UpsertItemsStream",
+        vec![good, truncated],
+    )
+    .await;
+    assert_short(
+        r,
+        Code::InvalidArgument,
+        "not a valid protobuf encoding of UpsertItemsRequest",
+    );
+    let got = s
+        .items()
+        .await
+        .get_items(pb::GetItemsRequest {
+            collection: "c".into(),
+            ids: vec!["ok".into()],
+            with_vectors: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.items.len(), 1);
+    let r = raw_server_stream_first(&ch, "/sidb.v1.Training/WatchTraining", not_utf8).await;
+    assert_short(r, Code::InvalidArgument, "not a valid protobuf encoding");
 }
