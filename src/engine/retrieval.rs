@@ -431,7 +431,9 @@ impl Engine {
         let recency = self.retrieval.recency();
         let latest = history.first().map(|x| x.timestamp_ms);
         let dim = space_dim(config, space);
-        let mut profile = vec![0.0f32; dim];
+        // summed in f64: bounded weights (`validate::MAX_WEIGHT`) times f32 vectors cannot
+        // overflow it, where an f32 sum of two 3e38 weights became infinite
+        let mut profile = vec![0.0f64; dim];
         let mut used = 0usize;
         // newest first: `newer` positives came after each; past the window nothing weighs
         let positives = history
@@ -443,8 +445,11 @@ impl Engine {
                 continue;
             };
             let age = (latest.unwrap_or(x.timestamp_ms) - x.timestamp_ms) as f64;
-            let w = x.weight * recency.weight(age, newer);
-            profile.iter_mut().zip(&v).for_each(|(p, v)| *p += w * v);
+            let w = f64::from(x.weight) * f64::from(recency.weight(age, newer));
+            profile
+                .iter_mut()
+                .zip(&v)
+                .for_each(|(p, v)| *p += w * f64::from(*v));
             used += 1;
         }
         if used > 0 {
@@ -642,26 +647,29 @@ fn require_sids(coll: &Collection) -> Result<()> {
     Ok(())
 }
 
-/// A profile whose length a query can use: as it is when its squared length is a normal f32,
-/// rescaled to unit length when it is too short or too long for that (weights of events long
-/// before the newest underflow; huge weights overflow), `None` when it has no direction.
-fn usable_profile(mut profile: Vec<f32>) -> Option<Vec<f32>> {
-    let norm = profile
-        .iter()
-        .map(|&x| f64::from(x).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    if (norm * norm) as f32 >= f32::MIN_POSITIVE && ((norm * norm) as f32).is_finite() {
-        return Some(profile);
-    }
-    let finite = profile.iter().all(|x| x.is_finite());
-    if !finite || norm == 0.0 || !norm.is_finite() {
+/// A profile (summed in f64) as an f32 vector a query can use: as it is when it and its squared
+/// length are normal f32s, rescaled to unit length when it is too short or too long for that
+/// (weights of events long before the newest underflow; large weights overflow), `None` when it
+/// has no direction.
+fn usable_profile(profile: Vec<f64>) -> Option<Vec<f32>> {
+    // scaled by the largest component first, so the squares cannot overflow f64 either
+    let max = profile.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    if max == 0.0 || !max.is_finite() || profile.iter().any(|x| !x.is_finite()) {
         return None;
     }
-    profile
-        .iter_mut()
-        .for_each(|x| *x = (f64::from(*x) / norm) as f32);
-    Some(profile)
+    let norm = max
+        * profile
+            .iter()
+            .map(|x| (x / max).powi(2))
+            .sum::<f64>()
+            .sqrt();
+    let as_is: Vec<f32> = profile.iter().map(|&x| x as f32).collect();
+    // the index checks lengths in f32 (`distance::normalize`): decide on the same sum
+    let norm_sq = distance::dot(&as_is, &as_is);
+    if norm_sq.is_finite() && norm_sq >= f32::MIN_POSITIVE {
+        return Some(as_is);
+    }
+    Some(profile.iter().map(|x| (x / norm) as f32).collect())
 }
 
 #[cfg(test)]
@@ -690,8 +698,26 @@ mod tests {
         assert!(!distance::normalize(&mut [3e-30, 4e-30]));
         assert_eq!(usable_profile(vec![0.5, 2.0]), Some(vec![0.5, 2.0]));
         assert_eq!(usable_profile(vec![0.0, 0.0]), None);
-        assert_eq!(usable_profile(vec![f32::INFINITY, 1.0]), None);
+        assert_eq!(usable_profile(vec![f64::INFINITY, 1.0]), None);
         let huge = usable_profile(vec![3e30, 4e30]).expect("a direction");
         assert!((huge[1] - 0.8).abs() < 1e-6);
+    }
+
+    #[test]
+    fn profiles_beyond_f32_keep_their_direction() {
+        // Regression: two events of weight 3e38 summed to an infinite f32 profile, and Search by
+        // user_id failed. Summed in f64 the profile is finite and comes back at unit length.
+        let p = usable_profile(vec![2.0 * 3e38 * 0.6, 2.0 * 3e38 * 0.8]).expect("a direction");
+        assert!(
+            (p[0] - 0.6).abs() < 1e-6 && (p[1] - 0.8).abs() < 1e-6,
+            "{p:?}"
+        );
+        assert!(distance::normalize(&mut p.clone()));
+        // components that fit f32 but whose squared length does not
+        let p = usable_profile(vec![2e19, 2e19, 2e19]).expect("a direction");
+        assert!(distance::normalize(&mut p.clone()), "{p:?}");
+        let far = usable_profile(vec![1e300, -1e300]).expect("a direction");
+        assert!((far[0] - 0.5f32.sqrt()).abs() < 1e-6);
+        assert_eq!(usable_profile(vec![f64::NAN, 1.0]), None);
     }
 }

@@ -31,6 +31,9 @@ pub const MAX_ATTR_KEY: usize = 128;
 pub const MAX_ATTR_VALUE: usize = 4096;
 /// Longest interaction kind, in bytes.
 pub const MAX_KIND: usize = 64;
+/// Largest interaction weight magnitude: far above any rating or count, far below where a
+/// user's profile (a weighted sum of item vectors) loses precision.
+pub const MAX_WEIGHT: f32 = 1e6;
 
 /// An item as a client sent it, before validation.
 #[derive(Debug, Clone, Default)]
@@ -365,6 +368,12 @@ pub fn interactions(
                     x.weight
                 )));
             }
+            if x.weight.abs() > MAX_WEIGHT {
+                return Err(Error::invalid(format!(
+                    "interactions[{i}].weight: {:e} is outside -{MAX_WEIGHT:e}..={MAX_WEIGHT:e}",
+                    x.weight
+                )));
+            }
             if x.timestamp_ms == 0 {
                 x.timestamp_ms = now_ms;
             }
@@ -532,7 +541,35 @@ mod tests {
             err(interactions(&l, vec![x.clone()], 5)),
             "interactions[0].weight: inf is not a finite number"
         );
-        let ok = interactions(&l, vec![InteractionRecord { weight: 1.0, ..x }], 5).unwrap();
+        let ok = interactions(
+            &l,
+            vec![InteractionRecord {
+                weight: 1.0,
+                ..x.clone()
+            }],
+            5,
+        )
+        .unwrap();
         assert_eq!(ok[0].timestamp_ms, 5);
+        // Regression: 3e38 was accepted, and a profile summing two of them overflowed.
+        let huge = InteractionRecord {
+            weight: 3e38,
+            ..x.clone()
+        };
+        assert_eq!(
+            err(interactions(&l, vec![huge], 5)),
+            "interactions[0].weight: 3e38 is outside -1e6..=1e6"
+        );
+        for w in [MAX_WEIGHT, -MAX_WEIGHT, 0.0] {
+            assert!(interactions(
+                &l,
+                vec![InteractionRecord {
+                    weight: w,
+                    ..x.clone()
+                }],
+                5
+            )
+            .is_ok());
+        }
     }
 }

@@ -398,3 +398,57 @@ async fn malformed_protobuf_is_invalid_argument() {
     let r = raw_server_stream_first(&ch, "/sidb.v1.Training/WatchTraining", not_utf8).await;
     assert_short(r, Code::InvalidArgument, "not a valid protobuf encoding");
 }
+
+#[tokio::test]
+async fn interaction_weights_are_bounded() {
+    // Regression: a weight of 3e38 was accepted; two of them summed to an infinite profile and
+    // Search by user_id failed without naming a field.
+    let s = server_with_items().await;
+    let mut ix = s.interactions().await;
+    let write = |weights: &[f32]| pb::WriteInteractionsRequest {
+        collection: "c".into(),
+        interactions: weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| pb::Interaction {
+                weight: w,
+                ..interaction("u", &format!("i{i}"), 1_000 + i as i64)
+            })
+            .collect(),
+        durability: 0,
+    };
+    for (weights, needle) in [
+        (
+            vec![1.0, 3e38],
+            "interactions[1].weight: 3e38 is outside -1e6..=1e6",
+        ),
+        (vec![-3e38], "interactions[0].weight: -3e38 is outside"),
+        (vec![1.5e6], "interactions[0].weight: 1.5e6 is outside"),
+    ] {
+        assert_short(
+            ix.write_interactions(write(&weights)).await,
+            Code::InvalidArgument,
+            needle,
+        );
+    }
+    assert_eq!(get_collection(&s, "c").await.interaction_count, 0);
+    // The bounds themselves are fine, and the profile they make is usable.
+    let mut items = s.items().await;
+    items
+        .upsert_items(upsert("c", vec![item("i0", 1.0), item("i1", 2.0)]))
+        .await
+        .unwrap();
+    ix.write_interactions(write(&[1e6, 1e6])).await.unwrap();
+    let hits = Retrieval::new(s.channel().await)
+        .search(pb::SearchRequest {
+            collection: "c".into(),
+            query: Some(pb::search_request::Query::UserId("u".into())),
+            k: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    assert_eq!(hits.len(), 2);
+}
