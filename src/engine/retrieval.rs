@@ -119,7 +119,7 @@ impl Engine {
         let k = validate::k("k", input.k, &self.limits)?;
         let ef = self.ef(input.ef)?;
         let space = space_for(&config, input.entity, &input.modality)?;
-        validate::sid_codes("sid_prefix", &input.sid_prefix, &config)?;
+        check_prefix("sid_prefix", &input.sid_prefix, &config, &index)?;
         if !input.sid_prefix.is_empty() {
             require_sids(&coll)?;
         }
@@ -276,7 +276,7 @@ impl Engine {
         page_token: &str,
     ) -> Result<ScanPage> {
         let (coll, index) = self.collection_index(collection)?;
-        validate::sid_codes("prefix", prefix, coll.config())?;
+        check_prefix("prefix", prefix, coll.config(), &index)?;
         let limit = validate::page_limit("limit", limit, DEFAULT_SCAN_PAGE, &self.limits)?;
         let after = match page_token {
             "" => None,
@@ -305,7 +305,7 @@ impl Engine {
         prefix: &[u32],
     ) -> Result<PrefixStats> {
         let (coll, index) = self.collection_index(collection)?;
-        validate::sid_codes("prefix", prefix, coll.config())?;
+        check_prefix("prefix", prefix, coll.config(), &index)?;
         require_sids(&coll)?;
         let st = index.state.read();
         let trie = &st.entities(entity).trie;
@@ -633,6 +633,30 @@ fn z_cosine(unit_user: &[f32], item_z: &[f32]) -> f32 {
     match norm > 0.0 && norm.is_finite() {
         true => distance::dot(unit_user, item_z) / norm,
         false => 0.0,
+    }
+}
+
+/// A SID prefix of a query: at most `sid_levels` codes, each below the codebook size: the
+/// collection's `sid_codebook_size`, or when that is 0 (automatic) the size the serving model
+/// chose. Only client-written SIDs under an automatic size have no bound to check.
+fn check_prefix(
+    field: &str,
+    prefix: &[u32],
+    config: &CollectionConfig,
+    index: &CollectionIndex,
+) -> Result<()> {
+    if config.sid_codebook_size > 0 || prefix.is_empty() {
+        return validate::sid_codes(field, prefix, config);
+    }
+    match index.model.load_full() {
+        Some(m) => {
+            let chosen = CollectionConfig {
+                sid_codebook_size: u32::try_from(m.model.meta.codes).unwrap_or(u32::MAX),
+                ..config.clone()
+            };
+            validate::sid_codes(field, prefix, &chosen)
+        }
+        None => validate::sid_codes(field, prefix, config),
     }
 }
 

@@ -1,6 +1,8 @@
 //! The error table of the API, row by row, for the item write path (users and interactions have
 //! their rows in their own modules).
 
+use std::time::Duration;
+
 use prost::Message;
 use sidb::proto as pb;
 use tokio_stream::iter as stream_of;
@@ -451,4 +453,61 @@ async fn interaction_weights_are_bounded() {
         .into_inner()
         .hits;
     assert_eq!(hits.len(), 2);
+}
+
+#[tokio::test]
+async fn sid_prefix_codes_beyond_the_models_codebook_are_invalid_argument() {
+    // Regression: with `sid_codebook_size` 0 (chosen at training) nothing bounded a prefix's
+    // codes, and a code past the model's codebook answered OK (an empty page).
+    use crate::training::{load_planted, quick_training, wait_active};
+    let s = TestServer::start_with(quick_training).await;
+    let ch = s.channel().await;
+    load_planted(&ch, "p", 240, 40).await;
+    wait_active(&ch, "p", 1, Duration::from_secs(120)).await;
+    let report = Training::new(ch.clone())
+        .get_model_report(pb::GetModelReportRequest {
+            collection: "p".into(),
+            version: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let k = report.levels[0].codebook_size;
+    assert!(k >= 2, "{report:?}");
+    let mut r = Retrieval::new(ch.clone());
+    let scan = |prefix: Vec<u32>| pb::PrefixScanRequest {
+        collection: "p".into(),
+        prefix,
+        ..Default::default()
+    };
+    let needle = format!("prefix[1]: code {k} >= codebook size {k}");
+    assert_short(
+        r.prefix_scan(scan(vec![0, k])).await,
+        Code::InvalidArgument,
+        &needle,
+    );
+    assert_short(
+        r.prefix_stats(pb::PrefixStatsRequest {
+            collection: "p".into(),
+            prefix: vec![0, k],
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        &needle,
+    );
+    assert_short(
+        r.search(pb::SearchRequest {
+            collection: "p".into(),
+            query: Some(pb::search_request::Query::ItemId("i0000".into())),
+            k: 3,
+            sid_prefix: vec![u32::MAX],
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        &format!("sid_prefix[0]: code {} >= codebook size {k}", u32::MAX),
+    );
+    // codes within the codebook are fine (whether or not anything is under them)
+    r.prefix_scan(scan(vec![k - 1, k - 1])).await.unwrap();
 }
