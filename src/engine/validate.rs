@@ -237,17 +237,37 @@ pub fn batch_len(field: &str, len: usize, max: usize) -> Result<()> {
     Ok(())
 }
 
-/// Validates items against the collection and orders their vectors by modality.
+/// Validates items against the collection and orders their vectors by modality. An id repeated
+/// in the batch: the last one wins (the earlier ones are validated, then dropped).
 pub fn items(
     config: &CollectionConfig,
     limits: &Limits,
     items: Vec<ItemInput>,
 ) -> Result<Vec<ItemRecord>> {
     batch_len("items", items.len(), limits.max_batch)?;
-    items
+    let items = items
         .into_iter()
         .enumerate()
         .map(|(i, it)| item(config, &format!("items[{i}]"), it))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(last_of_each(items, |x| &x.id))
+}
+
+/// The last record of each id, in the order of those last records: what a batch that names an
+/// id twice stores, and what its `written` counts.
+fn last_of_each<T>(records: Vec<T>, id: fn(&T) -> &String) -> Vec<T> {
+    let mut keep: Vec<bool> = {
+        let mut seen = HashSet::with_capacity(records.len());
+        records.iter().rev().map(|r| seen.insert(id(r))).collect()
+    };
+    if keep.iter().all(|&k| k) {
+        return records;
+    }
+    keep.reverse();
+    records
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(r, k)| k.then_some(r))
         .collect()
 }
 
@@ -300,18 +320,19 @@ fn item(config: &CollectionConfig, field: &str, it: ItemInput) -> Result<ItemRec
     })
 }
 
-/// Validates users against the collection.
+/// Validates users against the collection; an id repeated in the batch: the last one wins.
 pub fn users(
     config: &CollectionConfig,
     limits: &Limits,
     users: Vec<UserInput>,
 ) -> Result<Vec<UserRecord>> {
     batch_len("users", users.len(), limits.max_batch)?;
-    users
+    let users = users
         .into_iter()
         .enumerate()
         .map(|(i, u)| user(config, &format!("users[{i}]"), u))
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    Ok(last_of_each(users, |x| &x.id))
 }
 
 fn user(config: &CollectionConfig, field: &str, u: UserInput) -> Result<UserRecord> {
@@ -571,5 +592,29 @@ mod tests {
             )
             .is_ok());
         }
+    }
+
+    #[test]
+    fn an_id_repeated_in_a_batch_keeps_its_last_entry() {
+        // Regression: both entries were written and counted (`written: 2` for one item).
+        let l = Limits::default();
+        let got = items(
+            &cfg(),
+            &l,
+            vec![
+                item_in("a", vec![1.0, 0.0, 0.0]),
+                item_in("b", vec![0.0, 1.0, 0.0]),
+                item_in("a", vec![0.0, 0.0, 1.0]),
+            ],
+        )
+        .unwrap();
+        let ids: Vec<&str> = got.iter().map(|x| x.id.as_str()).collect();
+        assert_eq!(ids, ["b", "a"]);
+        assert_eq!(got[1].vectors[0], [0.0, 0.0, 1.0]);
+        let u = |id: &str| UserInput {
+            id: id.into(),
+            ..Default::default()
+        };
+        assert_eq!(users(&cfg(), &l, vec![u("x"), u("x")]).unwrap().len(), 1);
     }
 }

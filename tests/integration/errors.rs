@@ -456,6 +456,82 @@ async fn interaction_weights_are_bounded() {
 }
 
 #[tokio::test]
+async fn a_repeated_id_in_a_batch_is_written_once_the_last_one_winning() {
+    // Regression: `written` counted both entries of an id named twice (the proto: "An id
+    // repeated in the batch: the last one wins"); one entity was stored.
+    let s = server_with_items().await;
+    let mut items = s.items().await;
+    let w = items
+        .upsert_items(upsert(
+            "c",
+            vec![item("a", 0.0), item("b", 5.0), item("a", 1.0)],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(w.written, 2);
+    let got = items
+        .get_items(pb::GetItemsRequest {
+            collection: "c".into(),
+            ids: vec!["a".into()],
+            with_vectors: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.items[0].vectors["text"], vec4(1.0), "the last one wins");
+    assert_eq!(get_collection(&s, "c").await.item_count, 2);
+    // the earlier entry is validated too: a bad one rejects the batch
+    let mut bad = item("a", 0.0);
+    bad.vectors
+        .insert("text".into(), pb::Vector { values: vec![1.0] });
+    assert_status(
+        items
+            .upsert_items(upsert("c", vec![bad, item("a", 2.0)]))
+            .await,
+        Code::InvalidArgument,
+        "items[0].vectors[\"text\"]: expected 4 values",
+    );
+    let mut users = s.users().await;
+    let user = |id: &str| pb::User {
+        id: id.into(),
+        ..Default::default()
+    };
+    let w = users
+        .upsert_users(pb::UpsertUsersRequest {
+            collection: "c".into(),
+            users: vec![user("u"), user("u")],
+            durability: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(w.written, 1);
+    let w = items
+        .delete_items(pb::DeleteItemsRequest {
+            collection: "c".into(),
+            ids: vec!["a".into(), "a".into()],
+            durability: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(w.written, 1);
+    let w = users
+        .delete_users(pb::DeleteUsersRequest {
+            collection: "c".into(),
+            ids: vec!["u".into(), "u".into()],
+            durability: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(w.written, 1);
+    let c = get_collection(&s, "c").await;
+    assert_eq!((c.item_count, c.user_count), (1, 0));
+}
+
+#[tokio::test]
 async fn sid_prefix_codes_beyond_the_models_codebook_are_invalid_argument() {
     // Regression: with `sid_codebook_size` 0 (chosen at training) nothing bounded a prefix's
     // codes, and a code past the model's codebook answered OK (an empty page).
