@@ -165,6 +165,14 @@ pub fn vector(field: &str, values: &[f32], dim: u32, metric: Metric) -> Result<(
         )));
     }
     if metric == Metric::Cosine && norm_sq <= 0.0 {
+        if let Some(i) = values.iter().position(|&v| v != 0.0) {
+            return Err(Error::invalid(format!(
+                "{field}: the norm is too small to normalise (the squared norm underflows a \
+                 32-bit float; values like [{i}] = {:e} are subnormal or nearly so): scale the \
+                 vector up, it has no usable direction under the COSINE metric as it is",
+                values[i]
+            )));
+        }
         return Err(Error::invalid(format!(
             "{field}: all values are zero, which has no direction under the COSINE metric"
         )));
@@ -592,6 +600,22 @@ mod tests {
             )
             .is_ok());
         }
+    }
+
+    #[test]
+    fn a_subnormal_vector_is_too_small_not_zero() {
+        // Regression: its squared norm underflows to 0 and it was reported as all zeros.
+        let m = err(vector("v", &[0.0, 1e-40, 0.0], 3, Metric::Cosine));
+        assert!(
+            m.starts_with("v: the norm is too small to normalise"),
+            "{m}"
+        );
+        assert!(m.contains("[1] = 1e-40"), "{m}");
+        let m = err(vector("v", &[0.0; 3], 3, Metric::Cosine));
+        assert!(m.starts_with("v: all values are zero"), "{m}");
+        // tiny but normalisable, and any length under the other metrics
+        assert!(vector("v", &[1e-20, 0.0, 0.0], 3, Metric::Cosine).is_ok());
+        assert!(vector("v", &[1e-40, 0.0, 0.0], 3, Metric::Dot).is_ok());
     }
 
     #[test]

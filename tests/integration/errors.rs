@@ -532,6 +532,50 @@ async fn a_repeated_id_in_a_batch_is_written_once_the_last_one_winning() {
 }
 
 #[tokio::test]
+async fn a_subnormal_vector_is_named_as_too_small_not_as_zeros() {
+    let s = server_with_items().await;
+    let mut items = s.items().await;
+    let mut tiny = item("t", 0.0);
+    tiny.vectors.insert(
+        "text".into(),
+        pb::Vector {
+            values: vec![0.0, 1e-40, 0.0, 0.0],
+        },
+    );
+    assert_short(
+        items.upsert_items(upsert("c", vec![tiny])).await,
+        Code::InvalidArgument,
+        "items[0].vectors[\"text\"]: the norm is too small to normalise",
+    );
+    let mut zero = item("z", 0.0);
+    zero.vectors.insert(
+        "text".into(),
+        pb::Vector {
+            values: vec![0.0; 4],
+        },
+    );
+    assert_short(
+        items.upsert_items(upsert("c", vec![zero])).await,
+        Code::InvalidArgument,
+        "items[0].vectors[\"text\"]: all values are zero",
+    );
+    assert_short(
+        Retrieval::new(s.channel().await)
+            .search(pb::SearchRequest {
+                collection: "c".into(),
+                query: Some(pb::search_request::Query::Vector(pb::Vector {
+                    values: vec![1e-30; 4],
+                })),
+                k: 1,
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "query.vector: the norm is too small",
+    );
+}
+
+#[tokio::test]
 async fn sid_prefix_codes_beyond_the_models_codebook_are_invalid_argument() {
     // Regression: with `sid_codebook_size` 0 (chosen at training) nothing bounded a prefix's
     // codes, and a code past the model's codebook answered OK (an empty page).
