@@ -375,6 +375,7 @@ impl Config {
                 self.server.max_message_bytes
             )));
         }
+        self.auth.validate().map_err(ConfigError::Invalid)?;
         let r = &self.retrieval;
         let positive = [
             ("retrieval.hnsw_m", r.hnsw_m),
@@ -560,5 +561,27 @@ mod tests {
         let c = Config::load(None, env(&[("SIDB__RETRIEVAL__HNSW_TARGET_RECALL", "0")]))
             .expect("0 = off");
         assert_eq!(c.retrieval.hnsw_target_recall, 0.0);
+    }
+
+    #[test]
+    fn empty_api_keys_are_refused_at_load() {
+        // Regression: `api_keys = [""]` loaded, and then `x-api-key:` with no value had full
+        // access.
+        let dir = tempfile::tempdir().unwrap();
+        for (toml, field) in [
+            ("[auth]\napi_keys = [\"\"]\n", "auth.api_keys[0]"),
+            (
+                "[auth]\napi_keys = [\"k\"]\nread_only_keys = [\"r\", \"\"]\n",
+                "auth.read_only_keys[1]",
+            ),
+        ] {
+            let f = dir.path().join("sidb.toml");
+            std::fs::write(&f, toml).unwrap();
+            let e = Config::load(Some(&f), []).unwrap_err();
+            assert!(e.to_string().contains(field), "{e}");
+        }
+        let f = dir.path().join("ok.toml");
+        std::fs::write(&f, "[auth]\napi_keys = [\"k\"]\n").unwrap();
+        assert_eq!(Config::load(Some(&f), []).unwrap().auth.api_keys, ["k"]);
     }
 }
