@@ -131,6 +131,11 @@ pub struct Limits {
     pub max_page: usize,
     /// Largest `k` of a search. Default 1,000.
     pub max_k: usize,
+    /// Largest reply in bytes. A request whose reply would be larger (many hits or entities with
+    /// their vectors) gets RESOURCE_EXHAUSTED naming the fields to change (`k`, `ids`,
+    /// `with_vectors`, `limit`), estimated before the work where the request tells enough.
+    /// Default 32 MiB.
+    pub max_response_bytes: usize,
 }
 
 impl Default for Limits {
@@ -141,6 +146,7 @@ impl Default for Limits {
             max_ids: 10_000,
             max_page: 10_000,
             max_k: 1_000,
+            max_response_bytes: 32 << 20,
         }
     }
 }
@@ -375,6 +381,12 @@ impl Config {
                 self.server.max_message_bytes
             )));
         }
+        if self.limits.max_response_bytes < 1024 {
+            return Err(ConfigError::Invalid(format!(
+                "limits.max_response_bytes: at least 1024, got {}",
+                self.limits.max_response_bytes
+            )));
+        }
         self.auth.validate().map_err(ConfigError::Invalid)?;
         let r = &self.retrieval;
         let positive = [
@@ -561,6 +573,8 @@ mod tests {
         let c = Config::load(None, env(&[("SIDB__RETRIEVAL__HNSW_TARGET_RECALL", "0")]))
             .expect("0 = off");
         assert_eq!(c.retrieval.hnsw_target_recall, 0.0);
+        let e = Config::load(None, env(&[("SIDB__LIMITS__MAX_RESPONSE_BYTES", "10")])).unwrap_err();
+        assert!(e.to_string().contains("limits.max_response_bytes"), "{e}");
     }
 
     #[test]

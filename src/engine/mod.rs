@@ -351,6 +351,11 @@ impl Engine {
         self.store.collection(name)
     }
 
+    /// The request limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// Flushes everything, stops taking writes and dumps the indexes for a quick restart.
     /// Blocking.
     pub fn close(&self) -> Result<()> {

@@ -128,6 +128,20 @@ impl Engine {
             .query
             .ok_or_else(|| Error::invalid("query: set one of vector, item_id or user_id"))?;
         let dim = space_dim(&config, space);
+        if input.with_vectors {
+            let per_hit = validate::vector_reply_bytes(dim);
+            let mut hits = k as u64;
+            if hits * per_hit > self.limits.max_response_bytes as u64 {
+                // no more hits than entities (read only then: it takes the writer lock briefly)
+                hits = hits.min(space_count(&coll, space));
+            }
+            validate::response_size(
+                "k, with_vectors",
+                &format!("up to {hits} hits with {dim}-d vectors"),
+                hits * per_hit,
+                &self.limits,
+            )?;
+        }
         match &query {
             Query::Vector(v) => validate::vector("query.vector", v, dim as u32, config.metric)?,
             Query::ItemId(id) => validate::id("query.item_id", id)?,
@@ -488,6 +502,13 @@ impl Engine {
             })
             .collect();
         if with_vectors {
+            let dim = space_dim(coll.config(), space);
+            validate::response_size(
+                "k, with_vectors",
+                &format!("{} hits with {dim}-d vectors", out.len()),
+                out.len() as u64 * validate::vector_reply_bytes(dim),
+                &self.limits,
+            )?;
             // The index keeps vectors prepared for the metric (unit length under cosine); the
             // client gets what it stored.
             let ids: Vec<String> = out.iter().map(|h| h.id.clone()).collect();
@@ -542,6 +563,15 @@ fn space_for(config: &CollectionConfig, entity: EntityKind, modality: &str) -> R
                     echo(modality)
                 ))
             }),
+    }
+}
+
+/// How many entities live in `space` (what bounds a query's hits).
+fn space_count(coll: &Collection, space: SpaceId) -> u64 {
+    let stats = coll.info().stats;
+    match space {
+        SpaceId::Item(_) => stats.items,
+        SpaceId::User => stats.users,
     }
 }
 

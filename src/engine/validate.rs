@@ -437,6 +437,25 @@ pub fn k(field: &str, k: u32, limits: &Limits) -> Result<usize> {
     Ok(k)
 }
 
+/// Bytes a vector of `dim` values adds to a reply: the values and their framing.
+pub fn vector_reply_bytes(dim: usize) -> u64 {
+    dim as u64 * 4 + 12
+}
+
+/// RESOURCE_EXHAUSTED when a reply of `bytes` (estimated before the work, or measured after it)
+/// exceeds `limits.max_response_bytes`; the message starts with the request fields that make it
+/// smaller (`fields`) and says what the reply holds (`what`).
+pub fn response_size(fields: &str, what: &str, bytes: u64, limits: &Limits) -> Result<()> {
+    let max = limits.max_response_bytes as u64;
+    if bytes <= max {
+        return Ok(());
+    }
+    Err(Error::ResourceExhausted(format!(
+        "{fields}: the reply ({what}) would be about {bytes} bytes, more than \
+         limits.max_response_bytes ({max}); ask for less"
+    )))
+}
+
 /// A page size: 0 means `default`, at most `limits.max_page`.
 pub fn page_limit(field: &str, limit: u32, default: usize, limits: &Limits) -> Result<usize> {
     match limit as usize {

@@ -576,6 +576,157 @@ async fn a_subnormal_vector_is_named_as_too_small_not_as_zeros() {
 }
 
 #[tokio::test]
+async fn replies_over_max_response_bytes_are_resource_exhausted() {
+    // Regression: replies had no bound (Search k=1000 with vectors at 65,536-d: 78.6 MB).
+    const DIM: u32 = 4096; // 16 KiB per vector
+    let s = TestServer::start_with(|c| c.limits.max_response_bytes = 64 << 10).await;
+    s.collections()
+        .await
+        .create_collection(pb::CreateCollectionRequest {
+            name: "big".into(),
+            config: Some(config(DIM, DIM)),
+        })
+        .await
+        .unwrap();
+    let vector = |i: usize| pb::Vector {
+        values: (0..DIM as usize)
+            .map(|d| ((d * 7 + i) % 13) as f32 - 6.0)
+            .collect(),
+    };
+    let batch: Vec<pb::Item> = (0..10)
+        .map(|i| pb::Item {
+            id: format!("i{i}"),
+            vectors: [("text".to_string(), vector(i))].into(),
+            ..Default::default()
+        })
+        .collect();
+    let mut items = s.items().await;
+    items.upsert_items(upsert("big", batch)).await.unwrap();
+    let mut retrieval = Retrieval::new(s.channel().await).max_decoding_message_size(64 << 20);
+    let search = |k: u32, with_vectors: bool| pb::SearchRequest {
+        collection: "big".into(),
+        query: Some(pb::search_request::Query::Vector(vector(3))),
+        k,
+        with_vectors,
+        ..Default::default()
+    };
+    assert_short(
+        retrieval.search(search(10, true)).await,
+        Code::ResourceExhausted,
+        "k, with_vectors: the reply (up to 10 hits with 4096-d vectors) would be about",
+    );
+    let hits = retrieval
+        .search(search(3, true))
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    assert_eq!(hits.len(), 3);
+    assert!(hits.iter().all(|h| h.vector.is_some()));
+    assert_eq!(
+        retrieval
+            .search(search(10, false))
+            .await
+            .unwrap()
+            .into_inner()
+            .hits
+            .len(),
+        10
+    );
+    let get = |n: usize, with_vectors: bool| pb::GetItemsRequest {
+        collection: "big".into(),
+        ids: (0..n).map(|i| format!("i{i}")).collect(),
+        with_vectors,
+    };
+    assert_short(
+        items.get_items(get(10, true)).await,
+        Code::ResourceExhausted,
+        "ids, with_vectors: the reply (up to 10 items with their vectors)",
+    );
+    assert_eq!(
+        items
+            .get_items(get(10, false))
+            .await
+            .unwrap()
+            .into_inner()
+            .items
+            .len(),
+        10
+    );
+    assert_eq!(
+        items
+            .get_items(get(3, true))
+            .await
+            .unwrap()
+            .into_inner()
+            .items
+            .len(),
+        3
+    );
+    // with 3 items left, k and ids beyond them do not count: no more can come back
+    items
+        .delete_items(pb::DeleteItemsRequest {
+            collection: "big".into(),
+            ids: (3..10).map(|i| format!("i{i}")).collect(),
+            durability: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        retrieval
+            .search(search(10, true))
+            .await
+            .unwrap()
+            .into_inner()
+            .hits
+            .len(),
+        3
+    );
+    assert_eq!(
+        items
+            .get_items(get(10, true))
+            .await
+            .unwrap()
+            .into_inner()
+            .items
+            .len(),
+        3
+    );
+    // What cannot be estimated before is measured after: a history page of ~3,000 events.
+    let xs: Vec<pb::Interaction> = (0..3000)
+        .map(|i| interaction("u", &format!("item-{i:05}"), 1 + i as i64))
+        .collect();
+    let mut ix = s.interactions().await;
+    ix.write_interactions(pb::WriteInteractionsRequest {
+        collection: "big".into(),
+        interactions: xs,
+        durability: 0,
+    })
+    .await
+    .unwrap();
+    let history = |limit: u32| pb::GetUserHistoryRequest {
+        collection: "big".into(),
+        user_id: "u".into(),
+        limit,
+        page_token: String::new(),
+    };
+    assert_short(
+        ix.get_user_history(history(3000)).await,
+        Code::ResourceExhausted,
+        "limit: the reply (GetUserHistoryResponse) would be about",
+    );
+    assert_eq!(
+        ix.get_user_history(history(100))
+            .await
+            .unwrap()
+            .into_inner()
+            .interactions
+            .len(),
+        100
+    );
+}
+
+#[tokio::test]
 async fn sid_prefix_codes_beyond_the_models_codebook_are_invalid_argument() {
     // Regression: with `sid_codebook_size` 0 (chosen at training) nothing bounded a prefix's
     // codes, and a code past the model's codebook answered OK (an empty page).
