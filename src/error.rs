@@ -81,6 +81,11 @@ impl From<sled::Error> for Error {
         match e {
             sled::Error::Corruption { .. } => Error::DataLoss(format!("storage corruption: {e}")),
             sled::Error::Io(io) => Error::io("storage", io),
+            // A collection's tree is dropped when it is deleted; a request that found the
+            // collection before that reads or writes a tree that is gone.
+            sled::Error::CollectionNotFound(_) => {
+                Error::NotFound("collection not found: it was deleted while the request ran".into())
+            }
             other => Error::Internal(format!("storage: {other}")),
         }
     }
