@@ -458,7 +458,9 @@ impl Engine {
             let Some(v) = index.vector_of(space, &x.item_id) else {
                 continue;
             };
-            let age = (latest.unwrap_or(x.timestamp_ms) - x.timestamp_ms) as f64;
+            // timestamps are the client's, any i64: the difference in i128 cannot overflow
+            let newest = latest.unwrap_or(x.timestamp_ms);
+            let age = (i128::from(newest) - i128::from(x.timestamp_ms)) as f64;
             let w = f64::from(x.weight) * f64::from(recency.weight(age, newer));
             profile
                 .iter_mut()

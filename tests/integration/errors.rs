@@ -782,3 +782,41 @@ async fn sid_prefix_codes_beyond_the_models_codebook_are_invalid_argument() {
     // codes within the codebook are fine (whether or not anything is under them)
     r.prefix_scan(scan(vec![k - 1, k - 1])).await.unwrap();
 }
+
+#[tokio::test]
+async fn timestamps_at_the_ends_of_i64_make_a_usable_profile() {
+    // Regression (found by the gRPC fuzz test): a user with events at i64::MIN and i64::MAX
+    // made the profile's age `latest - ts` overflow; the server task panicked and the client got
+    // INTERNAL "worker task failed".
+    let s = server_with_items().await;
+    s.items()
+        .await
+        .upsert_items(upsert("c", vec![item("a", 1.0), item("b", 2.0)]))
+        .await
+        .unwrap();
+    s.interactions()
+        .await
+        .write_interactions(pb::WriteInteractionsRequest {
+            collection: "c".into(),
+            interactions: vec![
+                interaction("u", "a", i64::MIN),
+                interaction("u", "b", i64::MAX),
+            ],
+            durability: 0,
+        })
+        .await
+        .unwrap();
+    let hits = Retrieval::new(s.channel().await)
+        .search(pb::SearchRequest {
+            collection: "c".into(),
+            query: Some(pb::search_request::Query::UserId("u".into())),
+            k: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    // the event 2^64 ms older weighs nothing: the profile is b's vector
+    assert_eq!(hits[0].id, "b");
+}
