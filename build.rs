@@ -23,6 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // tonic-prost's codec, with undecodable messages answered INVALID_ARGUMENT, not INTERNAL
+        .codec_path("crate::service::codec::ApiCodec")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -34,6 +34,22 @@ impl AuthConfig {
     pub fn enabled(&self) -> bool {
         !self.api_keys.is_empty() || !self.read_only_keys.is_empty()
     }
+
+    /// Refuses empty keys: `x-api-key:` with no value (or `Bearer` with nothing after it) would
+    /// present one, so an empty key would let anyone in.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, keys) in [
+            ("auth.api_keys", &self.api_keys),
+            ("auth.read_only_keys", &self.read_only_keys),
+        ] {
+            if let Some(i) = keys.iter().position(|k| k.trim().is_empty()) {
+                return Err(format!(
+                    "{name}[{i}]: an empty (or blank) key would let any client in; remove it or set a secret"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 const WRITE_VERBS: [&str; 6] = ["Create", "Upsert", "Delete", "Write", "Trigger", "Activate"];
@@ -43,11 +59,13 @@ fn check(config: &AuthConfig, path: &str, headers: &http::HeaderMap) -> Result<(
     if !config.enabled() || !path.starts_with("/sidb.") {
         return Ok(());
     }
-    let key = presented_key(headers).ok_or_else(|| {
-        Status::unauthenticated(
-            "missing API key: send `authorization: Bearer <key>` or `x-api-key`",
-        )
-    })?;
+    let key = presented_key(headers)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| {
+            Status::unauthenticated(
+                "missing API key: send `authorization: Bearer <key>` or `x-api-key`",
+            )
+        })?;
     if config.api_keys.iter().any(|k| ct_eq(k.as_bytes(), key)) {
         return Ok(());
     }
@@ -60,6 +78,11 @@ fn check(config: &AuthConfig, path: &str, headers: &http::HeaderMap) -> Result<(
     }
     let method = path.rsplit('/').next().unwrap_or_default();
     if WRITE_VERBS.iter().any(|v| method.starts_with(v)) {
+        // the path is the client's: quoted and cut when it is long
+        let method = match method.len() <= crate::error::ECHO_BYTES {
+            true => method.to_string(),
+            false => crate::error::echo(method),
+        };
         return Err(Status::permission_denied(format!(
             "{method}: the API key is read-only"
         )));
@@ -71,8 +94,13 @@ fn presented_key(headers: &http::HeaderMap) -> Option<&[u8]> {
     if let Some(v) = headers.get("x-api-key") {
         return Some(v.as_bytes());
     }
+    // RFC 6750 / RFC 9110: the scheme is case-insensitive, then one or more spaces
     let auth = headers.get(http::header::AUTHORIZATION)?.as_bytes();
-    auth.strip_prefix(b"Bearer ")
+    let (scheme, rest) = auth.split_at_checked(b"Bearer".len())?;
+    if !scheme.eq_ignore_ascii_case(b"Bearer") || !rest.starts_with(b" ") {
+        return None;
+    }
+    Some(rest.trim_ascii_start())
 }
 
 /// Compares without an early exit, so response time does not reveal how much of a key matched.
@@ -177,9 +205,48 @@ mod tests {
         assert_eq!(denied.code(), tonic::Code::PermissionDenied);
         assert!(denied.message().contains("UpsertItems"));
         assert!(check(&c, "/grpc.health.v1.Health/Check", &none).is_ok());
+        // the scheme is case-insensitive (RFC 6750)
+        for scheme in ["bearer", "BEARER", "bEaReR"] {
+            let h = headers("authorization", &format!("{scheme} rw"));
+            assert!(check(&c, w, &h).is_ok(), "{scheme}");
+        }
+        for wrong in ["Bearerrw", "Basic rw", "Bearer", "Bearer "] {
+            let e = check(&c, w, &headers("authorization", wrong)).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::Unauthenticated, "{wrong}");
+        }
         assert!(
             check(&AuthConfig::default(), w, &none).is_ok(),
             "off by default"
         );
+    }
+
+    #[test]
+    fn empty_keys_are_refused_and_never_match() {
+        for (api, ro, field) in [
+            (vec![""], vec![], "auth.api_keys[0]"),
+            (vec!["rw"], vec!["ro", " "], "auth.read_only_keys[1]"),
+        ] {
+            let c = AuthConfig {
+                api_keys: api.into_iter().map(String::from).collect(),
+                read_only_keys: ro.into_iter().map(String::from).collect(),
+            };
+            let e = c.validate().unwrap_err();
+            assert!(e.starts_with(field) && e.contains("empty"), "{e}");
+        }
+        // and if one gets past the config anyway, an empty presented key is no key
+        let c = AuthConfig {
+            api_keys: vec![String::new()],
+            read_only_keys: vec![],
+        };
+        let w = "/sidb.v1.Items/UpsertItems";
+        for h in [
+            headers("x-api-key", ""),
+            headers("authorization", "Bearer "),
+        ] {
+            assert_eq!(
+                check(&c, w, &h).unwrap_err().code(),
+                tonic::Code::Unauthenticated
+            );
+        }
     }
 }

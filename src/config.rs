@@ -131,6 +131,11 @@ pub struct Limits {
     pub max_page: usize,
     /// Largest `k` of a search. Default 1,000.
     pub max_k: usize,
+    /// Largest reply in bytes. A request whose reply would be larger (many hits or entities with
+    /// their vectors) gets RESOURCE_EXHAUSTED naming the fields to change (`k`, `ids`,
+    /// `with_vectors`, `limit`), estimated before the work where the request tells enough.
+    /// Default 32 MiB.
+    pub max_response_bytes: usize,
 }
 
 impl Default for Limits {
@@ -141,6 +146,7 @@ impl Default for Limits {
             max_ids: 10_000,
             max_page: 10_000,
             max_k: 1_000,
+            max_response_bytes: 32 << 20,
         }
     }
 }
@@ -375,6 +381,13 @@ impl Config {
                 self.server.max_message_bytes
             )));
         }
+        if self.limits.max_response_bytes < 1024 {
+            return Err(ConfigError::Invalid(format!(
+                "limits.max_response_bytes: at least 1024, got {}",
+                self.limits.max_response_bytes
+            )));
+        }
+        self.auth.validate().map_err(ConfigError::Invalid)?;
         let r = &self.retrieval;
         let positive = [
             ("retrieval.hnsw_m", r.hnsw_m),
@@ -560,5 +573,29 @@ mod tests {
         let c = Config::load(None, env(&[("SIDB__RETRIEVAL__HNSW_TARGET_RECALL", "0")]))
             .expect("0 = off");
         assert_eq!(c.retrieval.hnsw_target_recall, 0.0);
+        let e = Config::load(None, env(&[("SIDB__LIMITS__MAX_RESPONSE_BYTES", "10")])).unwrap_err();
+        assert!(e.to_string().contains("limits.max_response_bytes"), "{e}");
+    }
+
+    #[test]
+    fn empty_api_keys_are_refused_at_load() {
+        // Regression: `api_keys = [""]` loaded, and then `x-api-key:` with no value had full
+        // access.
+        let dir = tempfile::tempdir().unwrap();
+        for (toml, field) in [
+            ("[auth]\napi_keys = [\"\"]\n", "auth.api_keys[0]"),
+            (
+                "[auth]\napi_keys = [\"k\"]\nread_only_keys = [\"r\", \"\"]\n",
+                "auth.read_only_keys[1]",
+            ),
+        ] {
+            let f = dir.path().join("sidb.toml");
+            std::fs::write(&f, toml).unwrap();
+            let e = Config::load(Some(&f), []).unwrap_err();
+            assert!(e.to_string().contains(field), "{e}");
+        }
+        let f = dir.path().join("ok.toml");
+        std::fs::write(&f, "[auth]\napi_keys = [\"k\"]\n").unwrap();
+        assert_eq!(Config::load(Some(&f), []).unwrap().auth.api_keys, ["k"]);
     }
 }

@@ -382,6 +382,11 @@ impl Engine {
         self.store.collection(name)
     }
 
+    /// The request limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// Flushes everything, stops taking writes and dumps the indexes for a quick restart.
     /// Blocking.
     pub fn close(&self) -> Result<()> {
@@ -526,7 +531,10 @@ pub(crate) fn decode_history_token(token: &str) -> Result<Option<HistoryPos>> {
         return Ok(None);
     }
     let bad = || {
-        Error::invalid(format!("page_token: {token:?} is malformed; pass back the next_page_token of the previous page"))
+        Error::invalid(format!(
+            "page_token: {} is malformed; pass back the next_page_token of the previous page",
+            crate::error::echo(token)
+        ))
     };
     let hex = token.strip_prefix(HISTORY_TOKEN_TAG).ok_or_else(bad)?;
     // `from_str_radix` alone would take "+f" as a digit pair.

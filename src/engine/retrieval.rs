@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::index::{CollectionIndex, EntityHit, Restrict, SpaceId};
 use super::models::LoadedModel;
 use super::{validate, Engine};
-use crate::error::{Error, Result};
+use crate::error::{echo, Error, Result};
 use crate::index::distance;
 use crate::storage::models::ModelSid;
 use crate::storage::Collection;
@@ -119,7 +119,7 @@ impl Engine {
         let k = validate::k("k", input.k, &self.limits)?;
         let ef = self.ef(input.ef)?;
         let space = space_for(&config, input.entity, &input.modality)?;
-        validate::sid_codes("sid_prefix", &input.sid_prefix, &config)?;
+        check_prefix("sid_prefix", &input.sid_prefix, &config, &index)?;
         if !input.sid_prefix.is_empty() {
             require_sids(&coll)?;
         }
@@ -128,6 +128,20 @@ impl Engine {
             .query
             .ok_or_else(|| Error::invalid("query: set one of vector, item_id or user_id"))?;
         let dim = space_dim(&config, space);
+        if input.with_vectors {
+            let per_hit = validate::vector_reply_bytes(dim);
+            let mut hits = k as u64;
+            if hits * per_hit > self.limits.max_response_bytes as u64 {
+                // no more hits than entities (read only then: it takes the writer lock briefly)
+                hits = hits.min(space_count(&coll, space));
+            }
+            validate::response_size(
+                "k, with_vectors",
+                &format!("up to {hits} hits with {dim}-d vectors"),
+                hits * per_hit,
+                &self.limits,
+            )?;
+        }
         match &query {
             Query::Vector(v) => validate::vector("query.vector", v, dim as u32, config.metric)?,
             Query::ItemId(id) => validate::id("query.item_id", id)?,
@@ -145,7 +159,7 @@ impl Engine {
                         ));
                     };
                     let v = index.vector_of(space, &id).ok_or_else(|| {
-                        Error::NotFound(format!("query.item_id: item {id:?} not found"))
+                        Error::NotFound(format!("query.item_id: item {} not found", echo(&id)))
                     })?;
                     exclude.push(id);
                     v
@@ -276,7 +290,7 @@ impl Engine {
         page_token: &str,
     ) -> Result<ScanPage> {
         let (coll, index) = self.collection_index(collection)?;
-        validate::sid_codes("prefix", prefix, coll.config())?;
+        check_prefix("prefix", prefix, coll.config(), &index)?;
         let limit = validate::page_limit("limit", limit, DEFAULT_SCAN_PAGE, &self.limits)?;
         let after = match page_token {
             "" => None,
@@ -305,7 +319,7 @@ impl Engine {
         prefix: &[u32],
     ) -> Result<PrefixStats> {
         let (coll, index) = self.collection_index(collection)?;
-        validate::sid_codes("prefix", prefix, coll.config())?;
+        check_prefix("prefix", prefix, coll.config(), &index)?;
         require_sids(&coll)?;
         let st = index.state.read();
         let trie = &st.entities(entity).trie;
@@ -414,9 +428,9 @@ impl Engine {
         if space == SpaceId::User {
             let known = index.state.read().users.point(user).is_some();
             return Err(if known {
-                Error::FailedPrecondition(format!("user_id: user {user:?} has no vector"))
+                Error::FailedPrecondition(format!("user_id: user {} has no vector", echo(user)))
             } else {
-                Error::NotFound(format!("user_id: user {user:?} not found"))
+                Error::NotFound(format!("user_id: user {} not found", echo(user)))
             });
         }
         let events = self.retrieval.profile_events;
@@ -431,7 +445,9 @@ impl Engine {
         let recency = self.retrieval.recency();
         let latest = history.first().map(|x| x.timestamp_ms);
         let dim = space_dim(config, space);
-        let mut profile = vec![0.0f32; dim];
+        // summed in f64: bounded weights (`validate::MAX_WEIGHT`) times f32 vectors cannot
+        // overflow it, where an f32 sum of two 3e38 weights became infinite
+        let mut profile = vec![0.0f64; dim];
         let mut used = 0usize;
         // newest first: `newer` positives came after each; past the window nothing weighs
         let positives = history
@@ -442,9 +458,14 @@ impl Engine {
             let Some(v) = index.vector_of(space, &x.item_id) else {
                 continue;
             };
-            let age = (latest.unwrap_or(x.timestamp_ms) - x.timestamp_ms) as f64;
-            let w = x.weight * recency.weight(age, newer);
-            profile.iter_mut().zip(&v).for_each(|(p, v)| *p += w * v);
+            // timestamps are the client's, any i64: the difference in i128 cannot overflow
+            let newest = latest.unwrap_or(x.timestamp_ms);
+            let age = (i128::from(newest) - i128::from(x.timestamp_ms)) as f64;
+            let w = f64::from(x.weight) * f64::from(recency.weight(age, newer));
+            profile
+                .iter_mut()
+                .zip(&v)
+                .for_each(|(p, v)| *p += w * f64::from(*v));
             used += 1;
         }
         if used > 0 {
@@ -455,11 +476,13 @@ impl Engine {
         let known = index.state.read().users.point(user).is_some();
         if !known && history.is_empty() {
             return Err(Error::NotFound(format!(
-                "user_id: user {user:?} not found and has no interactions"
+                "user_id: user {} not found and has no interactions",
+                echo(user)
             )));
         }
         Err(Error::FailedPrecondition(format!(
-            "user_id: user {user:?} has no vector in this space and no positive interactions with stored items"
+            "user_id: user {} has no vector in this space and no positive interactions with stored items",
+            echo(user)
         )))
     }
 
@@ -481,6 +504,13 @@ impl Engine {
             })
             .collect();
         if with_vectors {
+            let dim = space_dim(coll.config(), space);
+            validate::response_size(
+                "k, with_vectors",
+                &format!("{} hits with {dim}-d vectors", out.len()),
+                out.len() as u64 * validate::vector_reply_bytes(dim),
+                &self.limits,
+            )?;
             // The index keeps vectors prepared for the metric (unit length under cosine); the
             // client gets what it stored.
             let ids: Vec<String> = out.iter().map(|h| h.id.clone()).collect();
@@ -514,7 +544,8 @@ fn space_for(config: &CollectionConfig, entity: EntityKind, modality: &str) -> R
             }
             if !modality.is_empty() {
                 return Err(Error::invalid(format!(
-                    "modality: {modality:?} given, but USERS have one vector space; leave it empty"
+                    "modality: {} given, but USERS have one vector space; leave it empty",
+                    echo(modality)
                 )));
             }
             Ok(SpaceId::User)
@@ -530,9 +561,19 @@ fn space_for(config: &CollectionConfig, entity: EntityKind, modality: &str) -> R
                     .map(|m| m.name.as_str())
                     .collect();
                 Error::invalid(format!(
-                    "modality: {modality:?} is unknown; the collection declares {declared:?}"
+                    "modality: {} is unknown; the collection declares {declared:?}",
+                    echo(modality)
                 ))
             }),
+    }
+}
+
+/// How many entities live in `space` (what bounds a query's hits).
+fn space_count(coll: &Collection, space: SpaceId) -> u64 {
+    let stats = coll.info().stats;
+    match space {
+        SpaceId::Item(_) => stats.items,
+        SpaceId::User => stats.users,
     }
 }
 
@@ -627,6 +668,30 @@ fn z_cosine(unit_user: &[f32], item_z: &[f32]) -> f32 {
     }
 }
 
+/// A SID prefix of a query: at most `sid_levels` codes, each below the codebook size: the
+/// collection's `sid_codebook_size`, or when that is 0 (automatic) the size the serving model
+/// chose. Only client-written SIDs under an automatic size have no bound to check.
+fn check_prefix(
+    field: &str,
+    prefix: &[u32],
+    config: &CollectionConfig,
+    index: &CollectionIndex,
+) -> Result<()> {
+    if config.sid_codebook_size > 0 || prefix.is_empty() {
+        return validate::sid_codes(field, prefix, config);
+    }
+    match index.model.load_full() {
+        Some(m) => {
+            let chosen = CollectionConfig {
+                sid_codebook_size: u32::try_from(m.model.meta.codes).unwrap_or(u32::MAX),
+                ..config.clone()
+            };
+            validate::sid_codes(field, prefix, &chosen)
+        }
+        None => validate::sid_codes(field, prefix, config),
+    }
+}
+
 /// SID queries need SIDs: a trained model, or SIDs written by clients.
 fn require_sids(coll: &Collection) -> Result<()> {
     if coll.info().active_model_version == 0 && !coll.client_sids() {
@@ -638,26 +703,29 @@ fn require_sids(coll: &Collection) -> Result<()> {
     Ok(())
 }
 
-/// A profile whose length a query can use: as it is when its squared length is a normal f32,
-/// rescaled to unit length when it is too short or too long for that (weights of events long
-/// before the newest underflow; huge weights overflow), `None` when it has no direction.
-fn usable_profile(mut profile: Vec<f32>) -> Option<Vec<f32>> {
-    let norm = profile
-        .iter()
-        .map(|&x| f64::from(x).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    if (norm * norm) as f32 >= f32::MIN_POSITIVE && ((norm * norm) as f32).is_finite() {
-        return Some(profile);
-    }
-    let finite = profile.iter().all(|x| x.is_finite());
-    if !finite || norm == 0.0 || !norm.is_finite() {
+/// A profile (summed in f64) as an f32 vector a query can use: as it is when it and its squared
+/// length are normal f32s, rescaled to unit length when it is too short or too long for that
+/// (weights of events long before the newest underflow; large weights overflow), `None` when it
+/// has no direction.
+fn usable_profile(profile: Vec<f64>) -> Option<Vec<f32>> {
+    // scaled by the largest component first, so the squares cannot overflow f64 either
+    let max = profile.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    if max == 0.0 || !max.is_finite() || profile.iter().any(|x| !x.is_finite()) {
         return None;
     }
-    profile
-        .iter_mut()
-        .for_each(|x| *x = (f64::from(*x) / norm) as f32);
-    Some(profile)
+    let norm = max
+        * profile
+            .iter()
+            .map(|x| (x / max).powi(2))
+            .sum::<f64>()
+            .sqrt();
+    let as_is: Vec<f32> = profile.iter().map(|&x| x as f32).collect();
+    // the index checks lengths in f32 (`distance::normalize`): decide on the same sum
+    let norm_sq = distance::dot(&as_is, &as_is);
+    if norm_sq.is_finite() && norm_sq >= f32::MIN_POSITIVE {
+        return Some(as_is);
+    }
+    Some(profile.iter().map(|x| (x / norm) as f32).collect())
 }
 
 #[cfg(test)]
@@ -686,8 +754,26 @@ mod tests {
         assert!(!distance::normalize(&mut [3e-30, 4e-30]));
         assert_eq!(usable_profile(vec![0.5, 2.0]), Some(vec![0.5, 2.0]));
         assert_eq!(usable_profile(vec![0.0, 0.0]), None);
-        assert_eq!(usable_profile(vec![f32::INFINITY, 1.0]), None);
+        assert_eq!(usable_profile(vec![f64::INFINITY, 1.0]), None);
         let huge = usable_profile(vec![3e30, 4e30]).expect("a direction");
         assert!((huge[1] - 0.8).abs() < 1e-6);
+    }
+
+    #[test]
+    fn profiles_beyond_f32_keep_their_direction() {
+        // Regression: two events of weight 3e38 summed to an infinite f32 profile, and Search by
+        // user_id failed. Summed in f64 the profile is finite and comes back at unit length.
+        let p = usable_profile(vec![2.0 * 3e38 * 0.6, 2.0 * 3e38 * 0.8]).expect("a direction");
+        assert!(
+            (p[0] - 0.6).abs() < 1e-6 && (p[1] - 0.8).abs() < 1e-6,
+            "{p:?}"
+        );
+        assert!(distance::normalize(&mut p.clone()));
+        // components that fit f32 but whose squared length does not
+        let p = usable_profile(vec![2e19, 2e19, 2e19]).expect("a direction");
+        assert!(distance::normalize(&mut p.clone()), "{p:?}");
+        let far = usable_profile(vec![1e300, -1e300]).expect("a direction");
+        assert!((far[0] - 0.5f32.sqrt()).abs() < 1e-6);
+        assert_eq!(usable_profile(vec![f64::NAN, 1.0]), None);
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use crate::config::Limits;
-use crate::error::{Error, Result};
+use crate::error::{echo, Error, Result};
 use crate::types::{
     CollectionConfig, InteractionRecord, ItemRecord, Metric, Modality, SemanticId, UserRecord,
     DEFAULT_SID_LEVELS,
@@ -31,6 +31,9 @@ pub const MAX_ATTR_KEY: usize = 128;
 pub const MAX_ATTR_VALUE: usize = 4096;
 /// Longest interaction kind, in bytes.
 pub const MAX_KIND: usize = 64;
+/// Largest interaction weight magnitude: far above any rating or count, far below where a
+/// user's profile (a weighted sum of item vectors) loses precision.
+pub const MAX_WEIGHT: f32 = 1e6;
 
 /// An item as a client sent it, before validation.
 #[derive(Debug, Clone, Default)]
@@ -73,7 +76,8 @@ fn name_like(field: &str, name: &str, max: usize) -> Result<()> {
         Ok(())
     } else {
         Err(Error::invalid(format!(
-            "{field}: {name:?} must be 1..={max} characters of [A-Za-z0-9_-]"
+            "{field}: {} must be 1..={max} characters of [A-Za-z0-9_-]",
+            echo(name)
         )))
     }
 }
@@ -131,9 +135,9 @@ pub fn id(field: &str, id: &str) -> Result<()> {
     }
     if id.len() > MAX_ID_BYTES {
         return Err(Error::invalid(format!(
-            "{field}: {} bytes long, at most {MAX_ID_BYTES} allowed (id starts {:?})",
+            "{field}: {} bytes long, at most {MAX_ID_BYTES} allowed (id {})",
             id.len(),
-            id.chars().take(32).collect::<String>()
+            echo(id)
         )));
     }
     Ok(())
@@ -161,6 +165,14 @@ pub fn vector(field: &str, values: &[f32], dim: u32, metric: Metric) -> Result<(
         )));
     }
     if metric == Metric::Cosine && norm_sq <= 0.0 {
+        if let Some(i) = values.iter().position(|&v| v != 0.0) {
+            return Err(Error::invalid(format!(
+                "{field}: the norm is too small to normalise (the squared norm underflows a \
+                 32-bit float; values like [{i}] = {:e} are subnormal or nearly so): scale the \
+                 vector up, it has no usable direction under the COSINE metric as it is",
+                values[i]
+            )));
+        }
         return Err(Error::invalid(format!(
             "{field}: all values are zero, which has no direction under the COSINE metric"
         )));
@@ -178,7 +190,8 @@ fn attributes(field: &str, attrs: Vec<(String, String)>) -> Result<BTreeMap<Stri
     for (k, v) in &attrs {
         if k.is_empty() || k.len() > MAX_ATTR_KEY {
             return Err(Error::invalid(format!(
-                "{field}: key {k:?} must be 1..={MAX_ATTR_KEY} bytes"
+                "{field}: key {} must be 1..={MAX_ATTR_KEY} bytes",
+                echo(k)
             )));
         }
         if v.len() > MAX_ATTR_VALUE {
@@ -232,17 +245,37 @@ pub fn batch_len(field: &str, len: usize, max: usize) -> Result<()> {
     Ok(())
 }
 
-/// Validates items against the collection and orders their vectors by modality.
+/// Validates items against the collection and orders their vectors by modality. An id repeated
+/// in the batch: the last one wins (the earlier ones are validated, then dropped).
 pub fn items(
     config: &CollectionConfig,
     limits: &Limits,
     items: Vec<ItemInput>,
 ) -> Result<Vec<ItemRecord>> {
     batch_len("items", items.len(), limits.max_batch)?;
-    items
+    let items = items
         .into_iter()
         .enumerate()
         .map(|(i, it)| item(config, &format!("items[{i}]"), it))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(last_of_each(items, |x| &x.id))
+}
+
+/// The last record of each id, in the order of those last records: what a batch that names an
+/// id twice stores, and what its `written` counts.
+fn last_of_each<T>(records: Vec<T>, id: fn(&T) -> &String) -> Vec<T> {
+    let mut keep: Vec<bool> = {
+        let mut seen = HashSet::with_capacity(records.len());
+        records.iter().rev().map(|r| seen.insert(id(r))).collect()
+    };
+    if keep.iter().all(|&k| k) {
+        return records;
+    }
+    keep.reverse();
+    records
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(r, k)| k.then_some(r))
         .collect()
 }
 
@@ -257,7 +290,8 @@ fn item(config: &CollectionConfig, field: &str, it: ItemInput) -> Result<ItemRec
                 .map(|m| m.name.as_str())
                 .collect();
             return Err(Error::invalid(format!(
-                "{field}.vectors[{name:?}]: unknown modality; the collection declares {declared:?}"
+                "{field}.vectors[{}]: unknown modality; the collection declares {declared:?}",
+                echo(&name)
             )));
         };
         vector(
@@ -294,18 +328,19 @@ fn item(config: &CollectionConfig, field: &str, it: ItemInput) -> Result<ItemRec
     })
 }
 
-/// Validates users against the collection.
+/// Validates users against the collection; an id repeated in the batch: the last one wins.
 pub fn users(
     config: &CollectionConfig,
     limits: &Limits,
     users: Vec<UserInput>,
 ) -> Result<Vec<UserRecord>> {
     batch_len("users", users.len(), limits.max_batch)?;
-    users
+    let users = users
         .into_iter()
         .enumerate()
         .map(|(i, u)| user(config, &format!("users[{i}]"), u))
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    Ok(last_of_each(users, |x| &x.id))
 }
 
 fn user(config: &CollectionConfig, field: &str, u: UserInput) -> Result<UserRecord> {
@@ -362,6 +397,12 @@ pub fn interactions(
                     x.weight
                 )));
             }
+            if x.weight.abs() > MAX_WEIGHT {
+                return Err(Error::invalid(format!(
+                    "interactions[{i}].weight: {:e} is outside -{MAX_WEIGHT:e}..={MAX_WEIGHT:e}",
+                    x.weight
+                )));
+            }
             if x.timestamp_ms == 0 {
                 x.timestamp_ms = now_ms;
             }
@@ -394,6 +435,25 @@ pub fn k(field: &str, k: u32, limits: &Limits) -> Result<usize> {
         return Err(Error::invalid(format!("{field}: {k} is outside 1..={max}")));
     }
     Ok(k)
+}
+
+/// Bytes a vector of `dim` values adds to a reply: the values and their framing.
+pub fn vector_reply_bytes(dim: usize) -> u64 {
+    dim as u64 * 4 + 12
+}
+
+/// RESOURCE_EXHAUSTED when a reply of `bytes` (estimated before the work, or measured after it)
+/// exceeds `limits.max_response_bytes`; the message starts with the request fields that make it
+/// smaller (`fields`) and says what the reply holds (`what`).
+pub fn response_size(fields: &str, what: &str, bytes: u64, limits: &Limits) -> Result<()> {
+    let max = limits.max_response_bytes as u64;
+    if bytes <= max {
+        return Ok(());
+    }
+    Err(Error::ResourceExhausted(format!(
+        "{fields}: the reply ({what}) would be about {bytes} bytes, more than \
+         limits.max_response_bytes ({max}); ask for less"
+    )))
 }
 
 /// A page size: 0 means `default`, at most `limits.max_page`.
@@ -529,7 +589,75 @@ mod tests {
             err(interactions(&l, vec![x.clone()], 5)),
             "interactions[0].weight: inf is not a finite number"
         );
-        let ok = interactions(&l, vec![InteractionRecord { weight: 1.0, ..x }], 5).unwrap();
+        let ok = interactions(
+            &l,
+            vec![InteractionRecord {
+                weight: 1.0,
+                ..x.clone()
+            }],
+            5,
+        )
+        .unwrap();
         assert_eq!(ok[0].timestamp_ms, 5);
+        // Regression: 3e38 was accepted, and a profile summing two of them overflowed.
+        let huge = InteractionRecord {
+            weight: 3e38,
+            ..x.clone()
+        };
+        assert_eq!(
+            err(interactions(&l, vec![huge], 5)),
+            "interactions[0].weight: 3e38 is outside -1e6..=1e6"
+        );
+        for w in [MAX_WEIGHT, -MAX_WEIGHT, 0.0] {
+            assert!(interactions(
+                &l,
+                vec![InteractionRecord {
+                    weight: w,
+                    ..x.clone()
+                }],
+                5
+            )
+            .is_ok());
+        }
+    }
+
+    #[test]
+    fn a_subnormal_vector_is_too_small_not_zero() {
+        // Regression: its squared norm underflows to 0 and it was reported as all zeros.
+        let m = err(vector("v", &[0.0, 1e-40, 0.0], 3, Metric::Cosine));
+        assert!(
+            m.starts_with("v: the norm is too small to normalise"),
+            "{m}"
+        );
+        assert!(m.contains("[1] = 1e-40"), "{m}");
+        let m = err(vector("v", &[0.0; 3], 3, Metric::Cosine));
+        assert!(m.starts_with("v: all values are zero"), "{m}");
+        // tiny but normalisable, and any length under the other metrics
+        assert!(vector("v", &[1e-20, 0.0, 0.0], 3, Metric::Cosine).is_ok());
+        assert!(vector("v", &[1e-40, 0.0, 0.0], 3, Metric::Dot).is_ok());
+    }
+
+    #[test]
+    fn an_id_repeated_in_a_batch_keeps_its_last_entry() {
+        // Regression: both entries were written and counted (`written: 2` for one item).
+        let l = Limits::default();
+        let got = items(
+            &cfg(),
+            &l,
+            vec![
+                item_in("a", vec![1.0, 0.0, 0.0]),
+                item_in("b", vec![0.0, 1.0, 0.0]),
+                item_in("a", vec![0.0, 0.0, 1.0]),
+            ],
+        )
+        .unwrap();
+        let ids: Vec<&str> = got.iter().map(|x| x.id.as_str()).collect();
+        assert_eq!(ids, ["b", "a"]);
+        assert_eq!(got[1].vectors[0], [0.0, 0.0, 1.0]);
+        let u = |id: &str| UserInput {
+            id: id.into(),
+            ..Default::default()
+        };
+        assert_eq!(users(&cfg(), &l, vec![u("x"), u("x")]).unwrap().len(), 1);
     }
 }

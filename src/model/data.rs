@@ -395,7 +395,8 @@ fn recency_mean(
             }
             false => v,
         };
-        let w = weight * recency.weight((last - ts) as f64, n - 1 - k);
+        // `last` is the latest: the difference is >= 0, and u64 holds it for any i64 pair
+        let w = weight * recency.weight(last.abs_diff(ts) as f64, n - 1 - k);
         out.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
     }
     l2_normalise_rows(&mut out, dim);
@@ -408,8 +409,9 @@ fn item_features(log: &[Interaction], count: &[f32], n_items: usize) -> Vec<[f32
     let pos = || log.iter().filter(|x| x.weight > 0.0);
     let t_min = pos().map(|x| x.ts_ms).min().unwrap_or(0);
     let t_max = pos().map(|x| x.ts_ms).max().unwrap_or(0);
-    let span = (t_max - t_min).max(1) as f32;
-    let recent_from = t_max - (span * 0.1) as i64;
+    // timestamps are the client's, any i64: differences in u64, which holds them all
+    let span = t_max.abs_diff(t_min).max(1) as f32;
+    let recent_from = t_max.saturating_sub((span * 0.1) as i64);
     let mut first = vec![t_max; n_items];
     let mut recent = vec![0.0f32; n_items];
     for x in pos() {
@@ -426,7 +428,7 @@ fn item_features(log: &[Interaction], count: &[f32], n_items: usize) -> Vec<[f32
             [
                 count[i].ln_1p() / max_log,
                 rate,
-                (t_max - first[i]) as f32 / span,
+                t_max.abs_diff(first[i]) as f32 / span,
             ]
         })
         .collect()
@@ -685,6 +687,27 @@ mod tests {
             &p.x_user[2..4],
             &[0.0, 0.0],
             "a user without positives has a zero profile"
+        );
+    }
+
+    #[test]
+    fn timestamps_at_the_ends_of_i64_do_not_overflow() {
+        // Regression (found by the gRPC fuzz test): `last - ts` and `t_max - t_min` overflowed
+        // for a user with events at i64::MIN and i64::MAX ("attempt to subtract with overflow").
+        let mut data = tiny();
+        data.interactions[0].ts_ms = i64::MIN;
+        data.interactions[1].ts_ms = i64::MAX;
+        let p = Prepared::new(&data, Recency::by_age(180.0)).expect("valid data");
+        assert!(p.x_user.iter().all(|x| x.is_finite()), "{:?}", p.x_user);
+        let events: Vec<(&[f32], f32, i64)> = vec![
+            (&data.item_emb[0..2], 1.0, i64::MIN),
+            (&data.item_emb[2..4], 1.0, i64::MAX),
+        ];
+        let u = profile_input(&events, 2, Recency::by_age(180.0)).expect("a profile");
+        // the old event weighs nothing next to one 2^64 ms later: the profile is the newer item
+        assert!(
+            (u[0] - 0.0).abs() < 1e-6 && (u[1] - 1.0).abs() < 1e-6,
+            "{u:?}"
         );
     }
 

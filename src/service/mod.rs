@@ -4,6 +4,7 @@
 //! request -> call the engine -> convert back. Status codes are decided in exactly one place,
 //! [`status`]. Only this module (and `proto`) knows protobuf.
 
+pub mod codec;
 mod convert;
 mod retrieval;
 mod training;
@@ -13,9 +14,10 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::engine::Engine;
+use crate::engine::{validate, Engine};
 use crate::error::Error;
 use crate::proto as pb;
+use crate::types::EntityKind;
 use convert::*;
 
 /// Where the handlers find the engine: empty while the store is recovering and after shutdown
@@ -50,20 +52,39 @@ impl EngineSlot {
     }
 }
 
+/// Longest status message sent, in bytes: messages quote client values through
+/// [`crate::error::echo`], and this cap holds whatever slipped past that, so the `grpc-message`
+/// trailer stays far below the 16 KiB of metadata that clients accept.
+pub const MAX_STATUS_MESSAGE: usize = 2048;
+
+/// `m` cut to [`MAX_STATUS_MESSAGE`] bytes at a char boundary, marked when cut.
+fn capped(mut m: String) -> String {
+    if m.len() > MAX_STATUS_MESSAGE {
+        let mut end = MAX_STATUS_MESSAGE - 32;
+        while !m.is_char_boundary(end) {
+            end -= 1;
+        }
+        let len = m.len();
+        m.truncate(end);
+        m.push_str(&format!("…({len} bytes)"));
+    }
+    m
+}
+
 /// Maps every crate error to its status code: the one place where that is decided.
 pub fn status(e: Error) -> Status {
     match e {
-        Error::InvalidArgument(m) => Status::invalid_argument(m),
-        Error::NotFound(m) => Status::not_found(m),
-        Error::AlreadyExists(m) => Status::already_exists(m),
-        Error::FailedPrecondition(m) => Status::failed_precondition(m),
-        Error::ResourceExhausted(m) => Status::resource_exhausted(m),
-        Error::Unavailable(m) => Status::unavailable(m),
-        Error::Unimplemented(m) => Status::unimplemented(m),
-        Error::DataLoss(m) => Status::data_loss(m),
+        Error::InvalidArgument(m) => Status::invalid_argument(capped(m)),
+        Error::NotFound(m) => Status::not_found(capped(m)),
+        Error::AlreadyExists(m) => Status::already_exists(capped(m)),
+        Error::FailedPrecondition(m) => Status::failed_precondition(capped(m)),
+        Error::ResourceExhausted(m) => Status::resource_exhausted(capped(m)),
+        Error::Unavailable(m) => Status::unavailable(capped(m)),
+        Error::Unimplemented(m) => Status::unimplemented(capped(m)),
+        Error::DataLoss(m) => Status::data_loss(capped(m)),
         Error::Internal(m) => {
             tracing::error!(error = %m, "internal error");
-            Status::internal(m)
+            Status::internal(capped(m))
         }
     }
 }
@@ -91,6 +112,58 @@ impl Api {
 }
 
 type Res<T> = Result<Response<T>, Status>;
+
+/// `reply`, or RESOURCE_EXHAUSTED naming the request `fields` that make it smaller when its
+/// encoding exceeds `limits.max_response_bytes` (what the estimates before the work let through).
+fn fit<T: prost::Message>(engine: &Engine, fields: &str, reply: T) -> Res<T> {
+    let what = std::any::type_name::<T>()
+        .rsplit("::")
+        .next()
+        .unwrap_or("reply");
+    let bytes = reply.encoded_len() as u64;
+    validate::response_size(fields, what, bytes, engine.limits()).map_err(status)?;
+    Ok(Response::new(reply))
+}
+
+/// The estimate before a multi-get reads anything: `ids` entities (at most as many as the
+/// collection holds) with all their vectors must fit `limits.max_response_bytes`.
+fn check_read_size(
+    engine: &Engine,
+    collection: &str,
+    entity: EntityKind,
+    ids: usize,
+    with_vectors: bool,
+) -> Result<(), Status> {
+    let Ok(coll) = engine.collection(collection) else {
+        return Ok(()); // the read itself names the missing collection
+    };
+    if !with_vectors {
+        return Ok(());
+    }
+    let c = coll.config();
+    let per_entity: u64 = match entity {
+        EntityKind::Items => c
+            .item_modalities
+            .iter()
+            .map(|m| validate::vector_reply_bytes(m.dim as usize) + m.name.len() as u64 + 4)
+            .sum(),
+        EntityKind::Users => validate::vector_reply_bytes(c.user_dim as usize),
+    };
+    let mut n = ids as u64;
+    if n * per_entity > engine.limits().max_response_bytes as u64 {
+        let stats = coll.info().stats;
+        n = n.min(match entity {
+            EntityKind::Items => stats.items,
+            EntityKind::Users => stats.users,
+        });
+    }
+    let what = match entity {
+        EntityKind::Items => format!("up to {n} items with their vectors"),
+        EntityKind::Users => format!("up to {n} users with their vectors"),
+    };
+    validate::response_size("ids, with_vectors", &what, n * per_entity, engine.limits())
+        .map_err(status)
+}
 
 #[tonic::async_trait]
 impl pb::collections_server::Collections for Api {
@@ -172,6 +245,8 @@ impl pb::items_server::Items for Api {
     async fn get_items(&self, req: Request<pb::GetItemsRequest>) -> Res<pb::GetItemsResponse> {
         let engine = self.slot.get()?;
         let r = req.into_inner();
+        let (n, with_vectors) = (r.ids.len(), r.with_vectors);
+        check_read_size(&engine, &r.collection, EntityKind::Items, n, with_vectors)?;
         let got = engine
             .get_items(&r.collection, r.ids, r.with_vectors)
             .await
@@ -181,10 +256,11 @@ impl pb::items_server::Items for Api {
             .into_iter()
             .map(|it| item_out(&got.config, it))
             .collect();
-        Ok(Response::new(pb::GetItemsResponse {
+        let reply = pb::GetItemsResponse {
             items,
             missing_ids: got.missing,
-        }))
+        };
+        fit(&engine, "ids, with_vectors", reply)
     }
 
     async fn delete_items(&self, req: Request<pb::DeleteItemsRequest>) -> Res<pb::WriteResponse> {
@@ -265,15 +341,18 @@ impl pb::users_server::Users for Api {
     async fn get_users(&self, req: Request<pb::GetUsersRequest>) -> Res<pb::GetUsersResponse> {
         let engine = self.slot.get()?;
         let r = req.into_inner();
+        let (n, with_vectors) = (r.ids.len(), r.with_vectors);
+        check_read_size(&engine, &r.collection, EntityKind::Users, n, with_vectors)?;
         let got = engine
             .get_users(&r.collection, r.ids, r.with_vectors)
             .await
             .map_err(status)?;
         let users = got.found.into_iter().map(user_out).collect();
-        Ok(Response::new(pb::GetUsersResponse {
+        let reply = pb::GetUsersResponse {
             users,
             missing_ids: got.missing,
-        }))
+        };
+        fit(&engine, "ids, with_vectors", reply)
     }
 
     async fn delete_users(&self, req: Request<pb::DeleteUsersRequest>) -> Res<pb::WriteResponse> {
@@ -325,10 +404,11 @@ impl pb::interactions_server::Interactions for Api {
             .user_history(&r.collection, r.user_id, r.limit, &r.page_token)
             .await
             .map_err(status)?;
-        Ok(Response::new(pb::GetUserHistoryResponse {
+        let reply = pb::GetUserHistoryResponse {
             interactions: page.into_iter().map(interaction_out).collect(),
             next_page_token: next,
-        }))
+        };
+        fit(&engine, "limit", reply)
     }
 }
 
@@ -393,6 +473,19 @@ mod tests {
             too_large_to_resource_exhausted(other).code(),
             tonic::Code::OutOfRange
         );
+    }
+
+    #[test]
+    fn status_messages_are_capped() {
+        let s = status(Error::NotFound(format!("x: {}", "é".repeat(10_000))));
+        assert_eq!(s.code(), tonic::Code::NotFound);
+        assert!(
+            s.message().len() <= MAX_STATUS_MESSAGE,
+            "{}",
+            s.message().len()
+        );
+        assert!(s.message().ends_with("…(20003 bytes)"), "{}", s.message());
+        assert_eq!(status(Error::invalid("short")).message(), "short");
     }
 
     #[test]

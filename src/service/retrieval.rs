@@ -3,7 +3,7 @@
 use tonic::{Request, Response};
 
 use super::convert::*;
-use super::{status, Api, Res};
+use super::{fit, status, Api, Res};
 use crate::engine::RecommendInput;
 use crate::proto as pb;
 
@@ -13,7 +13,7 @@ impl pb::retrieval_server::Retrieval for Api {
         let engine = self.slot.get()?;
         let (collection, input) = search_in(req.into_inner()).map_err(status)?;
         let hits = engine.search(&collection, input).await.map_err(status)?;
-        Ok(Response::new(hits_out(hits)))
+        fit(&engine, "k, with_vectors", hits_out(hits))
     }
 
     async fn prefix_scan(
@@ -26,7 +26,7 @@ impl pb::retrieval_server::Retrieval for Api {
         let page = engine
             .prefix_scan(&r.collection, entity, &r.prefix, r.limit, &r.page_token)
             .map_err(status)?;
-        Ok(Response::new(pb::PrefixScanResponse {
+        let reply = pb::PrefixScanResponse {
             entries: page
                 .entries
                 .into_iter()
@@ -36,7 +36,8 @@ impl pb::retrieval_server::Retrieval for Api {
                 })
                 .collect(),
             next_page_token: page.next_page_token,
-        }))
+        };
+        fit(&engine, "limit", reply)
     }
 
     async fn prefix_stats(
@@ -65,14 +66,15 @@ impl pb::retrieval_server::Retrieval for Api {
         let got = engine
             .semantic_ids(&r.collection, entity, r.ids, r.model_version)
             .map_err(status)?;
-        Ok(Response::new(pb::GetSemanticIdsResponse {
+        let reply = pb::GetSemanticIdsResponse {
             sids: got
                 .found
                 .into_iter()
                 .map(|(id, sid)| (id, sid_out(sid)))
                 .collect(),
             missing_ids: got.missing,
-        }))
+        };
+        fit(&engine, "ids", reply)
     }
 
     async fn recommend(&self, req: Request<pb::RecommendRequest>) -> Res<pb::SearchResponse> {
@@ -88,6 +90,6 @@ impl pb::retrieval_server::Retrieval for Api {
             .recommend(&r.collection, input)
             .await
             .map_err(status)?;
-        Ok(Response::new(hits_out(hits)))
+        fit(&engine, "k", hits_out(hits))
     }
 }

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use crate::lock::{Mutex, Rank, RwLock};
 
-use crate::error::{Error, Result};
+use crate::error::{echo, Error, Result};
 use crate::types::{
     CollectionConfig, CollectionInfo, Durability, InteractionRecord, ItemRecord, UserRecord,
     WriteResult,
@@ -309,7 +309,8 @@ impl Store {
         let mut wm = self.inner.catalog_lock.lock();
         if self.inner.collections.read().contains_key(name) {
             return Err(Error::AlreadyExists(format!(
-                "collection {name:?} already exists"
+                "collection {} already exists",
+                echo(name)
             )));
         }
         let id = self.next_collection_id()?;
@@ -386,7 +387,7 @@ impl Store {
             .read()
             .get(name)
             .cloned()
-            .ok_or_else(|| Error::NotFound(format!("collection {name:?} not found")))
+            .ok_or_else(|| Error::NotFound(format!("collection {} not found", echo(name))))
     }
 
     /// Every collection, by name.

@@ -210,3 +210,54 @@ fn open_of_a_store_in_use_fails_clearly_after_the_wait() {
     assert!(err.to_string().contains("in use"), "{err}");
     first.close().unwrap();
 }
+
+#[test]
+fn a_request_racing_the_deletion_of_its_collection_gets_not_found() {
+    // Regression (found by the gRPC fuzz test): a read that looked the collection up before a
+    // DeleteCollection dropped its tree failed with INTERNAL "storage: Collection [99, 47, ..]
+    // does not exist".
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), options()).unwrap();
+    let config = CollectionConfig {
+        item_modalities: vec![Modality {
+            name: "t".into(),
+            dim: 1,
+        }],
+        user_dim: 0,
+        metric: Metric::Cosine,
+        sid_levels: 3,
+        sid_codebook_size: 0,
+    };
+    store.create_collection("m", config, 1).unwrap();
+    let coll = store.collection("m").unwrap();
+    store
+        .write(
+            &coll,
+            WriteOp::UpsertItems(vec![item(0, 1)]),
+            Durability::Buffered,
+        )
+        .unwrap();
+    store.delete_collection("m").unwrap();
+    let not_found = |r: crate::error::Result<()>, what: &str| match r {
+        Err(crate::error::Error::NotFound(m)) => assert!(m.contains("deleted"), "{what}: {m}"),
+        other => panic!("{what}: {other:?}"),
+    };
+    not_found(
+        store.get_items(&coll, &["i0".into()]).map(drop),
+        "get_items",
+    );
+    not_found(
+        store.user_history(&coll, "u", 10, None).map(drop),
+        "user_history",
+    );
+    not_found(store.versions(&coll).map(drop), "versions");
+    let w = store.write(
+        &coll,
+        WriteOp::UpsertItems(vec![item(1, 1)]),
+        Durability::Buffered,
+    );
+    assert!(
+        matches!(w, Err(crate::error::Error::NotFound(_))),
+        "write: {w:?}"
+    );
+}

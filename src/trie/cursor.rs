@@ -48,8 +48,9 @@ impl Cursor {
             Ok(())
         } else {
             Err(Error::invalid(format!(
-                "page_token was issued for prefix {:?}, not {:?}",
-                self.prefix, prefix
+                "page_token was issued for prefix {}, not {}",
+                show_codes(&self.prefix),
+                show_codes(prefix)
             )))
         }
     }
@@ -98,6 +99,17 @@ impl Cursor {
             id: Arc::from(id),
         })
     }
+}
+
+/// A code list for an error message: whole when short, else its head and its length (a token
+/// may carry up to [`MAX_CODES`] codes).
+fn show_codes(codes: &[u32]) -> String {
+    const SHOWN: usize = 16;
+    if codes.len() <= SHOWN {
+        return format!("{codes:?}");
+    }
+    let head: Vec<String> = codes[..SHOWN].iter().map(u32::to_string).collect();
+    format!("[{}, …] ({} codes)", head.join(", "), codes.len())
 }
 
 fn bad(why: &str) -> Error {

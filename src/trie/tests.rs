@@ -130,6 +130,25 @@ fn malformed_tokens_are_invalid_argument_naming_page_token() {
     }
 }
 
+#[test]
+fn a_foreign_token_of_a_long_prefix_is_named_briefly() {
+    // A token may carry 65,536 prefix codes; the message quoted them all (some 400 KB).
+    let t = SidTrie::from_entries([("a", sid(&[1, 2], 0))]);
+    let long: Vec<u32> = (0..60_000).collect();
+    let cursor = Cursor::after(&long, &sid(&long, 0), &std::sync::Arc::from("a"));
+    let token = Cursor::from_token(&cursor.to_token()).expect("valid");
+    match t.scan(&[1], Some(&token), 1) {
+        Err(Error::InvalidArgument(m)) => {
+            assert!(
+                m.starts_with("page_token was issued for prefix [0, 1,"),
+                "{m}"
+            );
+            assert!(m.contains("(60000 codes), not [1]") && m.len() < 200, "{m}");
+        }
+        other => panic!("foreign prefix gave {other:?}"),
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Insert(usize, Vec<u32>, u32),

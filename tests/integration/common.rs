@@ -282,3 +282,101 @@ pub async fn connect(url: &str) -> tonic::transport::Channel {
         .await
         .unwrap()
 }
+
+/// A codec that sends and receives raw bytes: for requests that are not valid protobuf.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BytesCodec;
+
+/// The encoder and decoder of [`BytesCodec`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawBytes;
+
+impl tonic::codec::Codec for BytesCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawBytes;
+    type Decoder = RawBytes;
+    fn encoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+    fn decoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+}
+
+impl tonic::codec::Encoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use prost::bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use prost::bytes::Buf;
+        let mut out = vec![0; src.remaining()];
+        src.copy_to_slice(&mut out);
+        Ok(Some(out))
+    }
+}
+
+/// Sends `body` as the one message of a unary call to `path` (`/sidb.v1.Items/UpsertItems`);
+/// returns the raw reply.
+pub async fn raw_unary(ch: &Channel, path: &str, body: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(ch.clone()).max_decoding_message_size(64 << 20);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let path = http::uri::PathAndQuery::try_from(path).expect("a method path");
+    grpc.unary(tonic::Request::new(body), path, BytesCodec)
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Sends `bodies` as the messages of a client-streaming call to `path`.
+pub async fn raw_client_stream(
+    ch: &Channel,
+    path: &str,
+    bodies: Vec<Vec<u8>>,
+) -> Result<Vec<u8>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(ch.clone());
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let path = http::uri::PathAndQuery::try_from(path).expect("a method path");
+    let req = tonic::Request::new(tokio_stream::iter(bodies));
+    grpc.client_streaming(req, path, BytesCodec)
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Sends `body` to the server-streaming method `path`; returns the first reply message, or the
+/// status the stream ended with when it ended before one.
+pub async fn raw_server_stream_first(
+    ch: &Channel,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<Option<Vec<u8>>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(ch.clone());
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let path = http::uri::PathAndQuery::try_from(path).expect("a method path");
+    let mut stream = grpc
+        .server_streaming(tonic::Request::new(body), path, BytesCodec)
+        .await?
+        .into_inner();
+    stream.message().await
+}

@@ -246,6 +246,13 @@ async fn api_keys_authenticate_and_read_only_keys_cannot_write() {
         Code::PermissionDenied,
         "DeleteCollection: the API key is read-only",
     );
+    // The scheme is case-insensitive (RFC 6750).
+    for key in ["bearer rw-secret", "BEARER ro-secret"] {
+        let mut c = CollectionsClient::with_interceptor(ch.clone(), with_key(key));
+        c.list_collections(pb::ListCollectionsRequest {})
+            .await
+            .unwrap_or_else(|e| panic!("{key}: {e}"));
+    }
     let mut ro_items = ItemsClient::with_interceptor(ch.clone(), with_key("Bearer ro-secret"));
     assert_status(
         ro_items

@@ -9,6 +9,7 @@ mod concurrency;
 mod damage;
 mod durability;
 mod errors;
+mod fuzz;
 mod interactions;
 mod items;
 mod lifecycle;
