@@ -2,6 +2,7 @@
 //! `bench` loads it; `train` and `eval` run the semantic-ID model on a dataset directory.
 
 mod admin_cli;
+mod chaos;
 mod model_cli;
 
 use std::io::IsTerminal;
@@ -42,6 +43,9 @@ enum Command {
     /// The background trainer of a running server: trigger, status, watch, versions, activate.
     #[command(subcommand)]
     Training(admin_cli::TrainingCommand),
+    /// Crash test: run `sidb serve` on a data directory under a mixed workload, SIGKILL it at
+    /// seeded moments, and check every restart against a model of what was acknowledged.
+    Chaos(chaos::ChaosArgs),
 }
 
 #[derive(Args)]
@@ -250,6 +254,11 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Recommend(a)) => rt.block_on(bench_recommend(a))?,
         Command::Import(a) => rt.block_on(admin_cli::import(a))?,
         Command::Training(c) => rt.block_on(admin_cli::training(c))?,
+        Command::Chaos(a) => {
+            if !rt.block_on(chaos::run(a))? {
+                std::process::exit(1);
+            }
+        }
         Command::Train(_) | Command::Eval(_) => unreachable!("handled above"),
     }
     Ok(())

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod chaos;
 mod collections;
 mod concurrency;
 mod damage;
