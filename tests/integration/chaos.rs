@@ -1,15 +1,9 @@
 //! The crash tester at CI size: the debug `sidb chaos` with a few SIGKILLs of the real server,
-//! two clients, a fixed seed and the self-test (the checker must catch every tampering) exits 0.
-//!
-//! Two classes of known races are tolerated (reported, not failing): `torn-read` (GetItems
-//! reads the record and the SID under separate locks) and `versions-beyond-keep` (a kill between
-//! a version's activation and the prune). Kill times depend on the scheduler, so a seed cannot
-//! keep them out of a run; every other class fails the test.
+//! two clients, a fixed seed and the self-test (the checker must catch every tampering) exits 0
+//! with no violation of any class.
 
 use std::process::Command;
 use std::time::Instant;
-
-const TOLERATED: [&str; 2] = ["torn-read", "versions-beyond-keep"];
 
 #[test]
 fn chaos_kills_with_self_test_find_no_violation() {
@@ -19,7 +13,7 @@ fn chaos_kills_with_self_test_find_no_violation() {
     let run = Command::new(env!("CARGO_BIN_EXE_sidb"))
         .args(["chaos", "--kills", "5", "--clients", "2", "--seed", "7"])
         .args(["--max-epoch-ms", "1500", "--self-test"])
-        .args(["--tolerate", &TOLERATED.join(","), "--out"])
+        .arg("--out")
         .arg(&out)
         .arg("--data-dir")
         .arg(tmp.path().join("data"))
@@ -40,10 +34,6 @@ fn chaos_kills_with_self_test_find_no_violation() {
     assert!(cases.len() >= 10, "{cases:?}");
     assert!(cases.iter().all(|c| c["caught"] == true), "{cases:?}");
     let violations = summary["violations"].as_array().expect("violations listed");
-    let other: Vec<_> = violations
-        .iter()
-        .filter(|v| !TOLERATED.iter().any(|c| v["class"] == *c))
-        .collect();
-    assert!(other.is_empty(), "{other:?}");
+    assert!(violations.is_empty(), "{violations:?}");
     eprintln!("chaos CI run: {:.1} s", t0.elapsed().as_secs_f64());
 }
