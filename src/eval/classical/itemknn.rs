@@ -153,12 +153,12 @@ mod tests {
         assert!(recent[5] > recent[3], "{recent:?}");
         // and it is exactly the weighted sum of similarity rows
         let m = 8;
-        for i in 0..m {
+        for (i, got) in recent.iter().enumerate() {
             let want: f32 = w
                 .iter()
                 .map(|&(a, x)| x * knn.sim[a as usize * m + i])
                 .sum();
-            assert!((recent[i] - want).abs() < 1e-6);
+            assert!((got - want).abs() < 1e-6);
         }
     }
 }

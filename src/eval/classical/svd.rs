@@ -152,8 +152,8 @@ mod tests {
         let m = active.len();
         let svd = Svd::fit(&active, 40, 4, 20, 1);
         let (eig, _) = symmetric_eigen(&active.gram(), m);
-        for k in 0..4 {
-            let want = eig[k].sqrt();
+        for (k, e) in eig.iter().take(4).enumerate() {
+            let want = e.sqrt();
             let got = svd.singular_values[k];
             assert!(
                 (got - want).abs() < 1e-6 * want,
