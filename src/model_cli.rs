@@ -1,8 +1,13 @@
 //! `sidb train` and `sidb eval`: the semantic-ID model on a dataset directory, no server needed.
 use std::path::{Path, PathBuf};
 
+use std::time::Instant;
+
 use anyhow::Context;
-use sidb::eval::{evaluate_with_progress, markdown_table, EvalOptions};
+use serde::Serialize;
+use sidb::eval::classical::ClassicalOptions;
+use sidb::eval::summary::{cell_table, overview_table, summarise, variant_label, CellSummary};
+use sidb::eval::{evaluate_with_progress, markdown_table, EvalOptions, EvalReport};
 use sidb::model::data::{load_dataset, Prepared};
 use sidb::model::sid::{churn, dedup_suffixes};
 use sidb::model::{align_codes, DasConfig, Method, TrainControl, TrainedModel, TrainingData};
@@ -10,9 +15,6 @@ use sidb::model::{align_codes, DasConfig, Method, TrainControl, TrainedModel, Tr
 /// Model settings shared by `train` and `eval`.
 #[derive(clap::Args)]
 struct ModelArgs {
-    /// Dataset directory (items.tsv, interactions.tsv, item_emb.f32, item_emb.json).
-    #[arg(long)]
-    data: PathBuf,
     /// JSON file with DasConfig fields to override.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -33,6 +35,10 @@ struct ModelArgs {
 /// `sidb train`.
 #[derive(clap::Args)]
 pub struct TrainArgs {
+    /// Dataset directory (items.tsv, interactions.tsv, item_emb.f32, item_emb.json; see
+    /// docs/datasets.md).
+    #[arg(long)]
+    data: PathBuf,
     #[command(flatten)]
     args: ModelArgs,
     /// das, rqvae, rqkmeans, two-stage or cf.
@@ -51,31 +57,62 @@ pub struct TrainArgs {
 /// `sidb eval`.
 #[derive(clap::Args)]
 pub struct EvalArgs {
+    /// Dataset directory (items.tsv, interactions.tsv, item_emb.f32, item_emb.json; see
+    /// docs/datasets.md). Repeat it to evaluate several data sets in one run.
+    #[arg(long, required_unless_present = "matrix")]
+    data: Vec<PathBuf>,
+    /// Evaluate every data set directory under this one (each subdirectory holding items.tsv,
+    /// in name order), after those given with --data.
+    #[arg(long)]
+    matrix: Option<PathBuf>,
     #[command(flatten)]
     args: ModelArgs,
+    /// Set every timestamp to 0 before the split: a seeded random leave-one-out, as on a
+    /// catalogue without time.
+    #[arg(long)]
+    timeless: bool,
+    /// Comma-separated seeds; each seeds the split and every trained method, and the tables
+    /// show mean ± sd over them (overrides --seed).
+    #[arg(long, value_delimiter = ',')]
+    seeds: Vec<u64>,
+    /// Comma-separated variants to run on every data set, each `base` (the --min-rating and
+    /// --timeless given) or a `+`-joined set of `implicit` (min-rating 0) and `timeless`, e.g.
+    /// `base,implicit,timeless+implicit`. Default: `base`.
+    #[arg(long, value_delimiter = ',')]
+    variants: Vec<String>,
     /// Comma-separated methods (das, das-no-u2i, das-no-self, das-no-co, das-no-debias,
-    /// das-no-logq, rqvae, rqkmeans, two-stage, cf, popularity).
+    /// das-no-logq, rqvae, rqkmeans, two-stage, cf, content, and the classical baselines
+    /// popularity, itemknn, ease, svd).
     #[arg(long, default_value = "das,rqvae,rqkmeans,two-stage,cf,popularity")]
     methods: String,
-    /// JSON report path.
+    /// JSON report path: one run's report, or with several runs every report and the summaries.
     #[arg(long)]
     out: PathBuf,
     /// Score each user's validation pair (second-last positive) instead of the test pair: for
     /// choosing settings without looking at the test set.
     #[arg(long)]
     on_validation: bool,
+    /// itemknn: half-lives by position to choose from on validation (0 = by age only).
+    #[arg(long, value_delimiter = ',')]
+    knn_half_lives: Vec<f64>,
+    /// ease: lambdas to choose from on validation.
+    #[arg(long, value_delimiter = ',')]
+    ease_lambdas: Vec<f64>,
+    /// svd: ranks to choose from on validation.
+    #[arg(long, value_delimiter = ',')]
+    svd_ranks: Vec<usize>,
 }
 
 /// Runs `sidb train`.
 pub fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
     set_threads(a.args.threads);
-    train(&a.args, &a.method, &a.out, a.warm_start.as_deref())
+    train(&a.data, &a.args, &a.method, &a.out, a.warm_start.as_deref())
 }
 
 /// Runs `sidb eval`.
 pub fn run_eval(a: &EvalArgs) -> anyhow::Result<()> {
     set_threads(a.args.threads);
-    eval(&a.args, &a.methods, &a.out, a.on_validation)
+    eval(a)
 }
 
 fn config(args: &ModelArgs) -> anyhow::Result<DasConfig> {
@@ -104,13 +141,14 @@ pub(crate) fn set_threads(n: usize) {
 }
 
 fn train(
+    data: &Path,
     args: &ModelArgs,
     method: &str,
     out: &Path,
     warm_start: Option<&Path>,
 ) -> anyhow::Result<()> {
     let cfg = config(args)?;
-    let ds = load_dataset(&args.data)?;
+    let ds = load_dataset(data)?;
     let ratings: Vec<_> = ds
         .ratings
         .iter()
@@ -174,27 +212,168 @@ fn train(
     Ok(())
 }
 
-fn eval(args: &ModelArgs, methods: &str, out: &Path, on_validation: bool) -> anyhow::Result<()> {
-    let opts = EvalOptions {
-        config: config(args)?,
-        min_rating: args.min_rating,
-        on_validation,
+/// One data set and variant of an evaluation.
+struct Cell {
+    data: PathBuf,
+    min_rating: f32,
+    timeless: bool,
+}
+
+/// What `sidb eval` writes for several runs.
+#[derive(Serialize)]
+struct MatrixReport<'a> {
+    version: &'static str,
+    methods: &'a [String],
+    seeds: &'a [u64],
+    /// mean ± sd: the sample standard deviation over the seeds
+    summaries: &'a [CellSummary],
+    runs: &'a [EvalReport],
+}
+
+fn eval(a: &EvalArgs) -> anyhow::Result<()> {
+    let base = EvalOptions {
+        config: config(&a.args)?,
+        min_rating: a.args.min_rating,
+        on_validation: a.on_validation,
+        timeless: a.timeless,
+        classical: classical_options(a),
         ..EvalOptions::default()
     };
-    let ds = load_dataset(&args.data)?;
-    let methods: Vec<String> = methods
-        .split(',')
+    let methods: Vec<String> = (a.methods.split(','))
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect();
-    let mut write = |r: &sidb::eval::EvalReport| {
+    let seeds = match a.seeds.is_empty() {
+        true => vec![base.config.seed],
+        false => a.seeds.clone(),
+    };
+    let cells = cells(a)?;
+    if cells.len() == 1 && seeds.len() == 1 {
+        return eval_one(&cells[0], &base, &methods, &a.out);
+    }
+    let (mut runs, mut summaries) = (Vec::new(), Vec::new());
+    let write = |runs: &[EvalReport], summaries: &[CellSummary]| -> anyhow::Result<()> {
+        let r = MatrixReport {
+            version: concat!("sidb ", env!("CARGO_PKG_VERSION")),
+            methods: &methods,
+            seeds: &seeds,
+            summaries,
+            runs,
+        };
+        std::fs::write(&a.out, serde_json::to_string_pretty(&r)?)
+            .with_context(|| format!("writing {}", a.out.display()))
+    };
+    for cell in &cells {
+        let ds =
+            load_dataset(&cell.data).with_context(|| format!("loading {}", cell.data.display()))?;
+        let first = runs.len();
+        for &seed in &seeds {
+            let mut opts = base.clone();
+            (opts.config.seed, opts.min_rating, opts.timeless) =
+                (seed, cell.min_rating, cell.timeless);
+            let label = variant_label(cell.min_rating, cell.timeless);
+            eprintln!("== {} ({label}), seed {seed}", ds.name);
+            let t0 = Instant::now();
+            let report = evaluate_with_progress(&ds, &methods, &opts, &mut |r| {
+                let m = r.results.last().expect("called after a method");
+                eprintln!("   {} done ({:.1} s)", m.method, m.train_seconds);
+            })?;
+            eprintln!("{}", markdown_table(&report));
+            eprintln!("   run took {:.1} s", t0.elapsed().as_secs_f64());
+            runs.push(report);
+            write(&runs, &summaries)?;
+        }
+        summaries.push(summarise(&runs[first..]));
+        write(&runs, &summaries)?;
+    }
+    println!(
+        "{} ({} methods, seeds {:?})\n",
+        concat!("sidb ", env!("CARGO_PKG_VERSION")),
+        methods.len(),
+        seeds
+    );
+    for c in &summaries {
+        println!("{}", cell_table(c));
+    }
+    println!("{}", overview_table(&summaries));
+    Ok(())
+}
+
+/// The data sets times the variants, in that order.
+fn cells(a: &EvalArgs) -> anyhow::Result<Vec<Cell>> {
+    let mut dirs = a.data.clone();
+    if let Some(m) = &a.matrix {
+        let mut under: Vec<PathBuf> = std::fs::read_dir(m)
+            .with_context(|| format!("reading {}", m.display()))?
+            .filter_map(|e| Some(e.ok()?.path()))
+            .filter(|p| p.join("items.tsv").is_file())
+            .collect();
+        under.sort();
+        anyhow::ensure!(
+            !under.is_empty(),
+            "no data set (a directory with items.tsv) under {}",
+            m.display()
+        );
+        dirs.extend(under);
+    }
+    let variants = match a.variants.is_empty() {
+        true => vec!["base".to_string()],
+        false => a.variants.clone(),
+    };
+    let mut out = Vec::new();
+    for d in &dirs {
+        for v in &variants {
+            let (mut min_rating, mut timeless) = (a.args.min_rating, a.timeless);
+            for part in v.split('+').map(str::trim) {
+                match part {
+                    "base" => {}
+                    "implicit" => min_rating = 0.0,
+                    "timeless" => timeless = true,
+                    other => anyhow::bail!(
+                        "unknown variant part {other:?} in {v:?} (base, implicit, timeless)"
+                    ),
+                }
+            }
+            out.push(Cell {
+                data: d.clone(),
+                min_rating,
+                timeless,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn classical_options(a: &EvalArgs) -> ClassicalOptions {
+    let mut c = ClassicalOptions::default();
+    if !a.knn_half_lives.is_empty() {
+        c.knn_half_lives = a.knn_half_lives.clone();
+    }
+    if !a.ease_lambdas.is_empty() {
+        c.ease_lambdas = a.ease_lambdas.clone();
+    }
+    if !a.svd_ranks.is_empty() {
+        c.svd_ranks = a.svd_ranks.clone();
+    }
+    c
+}
+
+/// One data set, one variant, one seed: the report as it always was.
+fn eval_one(cell: &Cell, base: &EvalOptions, methods: &[String], out: &Path) -> anyhow::Result<()> {
+    let opts = EvalOptions {
+        min_rating: cell.min_rating,
+        timeless: cell.timeless,
+        ..base.clone()
+    };
+    let ds = load_dataset(&cell.data)?;
+    let mut write = |r: &EvalReport| {
         let json = serde_json::to_string_pretty(r).expect("report serialises: plain data");
         if let Err(e) = std::fs::write(out, json) {
             tracing::warn!(error = %e, "could not write the partial report");
         }
         eprintln!("{}", markdown_table(r));
     };
-    let report = evaluate_with_progress(&ds, &methods, &opts, &mut write)?;
+    let report = evaluate_with_progress(&ds, methods, &opts, &mut write)?;
     std::fs::write(out, serde_json::to_string_pretty(&report)?)?;
     println!("{}", markdown_table(&report));
     Ok(())

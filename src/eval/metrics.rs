@@ -54,9 +54,10 @@ pub fn rank_of(
     exclude: &HashSet<u32>,
 ) -> Option<usize> {
     let st = scores[target as usize];
+    // the score comparison first: the set lookup is only needed for the few items that beat it
     let beats = |j: u32| {
-        !exclude.contains(&j)
-            && (scores[j as usize] > st || (scores[j as usize] == st && j < target))
+        (scores[j as usize] > st || (scores[j as usize] == st && j < target))
+            && !exclude.contains(&j)
     };
     match candidates {
         None => Some((0..scores.len() as u32).filter(|&j| beats(j)).count()),

@@ -8,11 +8,16 @@
 //!   items) are ranked by cosine `z_u . z_i`. Recall@10/@20, NDCG@10.
 //! - (b) the same cosine over all items (`recall@10_z`).
 //! - `cf` scores by `u_int . i_pro` and `popularity` by train counts, for both (a) and (b).
+//! - the classical recommenders `itemknn`, `ease` and `svd` ([`classical`]) rank the whole
+//!   catalogue too, with their settings chosen on the validation pairs ([`tuning`]).
 //! - the cold slice: test items with `<= cold_max` train positives, retrieval (a).
 //! - a logistic CTR probe on per-level user-code x item-code crosses (AUC), the SID quality
 //!   report, and the training time split.
+pub mod classical;
 pub mod metrics;
 pub mod split;
+pub mod summary;
+pub mod tuning;
 
 use std::collections::HashSet;
 
@@ -22,7 +27,9 @@ use serde::{Deserialize, Serialize};
 use crate::model::data::{Dataset, Prepared};
 use crate::model::sid::QualityReport;
 use crate::model::{trainer, DasConfig, Method, ModelError, Result, TrainStats, TrainedModel};
+use classical::ClassicalOptions;
 use metrics::{cosine_scores, rank_of, with_negatives, PrefixIndex, Probe, RankSums};
+pub use tuning::TuningPoint;
 
 /// Evaluation settings.
 #[derive(Debug, Clone)]
@@ -38,6 +45,11 @@ pub struct EvalOptions {
     /// Score the validation pairs (each user's second-last positive) instead of the test pairs,
     /// to choose settings without looking at the test set. Default false.
     pub on_validation: bool,
+    /// Set every timestamp to 0 before the split: a seeded random leave-one-out, as on a
+    /// catalogue without time. Default false.
+    pub timeless: bool,
+    /// The grids of the classical baselines.
+    pub classical: ClassicalOptions,
 }
 
 impl Default for EvalOptions {
@@ -48,6 +60,8 @@ impl Default for EvalOptions {
             min_bucket: 50,
             cold_max: 5,
             on_validation: false,
+            timeless: false,
+            classical: ClassicalOptions::default(),
         }
     }
 }
@@ -119,6 +133,22 @@ pub struct MethodResult {
     pub train: Option<TrainStats>,
     /// Users with a test item.
     pub test_users: usize,
+    /// The setting chosen on the validation pairs (classical baselines).
+    #[serde(default)]
+    pub chosen: Option<String>,
+    /// Every grid point tried on the validation pairs (classical baselines).
+    #[serde(default)]
+    pub tuning: Vec<TuningPoint>,
+    /// CPU seconds of the process while fitting and tuning (classical baselines; every thread).
+    #[serde(default)]
+    pub fit_cpu_s: Option<f64>,
+}
+
+impl MethodResult {
+    /// CPU seconds of training or fitting, when measured.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        self.train.as_ref().and_then(|t| t.cpu_s).or(self.fit_cpu_s)
+    }
 }
 
 /// Two methods' ranks of the same held-out items, user by user.
@@ -177,6 +207,15 @@ pub struct EvalReport {
     /// before it).
     #[serde(default)]
     pub holdout: String,
+    /// Seed of the split and of every trained method.
+    #[serde(default)]
+    pub seed: u64,
+    /// Positives were ratings >= this (0 = all).
+    #[serde(default)]
+    pub min_rating: f32,
+    /// Timestamps were set to 0 (random leave-one-out).
+    #[serde(default)]
+    pub timeless: bool,
     /// One entry per method, in the order asked.
     pub results: Vec<MethodResult>,
 }
@@ -187,6 +226,7 @@ fn parse_method(name: &str, base: &DasConfig) -> Result<Option<(Method, DasConfi
     let mut cfg = base.clone();
     let method = match name {
         "popularity" | "content" => return Ok(None),
+        n if tuning::is_classical(n) => return Ok(None),
         "das-no-u2i" => {
             cfg.align_u2i = false;
             Method::Das
@@ -237,6 +277,16 @@ pub fn evaluate_with_progress(
     opts: &EvalOptions,
     progress: &mut dyn FnMut(&EvalReport),
 ) -> Result<EvalReport> {
+    let timeless;
+    let ds = match opts.timeless {
+        true => {
+            let mut d = ds.clone();
+            d.ratings.iter_mut().for_each(|r| r.ts_ms = 0);
+            timeless = d;
+            &timeless
+        }
+        false => ds,
+    };
     let mut split = split::split(&ds.ratings, ds.n_users, opts.min_rating, opts.config.seed);
     if opts.on_validation {
         // the test pairs stay out of training either way; only the held-out pairs scored change
@@ -266,6 +316,9 @@ pub fn evaluate_with_progress(
             true => "validation".into(),
             false => "test".into(),
         },
+        seed: opts.config.seed,
+        min_rating: opts.min_rating,
+        timeless: opts.timeless,
         results: Vec::new(),
     };
     for name in methods {
@@ -296,6 +349,10 @@ impl Ctx<'_> {
             ..Default::default()
         };
         let Some((method, cfg)) = parse_method(name, &self.opts.config)? else {
+            if tuning::is_classical(name) {
+                self.run_classical(name, &mut r)?;
+                return Ok(r);
+            }
             if name == "content" {
                 // the user's quantizer input (the recency-weighted mean of its train items'
                 // embeddings) against each item's embedding: the content signal alone
@@ -441,10 +498,7 @@ pub fn markdown_table(report: &EvalReport) -> String {
                 .map_or("-".into(), |u| format!("{u:.3}")),
             opt(r.collision_rate),
             r.train_seconds,
-            r.train
-                .as_ref()
-                .and_then(|t| t.cpu_s)
-                .map_or("-".into(), |c| format!("{c:.1}"))
+            r.cpu_seconds().map_or("-".into(), |c| format!("{c:.1}"))
         ));
     }
     let paired: Vec<String> = (report.results.iter())
@@ -460,6 +514,15 @@ pub fn markdown_table(report: &EvalReport) -> String {
         s.push_str(&format!(
             "\nCold slice user by user against cf, rank of retrieval (a): {}\n",
             paired.join("; ")
+        ));
+    }
+    let chosen: Vec<String> = (report.results.iter())
+        .filter_map(|r| Some(format!("{} {}", r.method, r.chosen.as_ref()?)))
+        .collect();
+    if !chosen.is_empty() {
+        s.push_str(&format!(
+            "\nChosen on the validation pairs: {}\n",
+            chosen.join("; ")
         ));
     }
     s
