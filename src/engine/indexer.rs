@@ -98,7 +98,9 @@ impl Indexes {
             .read()
             .get(&coll_id)
             .cloned()
-            .ok_or_else(|| Error::Internal(format!("collection {coll_id} has no retrieval index")))
+            // Gone with its collection: a request that found the collection a moment before
+            // raced its deletion.
+            .ok_or_else(|| Error::NotFound(format!("collection {coll_id} not found (deleted)")))
     }
 
     /// Registers the index of a new collection.
@@ -205,5 +207,24 @@ fn run(
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request that found its collection a moment before its deletion removed the index is
+    /// told NOT_FOUND, not INTERNAL (found by the gRPC fuzz client: UpsertItemsStream racing
+    /// DeleteCollection).
+    #[test]
+    fn the_index_of_a_deleted_collection_is_not_found() {
+        let indexes = Indexes::start(HashMap::new(), 1, 16, 0.0).expect("start");
+        match indexes.get(7) {
+            Err(Error::NotFound(m)) => assert!(m.contains("not found"), "{m}"),
+            Err(e) => panic!("{e:?}"),
+            Ok(_) => panic!("an index out of nothing"),
+        }
+        indexes.stop();
     }
 }
