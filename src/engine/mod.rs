@@ -287,32 +287,20 @@ impl Engine {
         self.blocking(move |e| {
             let index = e.indexes.get(coll.entry.id)?;
             // Records and SIDs of one sequence: never a record of one write with the SID of
-            // another, nor SIDs of two versions across an activation.
-            let (got, sids) = e.store.read_consistent(&coll, || {
-                let got = e.store.get_items(&coll, &ids)?;
+            // another, nor SIDs of two versions across an activation. The SID served is the
+            // active version's (or the client's when no model is active).
+            let mut got = e.store.read_consistent(&coll, || {
+                let mut got = e.store.get_items(&coll, &ids)?;
                 let st = index.state.read();
-                let sids = got
-                    .iter()
-                    .map(|x| x.as_ref().and_then(|x| st.items.trie.get(&x.id).cloned()))
-                    .collect::<Vec<_>>();
+                for x in got.iter_mut().flatten() {
+                    x.sid = st.items.trie.get(&x.id).cloned();
+                }
                 drop(st);
-                Ok((got, sids))
+                Ok(got)
             })?;
-            let got = got
-                .into_iter()
-                .zip(sids)
-                .map(|(x, sid)| {
-                    x.map(|mut x| {
-                        // The SID served: the active version's (or the client's when no model
-                        // is active).
-                        x.sid = sid;
-                        if !with_vectors {
-                            x.vectors.clear();
-                        }
-                        x
-                    })
-                })
-                .collect();
+            if !with_vectors {
+                got.iter_mut().flatten().for_each(|x| x.vectors.clear());
+            }
             Ok(split(coll.config(), ids, got))
         })
         .await
@@ -330,29 +318,18 @@ impl Engine {
         self.blocking(move |e| {
             let index = e.indexes.get(coll.entry.id)?;
             // As in `get_items`: records and SIDs of one sequence.
-            let (got, sids) = e.store.read_consistent(&coll, || {
-                let got = e.store.get_users(&coll, &ids)?;
+            let mut got = e.store.read_consistent(&coll, || {
+                let mut got = e.store.get_users(&coll, &ids)?;
                 let st = index.state.read();
-                let sids = got
-                    .iter()
-                    .map(|x| x.as_ref().and_then(|x| st.users.trie.get(&x.id).cloned()))
-                    .collect::<Vec<_>>();
+                for x in got.iter_mut().flatten() {
+                    x.sid = st.users.trie.get(&x.id).cloned();
+                }
                 drop(st);
-                Ok((got, sids))
+                Ok(got)
             })?;
-            let got = got
-                .into_iter()
-                .zip(sids)
-                .map(|(x, sid)| {
-                    x.map(|mut x| {
-                        x.sid = sid;
-                        if !with_vectors {
-                            x.vector = None;
-                        }
-                        x
-                    })
-                })
-                .collect();
+            if !with_vectors {
+                got.iter_mut().flatten().for_each(|x| x.vector = None);
+            }
             Ok(split(coll.config(), ids, got))
         })
         .await
