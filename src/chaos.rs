@@ -115,7 +115,7 @@ fn server_env(a: &ChaosArgs) -> Vec<(String, String)> {
         ("SIDB__STORAGE__WAL_SEGMENT_BYTES", "65536"),
         ("SIDB__STORAGE__FLUSH_INTERVAL_MS", flush.as_str()),
         ("SIDB__STORAGE__CACHE_BYTES", "16777216"),
-        ("SIDB__RETRIEVAL__RECOMMEND_MIN_BUCKET", "2"),
+        ("SIDB__RETRIEVAL__RECOMMEND__MIN_BUCKET", "2"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::recommend::RecommendSettings;
+
 pub use crate::auth::AuthConfig;
 use crate::storage::wal::WalOptions;
 use crate::storage::StoreOptions;
@@ -175,9 +177,12 @@ pub struct RetrievalConfig {
     /// A SID-prefix filter whose bucket holds at most this many entities is answered by an exact
     /// scan of the bucket; larger buckets use the filtered HNSW walk. Default 4,096.
     pub exact_scan_max: usize,
-    /// `Recommend` takes candidates from the longest prefix of the user's SID whose item bucket
-    /// holds at least this many items. Default 50.
-    pub recommend_min_bucket: u64,
+    /// `Recommend`'s retrieval (`[retrieval.recommend]`, see
+    /// [`crate::model::recommend`]): with a model, candidates from a beam over the user's route
+    /// and the buckets of its newest items, ranked by the learned `z`s; without one, the items
+    /// under the longest prefix of the user's SID holding at least `min_bucket` items, ranked
+    /// by similarity.
+    pub recommend: RecommendSettings,
     /// Newest interactions used for a user's profile vector (users without an own vector) and
     /// for `exclude_seen`. Default 1,000.
     pub profile_events: usize,
@@ -214,7 +219,7 @@ impl Default for RetrievalConfig {
             hnsw_target_recall: 0.95,
             rebuild_tombstone_ratio: 0.25,
             exact_scan_max: 4096,
-            recommend_min_bucket: 50,
+            recommend: RecommendSettings::default(),
             profile_events: 1000,
             recency_half_life_days: 180.0,
             recency_half_life_events: 2.0,
@@ -389,6 +394,9 @@ impl Config {
         }
         self.auth.validate().map_err(ConfigError::Invalid)?;
         let r = &self.retrieval;
+        r.recommend
+            .validate("retrieval.recommend.")
+            .map_err(ConfigError::Invalid)?;
         let positive = [
             ("retrieval.hnsw_m", r.hnsw_m),
             ("retrieval.hnsw_ef_construction", r.hnsw_ef_construction),

@@ -9,6 +9,7 @@ use sidb::eval::classical::ClassicalOptions;
 use sidb::eval::summary::{cell_table, overview_table, summarise, variant_label, CellSummary};
 use sidb::eval::{evaluate_with_progress, markdown_table, EvalOptions, EvalReport};
 use sidb::model::data::{load_dataset, Prepared};
+use sidb::model::recommend::RecommendSettings;
 use sidb::model::sid::{churn, dedup_suffixes};
 use sidb::model::{align_codes, DasConfig, Method, TrainControl, TrainedModel, TrainingData};
 
@@ -101,6 +102,15 @@ pub struct EvalArgs {
     /// svd: ranks to choose from on validation.
     #[arg(long, value_delimiter = ',')]
     svd_ranks: Vec<usize>,
+    /// Retrieval (a)'s settings as JSON, the fields of `[retrieval.recommend]` that differ from
+    /// the server's defaults, e.g. `{"w_pop": 0.2}`.
+    #[arg(long)]
+    recommend: Option<String>,
+    /// A JSON array of retrieval (a) settings (each like --recommend) scored on the validation
+    /// pairs of every SID method and reported beside the held-out scores: for choosing
+    /// `Recommend`'s defaults over a matrix. A file path when it starts with `@`.
+    #[arg(long)]
+    recommend_grid: Option<String>,
 }
 
 /// Runs `sidb train`.
@@ -237,8 +247,27 @@ fn eval(a: &EvalArgs) -> anyhow::Result<()> {
         on_validation: a.on_validation,
         timeless: a.timeless,
         classical: classical_options(a),
+        recommend: match &a.recommend {
+            Some(j) => serde_json::from_str(j).context("--recommend")?,
+            None => RecommendSettings::default(),
+        },
+        recommend_grid: match &a.recommend_grid {
+            Some(j) => {
+                let text = match j.strip_prefix('@') {
+                    Some(path) => {
+                        std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?
+                    }
+                    None => j.clone(),
+                };
+                serde_json::from_str(&text).context("--recommend-grid")?
+            }
+            None => Vec::new(),
+        },
         ..EvalOptions::default()
     };
+    base.recommend
+        .validate("--recommend: ")
+        .map_err(anyhow::Error::msg)?;
     let methods: Vec<String> = (a.methods.split(','))
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())

@@ -49,6 +49,28 @@ impl Recency {
         }
     }
 
+    /// The weight of each of a user's events `(weight, time ms)`, in any order: its own weight
+    /// times [`Recency::weight`] by its age before the newest positive event and by the number
+    /// of positive events strictly later than it ([`newer_counts`]), so that events at the same
+    /// time share a position: a log without time (every timestamp equal) weighs all of them
+    /// alike instead of by an order that is not in the data. Events of weight <= 0 weigh 0.
+    pub fn weigh(&self, events: &[(f32, i64)]) -> Vec<f32> {
+        let positive: Vec<i64> = events.iter().filter(|e| e.0 > 0.0).map(|e| e.1).collect();
+        let Some(&last) = positive.iter().max() else {
+            return vec![0.0; events.len()];
+        };
+        let mut sorted = positive;
+        sorted.sort_unstable();
+        events
+            .iter()
+            .map(|&(w, ts)| match w > 0.0 {
+                // `last` is the latest: the difference is >= 0, and u64 holds it for any pair
+                true => w * self.weight(last.abs_diff(ts) as f64, later_than(&sorted, ts)),
+                false => 0.0,
+            })
+            .collect()
+    }
+
     /// Checks both half-lives, naming `field` (the settings' prefix) in the error.
     pub fn validate(&self, field: &str) -> Result<(), String> {
         if !(self.half_life_days.is_finite() && self.half_life_days > 0.0) {
@@ -67,9 +89,38 @@ impl Recency {
     }
 }
 
+/// How many of `times` are strictly later than each of them: an event's position for
+/// [`Recency::weight`], shared by the events at one time.
+pub fn newer_counts(times: &[i64]) -> Vec<usize> {
+    let mut sorted = times.to_vec();
+    sorted.sort_unstable();
+    times.iter().map(|&t| later_than(&sorted, t)).collect()
+}
+
+/// Entries of ascending `sorted` later than `t`.
+fn later_than(sorted: &[i64], t: i64) -> usize {
+    sorted.len() - sorted.partition_point(|&x| x <= t)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Recency;
+    use super::{newer_counts, Recency};
+
+    #[test]
+    fn events_at_one_time_share_a_position() {
+        assert_eq!(newer_counts(&[5, 9, 5, 7, 9]), [3, 0, 3, 2, 0]);
+        let r = Recency {
+            half_life_days: 1e9,
+            half_life_events: 1.0,
+        };
+        // a log without time: every positive weighs its own weight, whatever the order
+        let tied = r.weigh(&[(1.0, 0), (2.0, 0), (-1.0, 0), (1.0, 0)]);
+        assert_eq!(tied, [1.0, 2.0, 0.0, 1.0]);
+        // with time: halving per strictly later positive; the negative neither counts nor weighs
+        let timed = r.weigh(&[(1.0, 10), (1.0, 20), (1.0, 20), (-1.0, 30)]);
+        assert_eq!(timed, [0.25, 1.0, 1.0, 0.0]);
+        assert_eq!(r.weigh(&[(0.0, 1)]), [0.0]);
+    }
 
     #[test]
     fn halves_every_half_life_of_age() {

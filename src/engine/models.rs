@@ -83,7 +83,14 @@ pub struct LoadedModel {
     pub model: TrainedModel,
     /// How it encodes.
     pub info: ServingInfo,
+    /// Each trained item's popularity prior for `Recommend` (log(1 + positives in the training
+    /// snapshot), scaled to `[0, 1]`); items written since weigh 0, as do all items of versions
+    /// saved before the prior existed.
+    pub popularity: HashMap<Arc<str>, f32>,
 }
+
+/// File of a version's popularity priors: a JSON array of `[item id, prior]`.
+const POPULARITY_FILE: &str = "popularity.json";
 
 /// The SID quality report of a version (stored as JSON in its record).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -127,7 +134,7 @@ pub fn collection_models_dir(data_dir: &Path, coll_id: u64) -> PathBuf {
     data_dir.join("models").join(coll_id.to_string())
 }
 
-fn model_err(e: ModelError) -> Error {
+pub(super) fn model_err(e: ModelError) -> Error {
     match e {
         ModelError::InvalidData(m) | ModelError::InvalidConfig(m) => Error::invalid(m),
         other => Error::Internal(format!("model: {other}")),
@@ -148,10 +155,29 @@ pub fn load_model(data_dir: &Path, coll_id: u64, version: u64) -> Result<LoadedM
         .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     let info = serde_json::from_str(&text)
         .map_err(|e| Error::DataLoss(format!("{}: {e}", path.display())))?;
+    let path = dir.join(POPULARITY_FILE);
+    let popularity = match std::fs::read(&path) {
+        Ok(bytes) => {
+            let rows: Vec<(String, f32)> = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::DataLoss(format!("{}: {e}", path.display())))?;
+            if let Some((id, p)) = rows.iter().find(|(_, p)| !(0.0..=1.0).contains(p)) {
+                return Err(Error::DataLoss(format!(
+                    "{}: item {}: prior {p} outside [0, 1]",
+                    path.display(),
+                    crate::error::echo(id)
+                )));
+            }
+            rows.into_iter().map(|(id, p)| (Arc::from(id), p)).collect()
+        }
+        // a version saved before the prior existed
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+        Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+    };
     Ok(LoadedModel {
         version,
         model,
         info,
+        popularity,
     })
 }
 
@@ -161,6 +187,10 @@ fn save_model(data_dir: &Path, coll_id: u64, m: &LoadedModel) -> Result<()> {
     remove_dir_if_present(&tmp)?;
     m.model.save(&tmp).map_err(model_err)?;
     write_serving_info(&tmp, &m.info)?;
+    let mut rows: Vec<(&str, f32)> = m.popularity.iter().map(|(id, p)| (&id[..], *p)).collect();
+    rows.sort_by(|a, b| a.0.cmp(b.0));
+    let json = serde_json::to_vec(&rows).expect("plain data serialises");
+    crate::fsutil::write_synced(&tmp.join(POPULARITY_FILE), &json)?;
     sync_tree(&tmp)?;
     if let Some(parent) = dir.parent() {
         std::fs::create_dir_all(parent)
@@ -415,11 +445,11 @@ impl LoadedModel {
         history: &[InteractionRecord],
     ) -> Result<Option<Vec<f32>>> {
         let recency = self.info.recency();
-        let newest: Vec<&InteractionRecord> = history
-            .iter()
-            .filter(|x| x.weight > 0.0)
-            .take(recency.window())
-            .collect();
+        let newest: Vec<&InteractionRecord> =
+            super::retrieval::weighted_positives(history, recency)
+                .into_iter()
+                .map(|(x, _)| x)
+                .collect();
         let ids: Vec<String> = newest.iter().map(|x| x.item_id.clone()).collect();
         let items = store.get_items(coll, &ids)?;
         // Oldest first, the order training sums a profile in.

@@ -2,14 +2,16 @@
 //! recommendations. Validation first (every message names the field), then the collection's
 //! [`CollectionIndex`] on a blocking thread.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use super::index::{CollectionIndex, EntityHit, Restrict, SpaceId};
+use super::index::{CollectionIndex, EntityHit, IndexState, Restrict, SpaceId};
 use super::models::LoadedModel;
 use super::{validate, Engine};
 use crate::error::{echo, Error, Result};
-use crate::index::distance;
+use crate::index::{distance, PointId};
+use crate::model::recommend::{self, Catalogue, RecommendSettings, UserView};
+use crate::profile::Recency;
 use crate::storage::models::ModelSid;
 use crate::storage::Collection;
 use crate::trie::Cursor;
@@ -200,10 +202,11 @@ impl Engine {
             // One history read serves the profile (its newest events), the model's current view
             // of the user and `exclude_seen`.
             let model = index.model.load_full();
-            let from_profiles = model.as_ref().is_some_and(|m| m.info.users_from_profiles);
+            // the model's view of the user (a profile) and Recommend's newest items both read
+            // the newest events
             let events = match input.exclude_seen {
                 true => Some(e.limits.max_interactions),
-                false => from_profiles.then_some(e.retrieval.profile_events),
+                false => model.is_some().then_some(e.retrieval.profile_events),
             };
             let history = match events {
                 Some(n) => Some(e.store.user_history(&coll, &user, n, None)?.0),
@@ -216,25 +219,30 @@ impl Engine {
                     .map(|sid| (m.version, sid)),
                 _ => None,
             };
-            let mut exclude: Vec<String> = match (input.exclude_seen, history) {
+            let mut exclude: Vec<String> = match (input.exclude_seen, &history) {
                 (true, Some(seen)) => {
-                    let unique: HashSet<String> = seen.into_iter().map(|x| x.item_id).collect();
-                    unique.into_iter().collect()
+                    let unique: HashSet<&str> = seen.iter().map(|x| &x.item_id[..]).collect();
+                    unique.into_iter().map(String::from).collect()
                 }
                 _ => Vec::new(),
             };
-            // With an active model: the user's route into the populated item buckets picks the
-            // bucket, and the cosine of the `z`s ranks it (the evaluation's SID-native path).
-            let min_bucket = e.retrieval.recommend_min_bucket;
+            // With an active model: candidates through the SIDs, ranked by the learned `z`s
+            // (`model::recommend`, the code the evaluation's retrieval (a) runs).
+            let settings = &e.retrieval.recommend;
             let user_now = current.as_ref().map(|(v, sid)| (*v, sid));
+            let newest = history
+                .as_deref()
+                .map(|h| &h[..h.len().min(e.retrieval.profile_events)]);
             if let Some(mut hits) = model_candidates(
                 &index,
                 model.as_deref(),
                 &user,
                 user_now,
+                newest.unwrap_or_default(),
                 k,
                 &exclude,
-                min_bucket,
+                settings,
+                e.retrieval.recency(),
             )? {
                 if hits.len() < k {
                     exclude.extend(hits.iter().map(|h| h.id.to_string()));
@@ -253,7 +261,10 @@ impl Engine {
                     Some(sid) => st
                         .items
                         .trie
-                        .longest_prefix_with_at_least(&sid.codes, e.retrieval.recommend_min_bucket)
+                        .longest_prefix_with_at_least(
+                            &sid.codes,
+                            e.retrieval.recommend.min_bucket as u64,
+                        )
                         .unwrap_or_default()
                         .to_vec(),
                     None => Vec::new(),
@@ -443,25 +454,16 @@ impl Engine {
             }
         };
         let recency = self.retrieval.recency();
-        let latest = history.first().map(|x| x.timestamp_ms);
         let dim = space_dim(config, space);
         // summed in f64: bounded weights (`validate::MAX_WEIGHT`) times f32 vectors cannot
         // overflow it, where an f32 sum of two 3e38 weights became infinite
         let mut profile = vec![0.0f64; dim];
         let mut used = 0usize;
-        // newest first: `newer` positives came after each; past the window nothing weighs
-        let positives = history
-            .iter()
-            .filter(|x| x.weight > 0.0)
-            .take(recency.window());
-        for (newer, x) in positives.enumerate() {
+        for (x, w) in weighted_positives(history, recency) {
             let Some(v) = index.vector_of(space, &x.item_id) else {
                 continue;
             };
-            // timestamps are the client's, any i64: the difference in i128 cannot overflow
-            let newest = latest.unwrap_or(x.timestamp_ms);
-            let age = (i128::from(newest) - i128::from(x.timestamp_ms)) as f64;
-            let w = f64::from(x.weight) * f64::from(recency.weight(age, newer));
+            let w = f64::from(w);
             profile
                 .iter_mut()
                 .zip(&v)
@@ -534,6 +536,29 @@ impl Engine {
 }
 
 /// The space a request searches.
+/// The positive events of a `history` that weigh anything under `recency`
+/// ([`crate::profile::Recency::weigh`]: events at one time share a position, and past the
+/// window of positions nothing weighs), in the order given, with their weights.
+pub(super) fn weighted_positives(
+    history: &[InteractionRecord],
+    recency: Recency,
+) -> Vec<(&InteractionRecord, f32)> {
+    let positives: Vec<&InteractionRecord> = history.iter().filter(|x| x.weight > 0.0).collect();
+    let meta: Vec<(f32, i64)> = positives
+        .iter()
+        .map(|x| (x.weight, x.timestamp_ms))
+        .collect();
+    let times: Vec<i64> = meta.iter().map(|m| m.1).collect();
+    let window = recency.window();
+    positives
+        .into_iter()
+        .zip(recency.weigh(&meta))
+        .zip(crate::profile::newer_counts(&times))
+        .filter(|&((_, w), newer)| newer < window && w > 0.0)
+        .map(|(xw, _)| xw)
+        .collect()
+}
+
 fn space_for(config: &CollectionConfig, entity: EntityKind, modality: &str) -> Result<SpaceId> {
     match entity {
         EntityKind::Users => {
@@ -584,87 +609,131 @@ fn space_dim(config: &CollectionConfig, space: SpaceId) -> usize {
     }
 }
 
-/// Recommend's candidates under an active model: the items of the bucket the user's `z` routes
-/// to (the populated bucket nearest to it, routed now against the live bucket counts by the
-/// serving `model`; the stored route when `model` is of another version than the index
-/// serves, for a moment during a swap), ranked by the cosine of `z_u` and `z_i`, without
-/// `exclude`. `None` when no model version serves or the user has no model SID.
+/// Recommend's list under an active model ([`crate::model::recommend`]): the user's `z` (as
+/// the serving `model` computes it now when that is the version the index serves, else as
+/// stored), its newest positives from `history` (newest first), candidates through the item
+/// SID trie, ranked by the learned `z`s, without `exclude`. `None` when no model version serves
+/// or the user has no model SID.
+#[allow(clippy::too_many_arguments)]
 fn model_candidates(
     index: &CollectionIndex,
     model: Option<&LoadedModel>,
     user: &str,
     user_now: Option<(u64, &ModelSid)>,
+    history: &[InteractionRecord],
     k: usize,
     exclude: &[String],
-    min_bucket: u64,
+    settings: &RecommendSettings,
+    recency: Recency,
 ) -> Result<Option<Vec<EntityHit>>> {
     let st = index.state.read();
     if st.sid_version == 0 {
         return Ok(None);
     }
-    // the user as the model sees it now when computed by the version being served, else as
-    // stored
-    let (route, user_z): (&[u32], &[f32]) = match user_now {
-        Some((version, sid)) if version == st.sid_version => (&sid.route, &sid.z),
+    let user_z: &[f32] = match user_now {
+        Some((version, sid)) if version == st.sid_version => &sid.z,
         _ => {
             let Some(entry) = st.users.point(user).and_then(|p| st.users.model.get(&p)) else {
                 return Ok(None);
             };
-            (&entry.route, &entry.z)
+            &entry.z
         }
     };
-    let routed;
-    let route = match model {
-        Some(m) if m.version == st.sid_version => {
-            routed = m.route_in(user_z, &st.items.trie, min_bucket)?;
-            &routed[..]
-        }
-        _ => route,
+    let catalogue = IndexCatalogue {
+        st: &st,
+        popularity: model
+            .filter(|m| m.version == st.sid_version)
+            .map(|m| &m.popularity),
     };
-    let prefix = st
-        .items
-        .trie
-        .longest_prefix_with_at_least(route, min_bucket)
-        .unwrap_or_default();
-    let skip: HashSet<&str> = exclude.iter().map(String::as_str).collect();
-    let mut unit_user = user_z.to_vec();
-    distance::normalize(&mut unit_user);
-    let mut scored: Vec<(f32, &Arc<str>)> = st
-        .items
-        .trie
-        .ids_under(prefix)
-        .filter(|id| !skip.contains(&***id))
-        .filter_map(|id| {
-            let z = &st.items.model.get(&st.items.point(id)?)?.z;
-            Some((z_cosine(&unit_user, z), id))
-        })
+    let skip: HashSet<PointId> = exclude.iter().filter_map(|id| st.items.point(id)).collect();
+    // oldest first, as the profile weighs them; items without a point cannot be candidates
+    let events: Vec<(PointId, f32, i64)> = history
+        .iter()
+        .rev()
+        .filter_map(|x| Some((st.items.point(&x.item_id)?, x.weight, x.timestamp_ms)))
         .collect();
-    let by_score =
-        |a: &(f32, &Arc<str>), b: &(f32, &Arc<str>)| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1));
-    if scored.len() > k {
-        scored.select_nth_unstable_by(k, by_score);
-        scored.truncate(k);
-    }
-    scored.sort_by(by_score);
+    let recency = model.map_or(recency, |m| m.info.recency());
+    let recent = recommend::recent_weights(&events, recency);
+    let view = UserView {
+        z: user_z,
+        recent: &recent,
+    };
+    let list = match model {
+        Some(m) if m.version == st.sid_version => {
+            let mean = m.info.mean_item_z_norm;
+            recommend::recommend(
+                &m.model,
+                mean,
+                &catalogue,
+                &view,
+                k,
+                &|p| skip.contains(&p),
+                settings,
+            )
+            .map_err(super::models::model_err)?
+        }
+        // for a moment during a swap the model is of another version than the index's SIDs:
+        // the candidates of the user's stored route, ranked the same way
+        _ => {
+            let Some(route) = st
+                .users
+                .point(user)
+                .and_then(|p| st.users.model.get(&p))
+                .map(|e| e.route.to_vec())
+            else {
+                return Ok(None);
+            };
+            let beam: Vec<recommend::BeamLevel> = (1..=route.len())
+                .map(|l| vec![(route[..l].to_vec(), 0.0)])
+                .collect();
+            let cands =
+                recommend::candidates(&beam, &catalogue, &recent, &|p| skip.contains(&p), settings);
+            recommend::rank(&catalogue, &view, &cands, k, settings)
+        }
+    };
     Ok(Some(
-        scored
-            .into_iter()
-            .map(|(score, id)| EntityHit {
-                id: Arc::clone(id),
-                score,
-                sid: st.items.trie.get(id).cloned(),
+        list.into_iter()
+            .filter_map(|(p, score)| {
+                let id = st.items.id(p)?;
+                Some(EntityHit {
+                    id: Arc::clone(id),
+                    score,
+                    sid: st.items.trie.get(id).cloned(),
+                })
             })
             .collect(),
     ))
 }
 
-/// Cosine of a unit user `z` and an item `z`: the similarity the alignments train (InfoNCE on
-/// cosines) and the evaluation ranks by; a raw dot product would favour items with long `z`.
-fn z_cosine(unit_user: &[f32], item_z: &[f32]) -> f32 {
-    let norm = distance::dot(item_z, item_z).sqrt();
-    match norm > 0.0 && norm.is_finite() {
-        true => distance::dot(unit_user, item_z) / norm,
-        false => 0.0,
+/// A collection's items as `Recommend` sees them: the SID trie, the serving model's `z`s and
+/// popularity priors.
+struct IndexCatalogue<'a> {
+    st: &'a IndexState,
+    popularity: Option<&'a HashMap<Arc<str>, f32>>,
+}
+
+impl Catalogue for IndexCatalogue<'_> {
+    type Item = PointId;
+    fn count(&self, prefix: &[u32]) -> usize {
+        self.st.items.trie.count(prefix) as usize
+    }
+    fn for_each_under(&self, prefix: &[u32], f: &mut dyn FnMut(PointId)) {
+        for id in self.st.items.trie.ids_under(prefix) {
+            if let Some(p) = self.st.items.point(id) {
+                f(p);
+            }
+        }
+    }
+    fn codes(&self, item: PointId) -> Option<&[u32]> {
+        let id = self.st.items.id(item)?;
+        self.st.items.trie.get(id).map(|s| &s.codes[..])
+    }
+    fn z(&self, item: PointId) -> Option<&[f32]> {
+        self.st.items.model.get(&item).map(|e| &e.z[..])
+    }
+    fn popularity(&self, item: PointId) -> f32 {
+        let prior = |id: &Arc<str>| self.popularity?.get(id).copied();
+        self.st.items.id(item).and_then(prior).unwrap_or(0.0)
     }
 }
 
@@ -731,17 +800,6 @@ fn usable_profile(profile: Vec<f64>) -> Option<Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn model_candidates_rank_by_cosine_not_by_length() {
-        let mut user = vec![3.0, 0.0];
-        distance::normalize(&mut user);
-        let (close, long) = ([0.9, 0.1], [2.0, 2.0]);
-        // a dot product would put the long item first (2.0 against 0.9)
-        assert!(z_cosine(&user, &close) > z_cosine(&user, &long));
-        assert!((z_cosine(&user, &long) - 0.5f32.sqrt()).abs() < 1e-6);
-        assert_eq!(z_cosine(&user, &[0.0, 0.0]), 0.0);
-    }
 
     #[test]
     fn profiles_of_underflowed_weights_are_rescaled_and_empty_ones_refused() {

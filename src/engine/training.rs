@@ -573,6 +573,13 @@ impl Trainers {
                 half_life_days: recency.half_life_days,
                 half_life_events: recency.half_life_events,
             },
+            // the prior the evaluation's retrieval (a) uses: the training positives
+            popularity: snap
+                .item_ids
+                .iter()
+                .zip(&prep.item_stats)
+                .map(|(id, s)| (Arc::clone(id), s[0].clamp(0.0, 1.0)))
+                .collect(),
         };
         let sids = self
             .pool

@@ -78,9 +78,8 @@ pub fn cosine_scores(u: &[f32], items: &[f32], d: usize, ids: &[u32]) -> Result<
 
 /// Items grouped by every SID prefix (length 1..=levels).
 pub struct PrefixIndex {
-    levels: usize,
-    n_items: usize,
     buckets: BTreeMap<Vec<u32>, Vec<u32>>,
+    all: Vec<u32>,
 }
 
 impl PrefixIndex {
@@ -93,28 +92,22 @@ impl PrefixIndex {
             }
         }
         Self {
-            levels,
-            n_items: codes.len() / levels.max(1),
+            all: (0..(codes.len() / levels.max(1)) as u32).collect(),
             buckets,
         }
     }
 
     /// Items under `prefix` (all items for the empty prefix).
     pub fn count(&self, prefix: &[u32]) -> usize {
-        match prefix.is_empty() {
-            true => self.n_items,
-            false => self.buckets.get(prefix).map_or(0, Vec::len),
-        }
+        self.items(prefix).len()
     }
 
-    /// Items under the longest prefix of `route` holding at least `min_items` items; `None` (all
-    /// items) when even the level-1 bucket is smaller.
-    pub fn candidates(&self, route: &[u32], min_items: usize) -> Option<&[u32]> {
-        (1..=self.levels)
-            .rev()
-            .filter_map(|l| self.buckets.get(&route[..l]))
-            .find(|b| b.len() >= min_items)
-            .map(|b| &b[..])
+    /// The items under `prefix` (all items for the empty prefix).
+    pub fn items(&self, prefix: &[u32]) -> &[u32] {
+        match prefix.is_empty() {
+            true => &self.all,
+            false => self.buckets.get(prefix).map_or(&[], Vec::as_slice),
+        }
     }
 }
 
@@ -260,12 +253,17 @@ mod tests {
     }
 
     #[test]
-    fn prefix_candidates_pick_longest_big_enough_bucket() {
+    fn a_prefix_index_lists_and_counts_every_prefix() {
         let codes = [0, 0, 0, 1, 0, 1, 1, 0];
         let idx = PrefixIndex::new(&codes, 2);
-        assert_eq!(idx.candidates(&[0, 1], 2), Some(&[1u32, 2][..]));
-        assert_eq!(idx.candidates(&[0, 0], 2), Some(&[0u32, 1, 2][..]));
-        assert_eq!(idx.candidates(&[1, 0], 2), None);
+        assert_eq!(idx.items(&[0, 1]), [1u32, 2]);
+        assert_eq!(idx.items(&[0]), [0u32, 1, 2]);
+        assert_eq!(idx.items(&[]), [0u32, 1, 2, 3]);
+        assert!(idx.items(&[1, 1]).is_empty());
+        assert_eq!(
+            (idx.count(&[1]), idx.count(&[]), idx.count(&[2])),
+            (1, 4, 0)
+        );
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! Protocol ([`split`]): positives are ratings `>= min_rating`; per user the last positive is
 //! the test item. Every method trains on the train positives only, with the same step budget.
 //! Per method ([`evaluate`]):
-//! - (a) SID-native retrieval, the `Recommend` path: the user's route into the item SID space
-//!   picks the longest prefix holding `>= min_bucket` items; those items (minus the user's train
-//!   items) are ranked by cosine `z_u . z_i`. Recall@10/@20, NDCG@10.
+//! - (a) SID-native retrieval, the code `Recommend` runs ([`crate::model::recommend`]): candidates
+//!   from a beam over the user's route into the item SID trie and from the buckets of the user's
+//!   newest train items, ranked by the learned `z`s (and a popularity prior), the user's train
+//!   items excluded. Recall@10/@20, NDCG@10.
 //! - (b) the same cosine over all items (`recall@10_z`).
 //! - `cf` scores by `u_int . i_pro` and `popularity` by train counts, for both (a) and (b).
 //! - the classical recommenders `itemknn`, `ease` and `svd` ([`classical`]) rank the whole
@@ -25,10 +26,12 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::model::data::{Dataset, Prepared};
+use crate::model::recommend::{self, Catalogue, RecommendSettings, UserView};
 use crate::model::sid::QualityReport;
 use crate::model::{trainer, DasConfig, Method, ModelError, Result, TrainStats, TrainedModel};
 use classical::ClassicalOptions;
 use metrics::{cosine_scores, rank_of, with_negatives, PrefixIndex, Probe, RankSums};
+use recommend::BeamLevel;
 pub use tuning::TuningPoint;
 
 /// Evaluation settings.
@@ -38,8 +41,12 @@ pub struct EvalOptions {
     pub config: DasConfig,
     /// Positives are ratings >= this (0 = all).
     pub min_rating: f32,
-    /// Smallest SID-prefix bucket used as a candidate set. Default 50.
-    pub min_bucket: usize,
+    /// Retrieval (a)'s settings: `Recommend`'s (the server's defaults unless set).
+    pub recommend: RecommendSettings,
+    /// Further settings of retrieval (a) scored on the validation pairs for every SID method
+    /// (reported in [`MethodResult::tuning`], never used for the held-out scores): for choosing
+    /// `Recommend`'s defaults over a whole matrix of data sets.
+    pub recommend_grid: Vec<RecommendSettings>,
     /// Test items with at most this many train positives form the cold slice. Default 5.
     pub cold_max: usize,
     /// Score the validation pairs (each user's second-last positive) instead of the test pairs,
@@ -57,7 +64,8 @@ impl Default for EvalOptions {
         Self {
             config: DasConfig::default(),
             min_rating: 4.0,
-            min_bucket: 50,
+            recommend: RecommendSettings::default(),
+            recommend_grid: Vec::new(),
             cold_max: 5,
             on_validation: false,
             timeless: false,
@@ -133,7 +141,8 @@ pub struct MethodResult {
     pub train: Option<TrainStats>,
     /// Users with a test item.
     pub test_users: usize,
-    /// The setting chosen on the validation pairs (classical baselines).
+    /// The setting chosen on the validation pairs (classical baselines; SID methods: the
+    /// best point of the retrieval (a) grid, for information).
     #[serde(default)]
     pub chosen: Option<String>,
     /// Every grid point tried on the validation pairs (classical baselines).
@@ -254,6 +263,59 @@ fn parse_method(name: &str, base: &DasConfig) -> Result<Option<(Method, DasConfi
 
 /// Scores of a chunk of users (one row per user id, or one shared row).
 type ScoreFn<'a> = dyn Fn(&[u32]) -> Result<Vec<Vec<f32>>> + 'a;
+
+/// Retrieval (a) of one (user, held-out item) pair: the item's 0-based rank in `Recommend`'s
+/// list and the user's candidate count.
+type RecommendRank<'a> = dyn Fn(u32, u32) -> (Option<usize>, usize) + 'a;
+
+/// How deep retrieval (a)'s lists go: ranks beyond it count as misses (the metrics stop at 20,
+/// the cold ranks at 100).
+const RANKED: usize = 100;
+
+/// The evaluation's items as `Recommend` sees a collection's: codes, `z`s, the prefix counts and
+/// log-popularity scaled to `[0, 1]` (the train counts).
+struct EvalCatalogue<'a> {
+    index: PrefixIndex,
+    codes: &'a [u32],
+    z: &'a [f32],
+    dim: usize,
+    levels: usize,
+    popularity: Vec<f32>,
+}
+
+impl<'a> EvalCatalogue<'a> {
+    fn new(codes: &'a [u32], z: &'a [f32], dim: usize, levels: usize, prep: &Prepared) -> Self {
+        Self {
+            index: PrefixIndex::new(codes, levels),
+            codes,
+            z,
+            dim,
+            levels,
+            popularity: prep.item_stats.iter().map(|s| s[0]).collect(),
+        }
+    }
+}
+
+impl Catalogue for EvalCatalogue<'_> {
+    type Item = u32;
+    fn count(&self, prefix: &[u32]) -> usize {
+        self.index.count(prefix)
+    }
+    fn for_each_under(&self, prefix: &[u32], f: &mut dyn FnMut(u32)) {
+        self.index.items(prefix).iter().for_each(|&i| f(i));
+    }
+    fn codes(&self, item: u32) -> Option<&[u32]> {
+        let at = item as usize * self.levels;
+        self.codes.get(at..at + self.levels)
+    }
+    fn z(&self, item: u32) -> Option<&[f32]> {
+        self.z
+            .get(item as usize * self.dim..(item as usize + 1) * self.dim)
+    }
+    fn popularity(&self, item: u32) -> f32 {
+        self.popularity.get(item as usize).copied().unwrap_or(0.0)
+    }
+}
 
 /// Held-out data and lookups shared by all methods.
 struct Ctx<'a> {
@@ -387,14 +449,87 @@ impl Ctx<'_> {
         let items = model.encode_items(&self.ds.item_emb)?;
         let users = model.encode_users(&self.prep.x_user)?;
         let levels = model.meta.config.levels;
-        let index = PrefixIndex::new(&items.codes, levels);
-        let min = self.opts.min_bucket;
-        let routes = model.route_users(&users, &items.z, &|p| index.count(p) >= min)?;
+        let catalogue = EvalCatalogue::new(&items.codes, &items.z, items.dim, levels, &self.prep);
+        let mean_item = crate::model::mean_length(items.z.chunks(items.dim.max(1)));
+        let recent = &self.recent_items();
+        let users = &users;
+        // one beam per user serves every grid point of the same width
+        let beams = |width: usize| -> Result<Vec<Vec<BeamLevel>>> {
+            (0..self.prep.n_users)
+                .map(|u| {
+                    let z = recommend::user_z(users, u);
+                    model.route_beam(z, mean_item, width, &|p| catalogue.count(p))
+                })
+                .collect()
+        };
+        // (rank of the held-out item in Recommend's list, candidates) of each pair
+        let ranks = |beams: &[Vec<BeamLevel>], s: &RecommendSettings, pairs: &[(u32, u32)]| {
+            pairs
+                .iter()
+                .map(|&(u, target)| {
+                    let excl = &self.train_sets[u as usize];
+                    let recent = &recent[u as usize];
+                    let beam = &beams[u as usize];
+                    let cands =
+                        recommend::candidates(beam, &catalogue, recent, &|i| excl.contains(&i), s);
+                    let user = UserView {
+                        z: recommend::user_z(users, u as usize),
+                        recent,
+                    };
+                    let top = recommend::rank(&catalogue, &user, &cands, RANKED, s);
+                    (top.iter().position(|&(i, _)| i == target), cands.len())
+                })
+                .collect::<Vec<_>>()
+        };
+        let base = &self.opts.recommend;
+        let mut by_width: Vec<(usize, Vec<Vec<BeamLevel>>)> = vec![(base.beam, beams(base.beam)?)];
+        for (k, point) in self.opts.recommend_grid.iter().enumerate() {
+            point
+                .validate("recommend.")
+                .map_err(ModelError::InvalidConfig)?;
+            if !by_width.iter().any(|(w, _)| *w == point.beam) {
+                by_width.push((point.beam, beams(point.beam)?));
+            }
+            let b = &by_width
+                .iter()
+                .find(|(w, _)| *w == point.beam)
+                .expect("added")
+                .1;
+            let t0 = std::time::Instant::now();
+            let mut sums = RankSums::default();
+            for (rank, _) in ranks(b, point, &self.split.valid) {
+                sums.add(rank);
+            }
+            let (r10, _, n10) = sums.means();
+            let setting = serde_json::to_string(point).expect("plain settings");
+            tracing::info!(method = %r.method, point = k, %setting, valid_recall10 = r10, "recommend grid point");
+            r.tuning.push(TuningPoint {
+                setting,
+                valid_recall10: r10,
+                valid_ndcg10: n10,
+                seconds: t0.elapsed().as_secs_f64(),
+            });
+        }
+        r.chosen = r
+            .tuning
+            .iter()
+            .max_by(|a, b| {
+                (a.valid_recall10, a.valid_ndcg10)
+                    .partial_cmp(&(b.valid_recall10, b.valid_ndcg10))
+                    .expect("finite recalls")
+            })
+            .map(|t| t.setting.clone());
+        base.validate("recommend.")
+            .map_err(ModelError::InvalidConfig)?;
+        let held_out = ranks(&by_width[0].1, base, &self.split.test);
+        let by_pair: std::collections::HashMap<(u32, u32), (Option<usize>, usize)> =
+            self.split.test.iter().copied().zip(held_out).collect();
+        let rank = |u: u32, target: u32| by_pair[&(u, target)];
         let d = items.dim;
         self.fill_ranking(
             r,
             &|ids| cosine_scores(&users.z, &items.z, d, ids),
-            Some((&index, &routes, levels)),
+            Some(&rank),
             false,
         )?;
         let q = model.item_quality(&self.ds.item_emb)?;
@@ -410,13 +545,30 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// Each user's train items, newest first, with their recency weights (the weights of the
+    /// user's profile input).
+    fn recent_items(&self) -> Vec<Vec<(u32, f32)>> {
+        let p = &self.prep;
+        (0..p.n_users)
+            .map(|u| {
+                let range = p.user_offsets[u]..p.user_offsets[u + 1];
+                let events: Vec<(u32, f32, i64)> = range
+                    .map(|k| (p.positives[k].1, p.positive_meta[k].0, p.positive_meta[k].1))
+                    .collect();
+                recommend::recent_weights(&events, p.recency)
+            })
+            .collect()
+    }
+
     /// Retrieval (a), (b) and the cold slice. `scores(ids)` gives one row per user id (or one
-    /// shared row when `shared`); `sid` = (prefix index, routes, levels) for retrieval (a).
+    /// shared row when `shared`): retrieval (b), and (a) too unless `recommend(user, target)`
+    /// gives (a)'s 0-based rank of `target` (`None` = not in its first [`RANKED`]) and its
+    /// candidate count.
     fn fill_ranking(
         &self,
         r: &mut MethodResult,
         scores: &ScoreFn,
-        sid: Option<(&PrefixIndex, &[u32], usize)>,
+        recommend: Option<&RecommendRank>,
         shared: bool,
     ) -> Result<()> {
         let (mut a, mut b, mut cold, mut cold_z) = (
@@ -433,12 +585,18 @@ impl Ctx<'_> {
             for (k, &(u, target)) in chunk.iter().enumerate() {
                 let s = &rows[if shared { 0 } else { k }];
                 let excl = &self.train_sets[u as usize];
-                let cands = sid.and_then(|(idx, routes, l)| {
-                    idx.candidates(&routes[u as usize * l..][..l], self.opts.min_bucket)
-                });
-                cand_total += cands.map_or(s.len(), |c| c.len());
-                let ra = rank_of(target, s, cands, excl);
                 let rb = rank_of(target, s, None, excl);
+                let ra = match recommend {
+                    Some(f) => {
+                        let (rank, n) = f(u, target);
+                        cand_total += n;
+                        rank
+                    }
+                    None => {
+                        cand_total += s.len() - excl.len();
+                        rb
+                    }
+                };
                 a.add(ra);
                 b.add(rb);
                 if self.prep.item_count[target as usize] <= self.opts.cold_max as f32 {
@@ -565,11 +723,6 @@ mod tests {
     fn evaluation_runs_every_method_and_das_beats_rqvae_on_planted_data() {
         let ds = synth_dataset();
         let config = DasConfig {
-            levels: 2,
-            codes: Some(8),
-            code_dim: 16,
-            id_dim: 16,
-            hidden: vec![32],
             batch: 128,
             sem_uniform: 64,
             steps: 200,
@@ -577,11 +730,14 @@ mod tests {
             ramp_steps: 40,
             kmeans_iters: 10,
             lr: 3e-3,
-            ..DasConfig::default()
+            ..crate::model::synth::small_config()
         };
         let opts = EvalOptions {
             config,
-            min_bucket: 10,
+            recommend: RecommendSettings {
+                min_bucket: 10,
+                ..RecommendSettings::default()
+            },
             ..EvalOptions::default()
         };
         let methods: Vec<String> = [

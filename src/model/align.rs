@@ -307,19 +307,12 @@ mod model_tests {
     fn cfg(seed: u64) -> DasConfig {
         DasConfig {
             seed,
-            levels: 2,
-            codes: Some(8),
-            code_dim: 16,
-            id_dim: 16,
-            hidden: vec![32],
-            batch: 64,
             align_rows: 64,
-            sem_uniform: 32,
             steps: 30,
             warmup_steps: 10,
             ramp_steps: 5,
             kmeans_iters: 10,
-            ..DasConfig::default()
+            ..crate::model::synth::small_config()
         }
     }
 

@@ -256,20 +256,7 @@ impl TrainedModel {
         populated: &dyn Fn(&[u32]) -> bool,
     ) -> Result<Vec<u32>> {
         let d = users.dim;
-        let (books, book_dim): (Vec<Vec<f32>>, usize) = match (&self.item_q, &self.rqk_books) {
-            (Some(iq), _) => (
-                (0..iq.shape.levels)
-                    .map(|l| iq.book(l))
-                    .collect::<Result<_>>()?,
-                iq.shape.code_dim,
-            ),
-            (None, Some(books)) => (books.clone(), self.meta.item_dim),
-            (None, None) => {
-                return Err(ModelError::InvalidConfig(
-                    "method cf has no quantizer".into(),
-                ))
-            }
-        };
+        let (books, book_dim) = self.item_books()?;
         if d != book_dim || !users.z.len().is_multiple_of(d.max(1)) {
             return Err(ModelError::InvalidData(format!(
                 "user z has {d} dimensions, the item codes {book_dim}"
@@ -311,6 +298,22 @@ impl TrainedModel {
             }
         }
         Ok(routes)
+    }
+
+    /// The item codebooks, level by level (`codes x dim` each), and their dimension.
+    pub(crate) fn item_books(&self) -> Result<(Vec<Vec<f32>>, usize)> {
+        match (&self.item_q, &self.rqk_books) {
+            (Some(iq), _) => Ok((
+                (0..iq.shape.levels)
+                    .map(|l| iq.book(l))
+                    .collect::<Result<_>>()?,
+                iq.shape.code_dim,
+            )),
+            (None, Some(books)) => Ok((books.clone(), self.meta.item_dim)),
+            (None, None) => Err(ModelError::InvalidConfig(
+                "method cf has no quantizer".into(),
+            )),
+        }
     }
 
     /// The ICDM debiased vectors (`u_int` for all users, `i_pro` for all items), if trained.

@@ -256,11 +256,13 @@ impl Prepared {
     }
 
     /// The causal input of the user of positive `p`: its profile ([`profile_input`]) over its
-    /// positives before `p` only (at most [`Recency::window`] of them), the input it had when it
-    /// made that interaction. A user's full profile holds the very item each of its training
-    /// pairs is to predict, an item no profile holds when it is served. For a user's first
-    /// positive, which has none before it, the profile of its later ones (again without `p`);
-    /// `None` for a user with one positive, or when users have own embeddings.
+    /// positives strictly earlier than `p` only (at most [`Recency::window`] of them), the input
+    /// it had when it made that interaction. A user's full profile holds the very item each of
+    /// its training pairs is to predict, an item no profile holds when it is served. Positives
+    /// at the same time as `p` are not before it (in a log without time none is). When none is
+    /// earlier, the profile of the newest window of its other positives (again without `p`),
+    /// which all weigh alike when they tie in time. `None` for a user with one positive, or
+    /// when users have own embeddings.
     pub fn causal_input(&self, p: usize) -> Option<Vec<f32>> {
         if !self.users_from_profiles {
             return None;
@@ -271,13 +273,25 @@ impl Prepared {
             self.user_offsets[u as usize + 1],
         );
         let window = self.recency.window();
-        let range = if p > first {
-            first.max(p.saturating_sub(window))..p
+        // positives at the time of `p` (a log without time ties them all) came neither before
+        // nor after it: they share its position
+        let ts = self.positive_meta[p].1;
+        let lo = first + self.positive_meta[first..p].partition_point(|m| m.1 < ts);
+        let picked: Vec<usize> = if lo > first {
+            (first.max(lo.saturating_sub(window))..lo).collect()
         } else {
-            (p + 1).max(end.saturating_sub(window))..end
+            // nothing before it: the newest window of the others
+            let mut others: Vec<usize> = (first..end)
+                .rev()
+                .filter(|&j| j != p)
+                .take(window)
+                .collect();
+            others.reverse();
+            others
         };
         let d = self.item_dim;
-        let events: Vec<(&[f32], f32, i64)> = range
+        let events: Vec<(&[f32], f32, i64)> = picked
+            .into_iter()
             .map(|j| {
                 let i = self.positives[j].1 as usize;
                 let (w, ts) = self.positive_meta[j];
@@ -381,12 +395,18 @@ fn recency_mean(
     recency: Recency,
     normalise_each: bool,
 ) -> Option<Vec<f32>> {
-    let positive = || events.iter().filter(|(v, w, _)| *w > 0.0 && v.len() == dim);
-    let last = positive().map(|&(_, _, ts)| ts).max()?;
-    let n = positive().count();
+    let positive: Vec<&(&[f32], f32, i64)> = events
+        .iter()
+        .filter(|(v, w, _)| *w > 0.0 && v.len() == dim)
+        .collect();
+    if positive.is_empty() {
+        return None;
+    }
+    let meta: Vec<(f32, i64)> = positive.iter().map(|e| (e.1, e.2)).collect();
+    let weights = recency.weigh(&meta);
     let mut out = vec![0.0f32; dim];
     let mut item = vec![0.0f32; dim];
-    for (k, &(v, weight, ts)) in positive().enumerate() {
+    for (&&(v, _, _), w) in positive.iter().zip(weights) {
         let v = match normalise_each {
             true => {
                 item.copy_from_slice(v);
@@ -395,8 +415,6 @@ fn recency_mean(
             }
             false => v,
         };
-        // `last` is the latest: the difference is >= 0, and u64 holds it for any i64 pair
-        let w = weight * recency.weight(last.abs_diff(ts) as f64, n - 1 - k);
         out.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
     }
     l2_normalise_rows(&mut out, dim);
@@ -828,6 +846,55 @@ mod tests {
         own.user_dim = 4;
         let q = Prepared::new(&own, recency).expect("prep");
         assert_eq!(q.causal_input(first + 1), None);
+    }
+
+    #[test]
+    fn timeless_data_have_defined_causal_inputs() {
+        // every timestamp 0: no positive is before another, so each pair's input is the plain
+        // mean of the user's other positives, not the recency-weighted few that happen to sort
+        // first (the position half-life would otherwise weigh an arbitrary order)
+        let s = crate::model::synth::generate(&crate::model::synth::SynthSpec {
+            n_items: 64,
+            n_users: 4,
+            per_user: 12,
+            ..Default::default()
+        });
+        let mut data = s.data.clone();
+        data.interactions.iter_mut().for_each(|x| x.ts_ms = 0);
+        let recency = Recency {
+            half_life_days: 180.0,
+            half_life_events: 1.0,
+        };
+        let p = Prepared::new(&data, recency).expect("prep");
+        let d = p.item_dim;
+        let mean_of = |js: &[usize]| {
+            let mut m = vec![0.0f32; d];
+            for &j in js {
+                let i = p.positives[j].1 as usize;
+                let w = p.positive_meta[j].0;
+                m.iter_mut()
+                    .zip(&p.x_item[i * d..(i + 1) * d])
+                    .for_each(|(a, b)| *a += w * b);
+            }
+            l2_normalise_rows(&mut m, d);
+            m
+        };
+        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
+        for u in 0..p.n_users {
+            let (first, end) = (p.user_offsets[u], p.user_offsets[u + 1]);
+            assert!(end - first >= 3);
+            for at in first..end {
+                let others: Vec<usize> = (first..end).filter(|&j| j != at).collect();
+                let got = p.causal_input(at).expect("input");
+                assert!(close(&got, &mean_of(&others)), "user {u} positive {at}");
+            }
+            // and the user's own input weighs all its positives alike
+            let all: Vec<usize> = (first..end).collect();
+            assert!(
+                close(&p.x_user[u * d..(u + 1) * d], &mean_of(&all)),
+                "user {u}"
+            );
+        }
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! - [`mdam`]: InfoNCE with masked accidental positives, co-occurrence partner sampling, and the
 //!   route alignment (a user picks its item's level-1 code).
 //! - [`das`]: the one-stage trainer, its baselines, checkpoints and batched inference.
+//! - [`recommend`]: `Recommend`'s retrieval (route beam, candidates, ranking), shared by the
+//!   server and the evaluation.
 //! - [`sid`]: dedup suffixes and the SID quality report.
 //! - [`align`]: code matching across versions (relabel a retrained model's codes so code numbers
 //!   keep their meaning).
@@ -30,6 +32,7 @@ pub mod kmeans;
 pub mod mdam;
 pub mod nn;
 pub mod ops;
+pub mod recommend;
 pub mod rqvae;
 pub mod sid;
 pub mod sparse;

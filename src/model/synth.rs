@@ -8,7 +8,28 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::config::DasConfig;
 use super::data::{Interaction, TrainingData};
+
+/// A model small enough to train on these data sets in well under a second per 100 steps: two
+/// levels of 8 codes, 16-d codes and ID vectors, one hidden layer of 32, batches of 64 and 100
+/// steps (20 of warm-up, 20 of ramp). Tests change what they need.
+pub fn small_config() -> DasConfig {
+    DasConfig {
+        levels: 2,
+        codes: Some(8),
+        code_dim: 16,
+        id_dim: 16,
+        hidden: vec![32],
+        batch: 64,
+        sem_uniform: 32,
+        steps: 100,
+        warmup_steps: 20,
+        ramp_steps: 20,
+        kmeans_iters: 5,
+        ..DasConfig::default()
+    }
+}
 
 /// Shape of a synthetic data set.
 #[derive(Debug, Clone)]

@@ -1123,11 +1123,6 @@ mod tests {
     /// Small but faithful settings: 2 levels of 8 codes over 4 behaviour groups.
     fn small_cfg() -> DasConfig {
         DasConfig {
-            levels: 2,
-            codes: Some(8),
-            code_dim: 16,
-            id_dim: 16,
-            hidden: vec![32],
             batch: 128,
             align_rows: 128,
             ae_warmup_steps: 0,
@@ -1139,7 +1134,7 @@ mod tests {
             dead_window: 20,
             reseed_every: 10,
             lr: 3e-3,
-            ..DasConfig::default()
+            ..crate::model::synth::small_config()
         }
     }
 

@@ -59,7 +59,7 @@ const ENV: &[(&str, &str)] = &[
     ("SIDB__TRAINING__WARM_STEPS", "40"),
     ("SIDB__TRAINING__BATCH", "128"),
     ("SIDB__TRAINING__KEEP_VERSIONS", "2"),
-    ("SIDB__RETRIEVAL__RECOMMEND_MIN_BUCKET", "3"),
+    ("SIDB__RETRIEVAL__RECOMMEND__MIN_BUCKET", "3"),
 ];
 
 /// A collection the valid requests aim at.

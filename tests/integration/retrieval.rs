@@ -509,7 +509,7 @@ async fn prefix_scan_stats_and_semantic_ids() {
 
 #[tokio::test]
 async fn recommend_ranks_the_users_bucket_and_excludes_seen() {
-    let s = TestServer::start_with(|c| c.retrieval.recommend_min_bucket = 40).await;
+    let s = TestServer::start_with(|c| c.retrieval.recommend.min_bucket = 40).await;
     let d = data(2000, 6);
     load(&s, "c", &d, true).await;
     let user_vec = d.vectors[11].clone();

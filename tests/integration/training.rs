@@ -29,12 +29,12 @@ pub fn quick_training(c: &mut Config) {
     // Only the first training is automatic here; later ones are asked for.
     t.new_items_ratio = 100.0;
     t.new_interactions_ratio = 100.0;
-    c.retrieval.recommend_min_bucket = MIN_BUCKET;
+    c.retrieval.recommend.min_bucket = MIN_BUCKET as usize;
 }
 
 pub const DIM: usize = 16;
 
-/// `retrieval.recommend_min_bucket` of these servers: small for the small planted catalogue
+/// `retrieval.recommend.min_bucket` of these servers: small for the small planted catalogue
 /// (240 items over 64 level-1 codes), where a bucket of 50 would never be found.
 const MIN_BUCKET: u64 = 3;
 
@@ -296,91 +296,50 @@ async fn training_publishes_versions_assigns_online_and_rolls_back() {
         .into_inner();
     assert!(page.entries.iter().any(|e| e.id == new_id));
 
-    // Recommend takes its candidates from one SID bucket: the user's `z` is routed, level by
-    // level, to the nearest item code whose bucket holds at least `recommend_min_bucket` items,
-    // and a bucket that runs short of k is topped up by plain similarity. So every user's list
-    // for a k beyond the catalogue (nothing excluded) starts with a whole bucket of at least
-    // `MIN_BUCKET` items under a prefix of its top hit's SID, ranked by cosine, and only then
-    // goes on outside it; with the whole catalogue as candidates (no bucket) it would not.
-    let n_all = n_items + 1;
-    let scan = |prefix: Vec<u32>| {
-        let mut r = r.clone();
-        async move {
-            let req = pb::PrefixScanRequest {
-                collection: coll.into(),
-                entity: pb::EntityKind::Items as i32,
-                prefix,
-                limit: 1000,
-                page_token: String::new(),
-            };
-            let page = r.prefix_scan(req).await.unwrap().into_inner();
-            page.entries
-                .into_iter()
-                .map(|e| e.id)
-                .collect::<HashSet<String>>()
+    // Recommend is `model::recommend` over the served version, the code `sidb eval` scores as
+    // retrieval (a): the version's checkpoint, the items' SIDs and `z`s and the user's history
+    // give the same list here as over gRPC. Its candidates come from several SID buckets.
+    let mut all_items: Vec<(String, Vec<f32>)> = (0..n_items)
+        .map(|i| (format!("i{i:04}"), planted_vector(i / 4 % 4, i)))
+        .collect();
+    all_items.push((new_id.clone(), planted_vector(2, 999)));
+    let mut served_sids = v1_items.clone();
+    served_sids.insert(new_id.clone(), new_sid.clone());
+    let expected = ExpectedRecommend::new(&s.dir, 1, &all_items, &served_sids);
+    let mut several_buckets = 0;
+    for (u, user) in user_ids.iter().enumerate() {
+        let history = planted_history(u, n_items);
+        let (want, buckets) = expected.recommend(&history, 10);
+        several_buckets += (buckets > 1) as usize;
+        let got = recommend_hits(&r, coll, user, 10).await;
+        assert_eq!(got.len(), 10, "{user}");
+        for (k, (h, (id, score))) in got.iter().zip(&want).enumerate() {
+            // equal ids, or a tie within float noise swapped
+            let tie = (h.score - score).abs() < 1e-4;
+            assert!(
+                h.id == *id || tie,
+                "{user} #{k}: {} ({}) vs {id} ({score})",
+                h.id,
+                h.score
+            );
+            assert!(
+                (h.score - score).abs() < 1e-4,
+                "{user} #{k}: score {} vs {score}",
+                h.score
+            );
         }
-    };
-    for user in &user_ids {
-        let rec = |k: u32, exclude_seen: bool| {
-            let mut r = r.clone();
-            let user_id = user.clone();
-            async move {
-                let req = pb::RecommendRequest {
-                    collection: coll.into(),
-                    user_id,
-                    k,
-                    exclude_seen,
-                    ..Default::default()
-                };
-                r.recommend(req).await.unwrap().into_inner().hits
-            }
-        };
-        let all = rec(1000, false).await;
-        assert_eq!(all.len(), n_all, "{user}: topped up to k or the catalogue");
-        let top_codes = all[0].sid.as_ref().expect("hit SID").codes.clone();
-        let mut bucket = None;
-        for len in (1..=top_codes.len()).rev() {
-            let under = scan(top_codes[..len].to_vec()).await;
-            let head: HashSet<String> = all[..under.len()].iter().map(|h| h.id.clone()).collect();
-            if under.len() as u64 >= MIN_BUCKET && head == under {
-                bucket = Some(under);
-                break;
-            }
-        }
-        let bucket = bucket.unwrap_or_else(|| panic!("{user}: no SID bucket heads its list"));
-        assert!(bucket.len() < n_all, "{user}: the whole catalogue");
-        // ranked by the cosine of the two `z`s
-        let head = &all[..bucket.len()];
-        let cosine = |h: &pb::Hit| (-1.0001..=1.0001).contains(&h.score);
-        assert!(head.iter().all(cosine), "{user}: scores are not cosines");
-        // with its history left out, what remains of the bucket still comes first
-        let top = rec(5, true).await;
-        let inside = top.iter().take_while(|h| bucket.contains(&h.id)).count();
-        let rest = top
-            .iter()
-            .skip(inside)
-            .filter(|h| bucket.contains(&h.id))
-            .count();
-        assert_eq!(rest, 0, "{user}: bucket items after items outside it");
     }
-
+    assert!(
+        several_buckets > user_ids.len() / 2,
+        "candidates from one bucket only for most users ({several_buckets} of {})",
+        user_ids.len()
+    );
     // Recommend sees a user described by its profile as it is now: interactions written since
     // its SID was stored move its route and `z` exactly as an upsert of the user would.
     let recommend = |r: &mut RetrievalClient| {
-        let mut r = r.clone();
+        let r = r.clone();
         async move {
-            let hits = r
-                .recommend(pb::RecommendRequest {
-                    collection: coll.into(),
-                    user_id: "u005".into(),
-                    k: 8,
-                    exclude_seen: false,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .hits;
+            let hits = recommend_hits(&r, coll, "u005", 8).await;
             hits.into_iter()
                 .map(|h| (h.id, h.score.to_bits()))
                 .collect::<Vec<_>>()
@@ -785,4 +744,148 @@ async fn automatic_training_waits_for_the_writes_to_pause() {
         .unwrap()
         .into_inner();
     assert_eq!(rep.items as usize, 120 + n);
+}
+
+/// `Recommend` of `user`, nothing excluded.
+async fn recommend_hits(r: &RetrievalClient, coll: &str, user: &str, k: u32) -> Vec<pb::Hit> {
+    let req = pb::RecommendRequest {
+        collection: coll.into(),
+        user_id: user.into(),
+        k,
+        exclude_seen: false,
+        ..Default::default()
+    };
+    r.clone().recommend(req).await.unwrap().into_inner().hits
+}
+
+/// User `u`'s planted history as `write_planted_behaviour` writes it: (item id, weight, time),
+/// oldest first.
+fn planted_history(u: usize, n_items: usize) -> Vec<(String, f32, i64)> {
+    let g = u % 4;
+    (0..15)
+        .map(|j| {
+            let i = ((u * 7 + j * 13) % (n_items / 4)) * 4 + g;
+            (format!("i{i:04}"), 1.0, 1_000 + (u * 100 + j) as i64)
+        })
+        .collect()
+}
+
+/// `Recommend`'s list computed outside the server with `sidb::model::recommend` from a saved
+/// version, the items' vectors and served SIDs, and a user's history.
+struct ExpectedRecommend {
+    model: sidb::engine::models::LoadedModel,
+    ids: Vec<String>,
+    codes: Vec<Vec<u32>>,
+    z: Vec<Vec<f32>>,
+    popularity: Vec<f32>,
+    vectors: std::collections::HashMap<String, Vec<f32>>,
+}
+
+impl ExpectedRecommend {
+    fn new(
+        dir: &std::path::Path,
+        version: u64,
+        items: &[(String, Vec<f32>)],
+        sids: &std::collections::HashMap<String, pb::SemanticId>,
+    ) -> Self {
+        // the test's one collection
+        let models = dir.join("models");
+        let coll_dirs: Vec<_> = std::fs::read_dir(&models)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(coll_dirs.len(), 1, "{coll_dirs:?}");
+        let coll_id: u64 = coll_dirs[0]
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let model = sidb::engine::models::load_model(dir, coll_id, version).expect("checkpoint");
+        let x: Vec<f32> = items.iter().flat_map(|(_, v)| v.clone()).collect();
+        let enc = model.encode_items(&x).expect("encode");
+        Self {
+            ids: items.iter().map(|(id, _)| id.clone()).collect(),
+            codes: items.iter().map(|(id, _)| sids[id].codes.clone()).collect(),
+            z: enc.into_iter().map(|s| s.z).collect(),
+            popularity: items
+                .iter()
+                .map(|(id, _)| model.popularity.get(id.as_str()).copied().unwrap_or(0.0))
+                .collect(),
+            vectors: items.iter().cloned().collect(),
+            model,
+        }
+    }
+
+    /// The top `k` (id, score) for a user with `history` (oldest first), and how many distinct
+    /// full-code buckets its candidates came from.
+    fn recommend(&self, history: &[(String, f32, i64)], k: usize) -> (Vec<(String, f32)>, usize) {
+        use sidb::model::recommend::{self, Catalogue, RecommendSettings, UserView};
+        let settings = RecommendSettings {
+            min_bucket: MIN_BUCKET as usize,
+            ..RecommendSettings::default()
+        };
+        let recency = self.model.info.recency();
+        let rows: Vec<(Vec<f32>, f32, i64)> = history
+            .iter()
+            .map(|(id, w, ts)| (self.vectors[id].clone(), *w, *ts))
+            .collect();
+        let events: Vec<(&[f32], f32, i64)> =
+            rows.iter().map(|(v, w, t)| (&v[..], *w, *t)).collect();
+        let x = sidb::model::profile_input(&events, DIM, recency).expect("profile");
+        let user = self.model.encode_users(&x).expect("user").remove(0);
+        let index_of = |id: &str| self.ids.iter().position(|x| x == id).unwrap() as u32;
+        let timed: Vec<(u32, f32, i64)> = history
+            .iter()
+            .map(|(id, w, ts)| (index_of(id), *w, *ts))
+            .collect();
+        let recent = recommend::recent_weights(&timed, recency);
+        let view = UserView {
+            z: &user.z,
+            recent: &recent,
+        };
+        let beam = self
+            .model
+            .model
+            .route_beam(
+                &user.z,
+                self.model.info.mean_item_z_norm,
+                settings.beam,
+                &|p| self.count(p),
+            )
+            .expect("beam");
+        let cands = recommend::candidates(&beam, self, &recent, &|_| false, &settings);
+        let buckets: HashSet<&Vec<u32>> = cands.iter().map(|&i| &self.codes[i as usize]).collect();
+        let top = recommend::rank(self, &view, &cands, k, &settings);
+        let list = top
+            .into_iter()
+            .map(|(i, s)| (self.ids[i as usize].clone(), s))
+            .collect();
+        (list, buckets.len())
+    }
+}
+
+impl sidb::model::recommend::Catalogue for ExpectedRecommend {
+    type Item = u32;
+    fn count(&self, prefix: &[u32]) -> usize {
+        self.codes.iter().filter(|c| c.starts_with(prefix)).count()
+    }
+    fn for_each_under(&self, prefix: &[u32], f: &mut dyn FnMut(u32)) {
+        // in id order, as the trie lists them
+        let mut under: Vec<u32> = (0..self.codes.len() as u32)
+            .filter(|&i| self.codes[i as usize].starts_with(prefix))
+            .collect();
+        under.sort_by(|a, b| self.ids[*a as usize].cmp(&self.ids[*b as usize]));
+        under.into_iter().for_each(f)
+    }
+    fn codes(&self, item: u32) -> Option<&[u32]> {
+        self.codes.get(item as usize).map(Vec::as_slice)
+    }
+    fn z(&self, item: u32) -> Option<&[f32]> {
+        self.z.get(item as usize).map(Vec::as_slice)
+    }
+    fn popularity(&self, item: u32) -> f32 {
+        self.popularity[item as usize]
+    }
 }

@@ -58,18 +58,8 @@ impl ItemKnn {
 /// profile input gives its items ([`crate::model::data::profile_input`]).
 pub fn user_weights(prep: &Prepared, u: u32, recency: Recency) -> Vec<(u32, f32)> {
     let range = prep.user_offsets[u as usize]..prep.user_offsets[u as usize + 1];
-    let n = range.len();
-    let Some(last) = range.clone().map(|p| prep.positive_meta[p].1).max() else {
-        return Vec::new();
-    };
-    range
-        .enumerate()
-        .map(|(k, p)| {
-            let (w, ts) = prep.positive_meta[p];
-            let age = (last - ts) as f64;
-            (prep.positives[p].1, w * recency.weight(age, n - 1 - k))
-        })
-        .collect()
+    let weights = recency.weigh(&prep.positive_meta[range.clone()]);
+    range.map(|p| prep.positives[p].1).zip(weights).collect()
 }
 
 #[cfg(test)]

@@ -1,0 +1,581 @@
+//! `Recommend`'s retrieval through the semantic IDs, shared by the server
+//! (`engine::retrieval`) and `sidb eval`'s retrieval (a), so that what is measured is what is
+//! served.
+//!
+//! Candidates come from the item SID trie, never from a scan of the catalogue:
+//! - a **beam over the user's route**: at each level the populated buckets one code below the
+//!   `beam` best of the level above, ordered by the squared distance of what remains of the
+//!   user's `z` (rescaled into item code space); the candidates are the items of the buckets
+//!   of the deepest level that holds `candidates` items, best bucket first, until that many are
+//!   in (level 1 holds the whole catalogue: the budget, not one bucket, sets the size);
+//! - the **buckets of the user's newest items**: for each of up to `recent_buckets` of them, the
+//!   items of the deepest prefix of its SID that holds `min_bucket` items.
+//!
+//! They are ranked by what the model learned, each term a setting:
+//! `w_user * cos(z_u, z_i) + w_recent * sum_r w_r cos(z_r, z_i) / sum_r w_r + w_pop * pop_i`
+//! with `w_r` the recency weight of the user's item `r` and `pop_i` the item's popularity prior
+//! (in `[0, 1]`, from the catalogue).
+use std::collections::HashSet;
+use std::hash::Hash;
+
+use serde::{Deserialize, Serialize};
+
+use super::das::{Encoded, TrainedModel};
+use super::{ModelError, Result};
+use crate::profile::Recency;
+
+/// Recommend's retrieval settings. The defaults were chosen on the validation pairs of the whole
+/// evaluation matrix (MovieLens-100K, -1M, -1M implicit timeless, latest-small; `sidb eval
+/// --on-validation --recommend-grid`, see docs/evaluation.md), by the mean Recall@10 over the
+/// data sets.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecommendSettings {
+    /// Item codes kept per level of the user's route. Default 4.
+    pub beam: usize,
+    /// Candidates taken through the route beam (whole buckets, so it can be exceeded by the
+    /// last one). Default 1,000.
+    pub candidates: usize,
+    /// Smallest bucket a newest item's candidates come from. Default 50.
+    pub min_bucket: usize,
+    /// Newest items of the user whose buckets add candidates. Default 5.
+    pub recent_buckets: usize,
+    /// Weight of the cosine of the user's `z` and the item's. Default 1.
+    pub w_user: f32,
+    /// Weight of the recency-weighted mean cosine of the user's items' `z` and the item's.
+    /// Default 2.
+    pub w_recent: f32,
+    /// Weight of the popularity prior. Default 1.
+    pub w_pop: f32,
+}
+
+impl Default for RecommendSettings {
+    fn default() -> Self {
+        Self {
+            beam: 4,
+            candidates: 1000,
+            min_bucket: 50,
+            recent_buckets: 5,
+            w_user: 1.0,
+            w_recent: 2.0,
+            w_pop: 1.0,
+        }
+    }
+}
+
+impl RecommendSettings {
+    /// Checks every field, naming it (with `prefix`, e.g. `retrieval.recommend_`) in the error.
+    pub fn validate(&self, prefix: &str) -> std::result::Result<(), String> {
+        if self.beam == 0 || self.beam > 1024 {
+            return Err(format!(
+                "{prefix}beam: expected 1..=1024, got {}",
+                self.beam
+            ));
+        }
+        if self.candidates == 0 || self.candidates > 1_000_000 {
+            return Err(format!(
+                "{prefix}candidates: expected 1..=1000000, got {}",
+                self.candidates
+            ));
+        }
+        if self.min_bucket == 0 {
+            return Err(format!("{prefix}min_bucket: expected >= 1, got 0"));
+        }
+        if self.recent_buckets > 1024 {
+            return Err(format!(
+                "{prefix}recent_buckets: expected 0..=1024, got {}",
+                self.recent_buckets
+            ));
+        }
+        for (name, w) in [
+            ("w_user", self.w_user),
+            ("w_recent", self.w_recent),
+            ("w_pop", self.w_pop),
+        ] {
+            if !w.is_finite() || w.abs() > 1e6 {
+                return Err(format!(
+                    "{prefix}{name}: expected a finite weight with |w| <= 1e6, got {w}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The item side as `Recommend` sees it: the SID trie's counts and items, and each item's `z`
+/// and popularity prior.
+pub trait Catalogue {
+    /// An item handle.
+    type Item: Copy + Eq + Hash + Ord;
+    /// Items under `prefix` (all items for the empty prefix).
+    fn count(&self, prefix: &[u32]) -> usize;
+    /// Calls `f` for every item under `prefix`.
+    fn for_each_under(&self, prefix: &[u32], f: &mut dyn FnMut(Self::Item));
+    /// The item's SID codes, if it has one.
+    fn codes(&self, item: Self::Item) -> Option<&[u32]>;
+    /// The item's `z` under the serving model, if it has one.
+    fn z(&self, item: Self::Item) -> Option<&[f32]>;
+    /// The item's popularity prior in `[0, 1]`.
+    fn popularity(&self, item: Self::Item) -> f32;
+}
+
+/// The user as `Recommend` sees it.
+pub struct UserView<'a, I> {
+    /// The user's `z` under the serving model.
+    pub z: &'a [f32],
+    /// The user's items, newest first, with their recency weights.
+    pub recent: &'a [(I, f32)],
+}
+
+/// One level of a route beam: every populated extension of the previous level's `beam` best
+/// prefixes, with the squared distance of the residual, best first.
+pub type BeamLevel = Vec<(Vec<u32>, f32)>;
+
+impl TrainedModel {
+    /// The beam over a user's route into the item SID space, one [`BeamLevel`] per level: at each
+    /// level the `beam` best prefixes of the level above are extended by each item code whose
+    /// bucket is populated (`count(prefix) > 0`), scored by the squared distance of the residual
+    /// so far, and sorted. With `beam` 1 the first of each level is the greedy route of
+    /// [`TrainedModel::route_users_within`] under `count > 0`.
+    pub fn route_beam(
+        &self,
+        user_z: &[f32],
+        mean_item_norm: f32,
+        beam: usize,
+        count: &dyn Fn(&[u32]) -> usize,
+    ) -> Result<Vec<BeamLevel>> {
+        let (books, d) = self.item_books()?;
+        if user_z.len() != d {
+            return Err(ModelError::DimMismatch {
+                expected: d,
+                got: user_z.len(),
+            });
+        }
+        let mut start = user_z.to_vec();
+        if self.user_q.is_some() {
+            let s = mean_item_norm / l2(&start).max(1e-9);
+            start.iter_mut().for_each(|x| *x *= s);
+        }
+        // (prefix, residual, cost)
+        let mut kept: Vec<(Vec<u32>, Vec<f32>, f32)> = vec![(Vec::new(), start, 0.0)];
+        let mut levels = Vec::with_capacity(books.len());
+        for book in &books {
+            let mut next: Vec<(Vec<u32>, Vec<f32>, f32)> = Vec::new();
+            let mut prefix = Vec::new();
+            for (p, r, _) in &kept {
+                for (c, e) in book.chunks(d).enumerate() {
+                    prefix.clear();
+                    prefix.extend_from_slice(p);
+                    prefix.push(c as u32);
+                    if count(&prefix) == 0 {
+                        continue;
+                    }
+                    let res: Vec<f32> = r.iter().zip(e).map(|(a, b)| a - b).collect();
+                    let cost = res.iter().map(|x| x * x).sum::<f32>();
+                    next.push((prefix.clone(), res, cost));
+                }
+            }
+            if next.is_empty() {
+                break;
+            }
+            next.sort_by(|a, b| a.2.total_cmp(&b.2).then_with(|| a.0.cmp(&b.0)));
+            levels.push(next.iter().map(|(p, _, c)| (p.clone(), *c)).collect());
+            next.truncate(beam.max(1));
+            kept = next;
+        }
+        Ok(levels)
+    }
+}
+
+fn l2(v: &[f32]) -> f32 {
+    v.iter().map(|x| x * x).sum::<f32>().sqrt()
+}
+
+/// The candidates of one user (see the module doc), deduplicated, without `exclude`d items.
+pub fn candidates<C: Catalogue>(
+    beam: &[BeamLevel],
+    catalogue: &C,
+    recent: &[(C::Item, f32)],
+    exclude: &dyn Fn(C::Item) -> bool,
+    s: &RecommendSettings,
+) -> Vec<C::Item> {
+    let mut seen: HashSet<C::Item> = HashSet::new();
+    let mut out = Vec::new();
+    let mut take = |prefix: &[u32], out: &mut Vec<C::Item>| {
+        catalogue.for_each_under(prefix, &mut |i| {
+            if seen.insert(i) && !exclude(i) {
+                out.push(i);
+            }
+        })
+    };
+    // the deepest level that holds the budget (level 1, the whole catalogue, when none does)
+    let holds = |level: &BeamLevel| level.iter().map(|(p, _)| catalogue.count(p)).sum::<usize>();
+    let level = beam
+        .iter()
+        .rposition(|l| holds(l) >= s.candidates)
+        .unwrap_or(0);
+    if let Some(level) = beam.get(level) {
+        for (prefix, _) in level {
+            if out.len() >= s.candidates {
+                break;
+            }
+            take(prefix, &mut out);
+        }
+    }
+    for &(item, _) in recent.iter().take(s.recent_buckets) {
+        let Some(codes) = catalogue.codes(item) else {
+            continue;
+        };
+        if let Some(l) = (1..=codes.len())
+            .rev()
+            .find(|&l| catalogue.count(&codes[..l]) >= s.min_bucket)
+        {
+            take(&codes[..l], &mut out);
+        }
+    }
+    out
+}
+
+/// `q . v / |v|`: the cosine of `q` and `v` times `|q|` (the cosine itself for a unit `q`); 0 for
+/// a zero or non-finite `v`.
+pub fn dot_over_norm(q: &[f32], v: &[f32]) -> f32 {
+    let n = l2(v);
+    match n > 0.0 && n.is_finite() {
+        true => q.iter().zip(v).map(|(a, b)| a * b).sum::<f32>() / n,
+        false => 0.0,
+    }
+}
+
+fn unit(v: &[f32]) -> Vec<f32> {
+    let n = l2(v);
+    match n > 0.0 && n.is_finite() {
+        true => v.iter().map(|x| x / n).collect(),
+        false => vec![0.0; v.len()],
+    }
+}
+
+/// Scores `candidates` for `user` (see the module doc) and returns the best `k`, best first, ties
+/// by item.
+pub fn rank<C: Catalogue>(
+    catalogue: &C,
+    user: &UserView<'_, C::Item>,
+    candidates: &[C::Item],
+    k: usize,
+    s: &RecommendSettings,
+) -> Vec<(C::Item, f32)> {
+    // Both cosine terms are linear in the candidate's unit `z`, so they fold into one query:
+    // w_user u + w_recent sum_r w_r r / sum_r w_r, over unit vectors, one dot per candidate.
+    let mut query: Vec<f32> = unit(user.z).iter().map(|x| s.w_user * x).collect();
+    if s.w_recent != 0.0 {
+        let mut mean = vec![0.0f32; query.len()];
+        let mut total = 0.0f32;
+        for &(i, w) in user.recent.iter().filter(|(_, w)| *w > 0.0) {
+            let Some(z) = catalogue.z(i).filter(|z| z.len() == mean.len()) else {
+                continue;
+            };
+            let r = unit(z);
+            mean.iter_mut().zip(&r).for_each(|(m, x)| *m += w * x);
+            total += w;
+        }
+        if total > 0.0 {
+            let scale = s.w_recent / total;
+            query
+                .iter_mut()
+                .zip(&mean)
+                .for_each(|(q, m)| *q += scale * m);
+        }
+    }
+    let mut scored: Vec<(C::Item, f32)> = candidates
+        .iter()
+        .filter_map(|&i| {
+            let z = catalogue.z(i).filter(|z| z.len() == query.len())?;
+            let mut score = dot_over_norm(&query, z);
+            if s.w_pop != 0.0 {
+                score += s.w_pop * catalogue.popularity(i);
+            }
+            Some((i, score))
+        })
+        .collect();
+    let by =
+        |a: &(C::Item, f32), b: &(C::Item, f32)| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0));
+    if scored.len() > k {
+        scored.select_nth_unstable_by(k, by);
+        scored.truncate(k);
+    }
+    scored.sort_by(by);
+    scored
+}
+
+/// `Recommend` for one user: the route beam, the candidates, the ranking.
+pub fn recommend<C: Catalogue>(
+    model: &TrainedModel,
+    mean_item_norm: f32,
+    catalogue: &C,
+    user: &UserView<'_, C::Item>,
+    k: usize,
+    exclude: &dyn Fn(C::Item) -> bool,
+    s: &RecommendSettings,
+) -> Result<Vec<(C::Item, f32)>> {
+    let beam = model.route_beam(user.z, mean_item_norm, s.beam, &|p| catalogue.count(p))?;
+    let cands = candidates(&beam, catalogue, user.recent, exclude, s);
+    Ok(rank(catalogue, user, &cands, k, s))
+}
+
+/// A user's positive events (`(item, weight, time ms)`, oldest first) as [`UserView::recent`]:
+/// newest first, each weighted as in the user's profile input ([`Recency::weigh`]), without the
+/// events that weigh nothing.
+pub fn recent_weights<I: Copy>(events: &[(I, f32, i64)], recency: Recency) -> Vec<(I, f32)> {
+    let meta: Vec<(f32, i64)> = events.iter().map(|e| (e.1, e.2)).collect();
+    let weights = recency.weigh(&meta);
+    let mut out: Vec<(I, f32)> = events
+        .iter()
+        .zip(weights)
+        .filter(|(_, w)| *w > 0.0)
+        .map(|(e, w)| (e.0, w))
+        .collect();
+    out.reverse();
+    out
+}
+
+/// Encoded users as [`UserView`] rows: user `u`'s `z`.
+pub fn user_z(users: &Encoded, u: usize) -> &[f32] {
+    &users.z[u * users.dim..][..users.dim]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::model::data::Prepared;
+    use crate::model::synth::{generate, SynthSpec};
+    use crate::model::Method;
+
+    /// Items with fixed codes and `z`s, the prefix counts computed from the codes.
+    struct Toy {
+        codes: Vec<Vec<u32>>,
+        z: Vec<Vec<f32>>,
+        pop: Vec<f32>,
+    }
+
+    impl Toy {
+        fn under(&self, prefix: &[u32]) -> Vec<u32> {
+            (0..self.codes.len() as u32)
+                .filter(|&i| self.codes[i as usize].starts_with(prefix))
+                .collect()
+        }
+    }
+
+    impl Catalogue for Toy {
+        type Item = u32;
+        fn count(&self, prefix: &[u32]) -> usize {
+            self.under(prefix).len()
+        }
+        fn for_each_under(&self, prefix: &[u32], f: &mut dyn FnMut(u32)) {
+            self.under(prefix).into_iter().for_each(f)
+        }
+        fn codes(&self, item: u32) -> Option<&[u32]> {
+            self.codes.get(item as usize).map(Vec::as_slice)
+        }
+        fn z(&self, item: u32) -> Option<&[f32]> {
+            self.z.get(item as usize).map(Vec::as_slice)
+        }
+        fn popularity(&self, item: u32) -> f32 {
+            self.pop[item as usize]
+        }
+    }
+
+    /// 4 x 4 buckets of 5 items each: item `i` has codes `[i / 20, (i / 5) % 4]`.
+    fn toy() -> Toy {
+        let n = 80u32;
+        Toy {
+            codes: (0..n).map(|i| vec![i / 20, (i / 5) % 4]).collect(),
+            z: (0..n).map(|i| vec![1.0, i as f32 / n as f32]).collect(),
+            pop: (0..n).map(|i| i as f32 / n as f32).collect(),
+        }
+    }
+
+    fn beam_of(prefixes: &[&[u32]]) -> Vec<BeamLevel> {
+        // level 1: the distinct first codes, in order; level 2: the prefixes as given
+        let mut l1: Vec<Vec<u32>> = Vec::new();
+        for p in prefixes {
+            if !l1.contains(&p[..1].to_vec()) {
+                l1.push(p[..1].to_vec());
+            }
+        }
+        vec![
+            l1.into_iter().map(|p| (p, 0.0)).collect(),
+            prefixes.iter().map(|p| (p.to_vec(), 0.0)).collect(),
+        ]
+    }
+
+    #[test]
+    fn beam_candidates_reach_items_outside_the_first_bucket() {
+        let t = toy();
+        let s = RecommendSettings {
+            candidates: 12,
+            recent_buckets: 0,
+            ..RecommendSettings::default()
+        };
+        let beam = beam_of(&[&[1, 2], &[3, 0], &[1, 1]]);
+        let got = candidates(&beam, &t, &[], &|_| false, &s);
+        // whole buckets, best first, until the budget of 12 is in: 5 + 5 + 5
+        let want: Vec<u32> = [t.under(&[1, 2]), t.under(&[3, 0]), t.under(&[1, 1])].concat();
+        assert_eq!(got, want);
+        assert!(got.iter().any(|i| !t.under(&[1, 2]).contains(i)));
+        // one bucket's worth of budget: the first bucket alone
+        let one = RecommendSettings { candidates: 5, ..s };
+        assert_eq!(
+            candidates(&beam, &t, &[], &|_| false, &one),
+            t.under(&[1, 2])
+        );
+    }
+
+    #[test]
+    fn a_budget_beyond_the_deepest_beam_takes_a_shallower_level() {
+        let t = toy();
+        let beam = beam_of(&[&[1, 2], &[3, 0]]);
+        // level 2 holds 10 < 30: level 1's beam ([1], [3]: 40 items) is used, whole buckets
+        let s = RecommendSettings {
+            candidates: 30,
+            recent_buckets: 0,
+            ..RecommendSettings::default()
+        };
+        let got = candidates(&beam, &t, &[], &|_| false, &s);
+        assert_eq!(got, [t.under(&[1]), t.under(&[3])].concat());
+        // beyond every level: level 1, all of it
+        let big = RecommendSettings {
+            candidates: 1000,
+            ..s
+        };
+        assert_eq!(candidates(&beam, &t, &[], &|_| false, &big).len(), 40);
+    }
+
+    #[test]
+    fn the_newest_items_add_their_buckets_and_exclusions_hold() {
+        let t = toy();
+        let beam = beam_of(&[&[0, 0]]);
+        let s = RecommendSettings {
+            candidates: 5,
+            min_bucket: 5,
+            recent_buckets: 1,
+            ..RecommendSettings::default()
+        };
+        // the newest item 47 ([2, 1]) adds its bucket 45..50; the older 70 is past the window
+        let recent = [(47u32, 1.0), (70, 0.5)];
+        let got = candidates(&beam, &t, &recent, &|i| i == 46 || i == 2, &s);
+        let mut want: Vec<u32> = [0, 1, 3, 4, 45, 47, 48, 49].to_vec();
+        want.sort();
+        let mut sorted = got.clone();
+        sorted.sort();
+        assert_eq!(sorted, want);
+        // a bucket below min_bucket is widened to the prefix that holds it
+        let wide = RecommendSettings { min_bucket: 6, ..s };
+        let got = candidates(&beam, &t, &recent, &|_| false, &wide);
+        assert!(t.under(&[2]).iter().all(|i| got.contains(i)));
+    }
+
+    #[test]
+    fn ranking_weighs_the_user_the_newest_items_and_popularity() {
+        let t = Toy {
+            codes: vec![vec![0]; 3],
+            // the user points along x, item 1 is close to it, item 2 to the newest item 0
+            z: vec![vec![0.0, 1.0], vec![1.0, 0.1], vec![0.1, 1.0]],
+            pop: vec![0.0, 0.0, 1.0],
+        };
+        let recent = [(0u32, 1.0)];
+        let user = UserView {
+            z: &[1.0, 0.0],
+            recent: &recent,
+        };
+        let only_user = RecommendSettings {
+            w_user: 1.0,
+            w_recent: 0.0,
+            w_pop: 0.0,
+            ..RecommendSettings::default()
+        };
+        let top = |s: &RecommendSettings| rank(&t, &user, &[1, 2], 2, s)[0].0;
+        assert_eq!(top(&only_user), 1);
+        let only_recent = RecommendSettings {
+            w_user: 0.0,
+            w_recent: 1.0,
+            ..only_user
+        };
+        assert_eq!(top(&only_recent), 2);
+        // popularity tips an even race
+        let even = RecommendSettings {
+            w_user: 1.0,
+            w_recent: 0.0,
+            w_pop: 2.0,
+            ..only_user
+        };
+        assert_eq!(top(&even), 2);
+        // scores are cosines (no length preference), best first, k cuts
+        let got = rank(&t, &user, &[1, 2], 1, &only_user);
+        assert_eq!(got.len(), 1);
+        assert!((got[0].1 - 1.0 / 1.01f32.sqrt()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn recent_weights_follow_the_profile_recency_newest_first() {
+        let r = Recency {
+            half_life_days: 1e9,
+            half_life_events: 1.0,
+        };
+        let events = [(7u32, 1.0, 10), (8, 0.0, 20), (9, 2.0, 30)];
+        let got = recent_weights(&events, r);
+        // the negative-free newest first: 9 (weight 2 x 1), then 7 (1 x 1/2)
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].0, 9);
+        assert!((got[0].1 - 2.0).abs() < 1e-6);
+        assert_eq!(got[1].0, 7);
+        assert!((got[1].1 - 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_route_beam_keeps_the_greedy_route_and_widens_it() {
+        let s = generate(&SynthSpec {
+            n_items: 128,
+            n_users: 64,
+            ..SynthSpec::default()
+        });
+        let cfg = crate::model::synth::small_config();
+        let prep = Prepared::new(&s.data, cfg.recency()).expect("prep");
+        let (model, _) =
+            crate::model::trainer::train_prepared(&prep, Method::Das, &cfg).expect("train");
+        let items = model.encode_items(&prep.x_item).expect("items");
+        let users = model.encode_users(&prep.x_user).expect("users");
+        let mut counts: BTreeMap<Vec<u32>, usize> = BTreeMap::new();
+        for c in items.codes.chunks(2) {
+            *counts.entry(c[..1].to_vec()).or_default() += 1;
+            *counts.entry(c.to_vec()).or_default() += 1;
+        }
+        let count = |p: &[u32]| counts.get(p).copied().unwrap_or(0);
+        let mean = crate::model::mean_length(items.z.chunks(items.dim));
+        let greedy = model
+            .route_users(&users, &items.z, &|p| count(p) > 0)
+            .expect("route");
+        for u in 0..prep.n_users {
+            let z = user_z(&users, u);
+            let one = model.route_beam(z, mean, 1, &count).expect("beam");
+            assert_eq!(one.len(), 2);
+            assert_eq!(one[1][0].0, greedy[u * 2..u * 2 + 2], "user {u}");
+            let four = model.route_beam(z, mean, 4, &count).expect("beam");
+            // level 1 lists every populated code; level 2 the children of the best 4 only
+            let populated_l1 = counts.keys().filter(|k| k.len() == 1).count();
+            assert_eq!(four[0].len(), populated_l1);
+            assert!(four[1]
+                .iter()
+                .all(|(p, _)| four[0][..4].iter().any(|(q, _)| q[0] == p[0])));
+            for level in &four {
+                assert!(
+                    level.iter().all(|(p, _)| count(p) > 0),
+                    "only populated buckets"
+                );
+                assert!(level.windows(2).all(|w| w[0].1 <= w[1].1), "best first");
+            }
+            // the wider beam finds the greedy route or a closer one
+            assert!(four[1][0].1 <= one[1][0].1 + 1e-5);
+        }
+    }
+}
