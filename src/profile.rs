@@ -53,7 +53,8 @@ impl Recency {
     /// times [`Recency::weight`] by its age before the newest positive event and by the number
     /// of positive events strictly later than it ([`newer_counts`]), so that events at the same
     /// time share a position: a log without time (every timestamp equal) weighs all of them
-    /// alike instead of by an order that is not in the data. Events of weight <= 0 weigh 0.
+    /// alike instead of by an order that is not in the data. Events of weight <= 0, and those
+    /// [`Recency::window`] or more positions back, weigh 0.
     pub fn weigh(&self, events: &[(f32, i64)]) -> Vec<f32> {
         let positive: Vec<i64> = events.iter().filter(|e| e.0 > 0.0).map(|e| e.1).collect();
         let Some(&last) = positive.iter().max() else {
@@ -61,12 +62,16 @@ impl Recency {
         };
         let mut sorted = positive;
         sorted.sort_unstable();
+        let window = self.window();
         events
             .iter()
-            .map(|&(w, ts)| match w > 0.0 {
-                // `last` is the latest: the difference is >= 0, and u64 holds it for any pair
-                true => w * self.weight(last.abs_diff(ts) as f64, later_than(&sorted, ts)),
-                false => 0.0,
+            .map(|&(w, ts)| {
+                let newer = later_than(&sorted, ts);
+                match w > 0.0 && newer < window {
+                    // `last` is the latest: the difference is >= 0, and u64 holds it for any pair
+                    true => w * self.weight(last.abs_diff(ts) as f64, newer),
+                    false => 0.0,
+                }
             })
             .collect()
     }
@@ -120,6 +125,11 @@ mod tests {
         let timed = r.weigh(&[(1.0, 10), (1.0, 20), (1.0, 20), (-1.0, 30)]);
         assert_eq!(timed, [0.25, 1.0, 1.0, 0.0]);
         assert_eq!(r.weigh(&[(0.0, 1)]), [0.0]);
+        // past the window (25 positions at half-life 1) nothing weighs
+        let long: Vec<(f32, i64)> = (0..30).map(|t| (1.0, t)).collect();
+        let w = r.weigh(&long);
+        assert_eq!(r.window(), 25);
+        assert!(w[..5].iter().all(|&x| x == 0.0) && w[5] > 0.0, "{w:?}");
     }
 
     #[test]

@@ -403,23 +403,6 @@ impl LoadedModel {
         Ok(to_sids(&enc, Some(&routes), self.levels()))
     }
 
-    /// The route of a user's `z` (from this version) into the item buckets of `trie` that hold
-    /// at least `min_bucket` items now: the populated bucket nearest to the user, level by level
-    /// (see [`TrainedModel::route_users_within`]). Routed at query time because bucket counts
-    /// move with every insert and delete.
-    pub fn route_in(&self, z: &[f32], trie: &SidTrie, min_bucket: u64) -> Result<Vec<u32>> {
-        let enc = Encoded {
-            codes: Vec::new(),
-            z: z.to_vec(),
-            dim: z.len(),
-        };
-        self.model
-            .route_users_within(&enc, self.info.mean_item_z_norm, &|p| {
-                trie.count(p) >= min_bucket
-            })
-            .map_err(model_err)
-    }
-
     /// The model's input for one user: its own vector, or the profile of its history.
     fn user_input(
         &self,

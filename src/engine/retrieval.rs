@@ -535,30 +535,21 @@ impl Engine {
     }
 }
 
-/// The space a request searches.
 /// The positive events of a `history` that weigh anything under `recency`
-/// ([`crate::profile::Recency::weigh`]: events at one time share a position, and past the
-/// window of positions nothing weighs), in the order given, with their weights.
+/// ([`crate::profile::Recency::weigh`]), in the order given, with their weights.
 pub(super) fn weighted_positives(
     history: &[InteractionRecord],
     recency: Recency,
 ) -> Vec<(&InteractionRecord, f32)> {
-    let positives: Vec<&InteractionRecord> = history.iter().filter(|x| x.weight > 0.0).collect();
-    let meta: Vec<(f32, i64)> = positives
+    let meta: Vec<(f32, i64)> = history.iter().map(|x| (x.weight, x.timestamp_ms)).collect();
+    history
         .iter()
-        .map(|x| (x.weight, x.timestamp_ms))
-        .collect();
-    let times: Vec<i64> = meta.iter().map(|m| m.1).collect();
-    let window = recency.window();
-    positives
-        .into_iter()
         .zip(recency.weigh(&meta))
-        .zip(crate::profile::newer_counts(&times))
-        .filter(|&((_, w), newer)| newer < window && w > 0.0)
-        .map(|(xw, _)| xw)
+        .filter(|&(_, w)| w > 0.0)
         .collect()
 }
 
+/// The space a request searches.
 fn space_for(config: &CollectionConfig, entity: EntityKind, modality: &str) -> Result<SpaceId> {
     match entity {
         EntityKind::Users => {
