@@ -1,5 +1,5 @@
 //! Ranking metrics with one held-out item per user, and the logistic CTR probe.
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use candle_core::{Device, Tensor};
 use rand::Rng;
@@ -74,41 +74,6 @@ pub fn cosine_scores(u: &[f32], items: &[f32], d: usize, ids: &[u32]) -> Result<
     };
     let rows = crate::model::data::Prepared::gather(u, d, ids);
     Ok(norm(&rows)?.matmul(&norm(items)?.t()?)?.to_vec2::<f32>()?)
-}
-
-/// Items grouped by every SID prefix (length 1..=levels).
-pub struct PrefixIndex {
-    buckets: BTreeMap<Vec<u32>, Vec<u32>>,
-    all: Vec<u32>,
-}
-
-impl PrefixIndex {
-    /// Indexes item codes (`n x levels`).
-    pub fn new(codes: &[u32], levels: usize) -> Self {
-        let mut buckets: BTreeMap<Vec<u32>, Vec<u32>> = BTreeMap::new();
-        for (i, t) in codes.chunks(levels).enumerate() {
-            for l in 1..=levels {
-                buckets.entry(t[..l].to_vec()).or_default().push(i as u32);
-            }
-        }
-        Self {
-            all: (0..(codes.len() / levels.max(1)) as u32).collect(),
-            buckets,
-        }
-    }
-
-    /// Items under `prefix` (all items for the empty prefix).
-    pub fn count(&self, prefix: &[u32]) -> usize {
-        self.items(prefix).len()
-    }
-
-    /// The items under `prefix` (all items for the empty prefix).
-    pub fn items(&self, prefix: &[u32]) -> &[u32] {
-        match prefix.is_empty() {
-            true => &self.all,
-            false => self.buckets.get(prefix).map_or(&[], Vec::as_slice),
-        }
-    }
 }
 
 /// Logistic regression on hashed per-level (user code, item code) crosses, trained by SGD.
@@ -250,20 +215,6 @@ mod tests {
                 && (n10 - 1.0 / 4.0).abs() < 1e-9
         );
         assert_eq!((s.hit100, s.rank_sum), (2.0, 165.0));
-    }
-
-    #[test]
-    fn a_prefix_index_lists_and_counts_every_prefix() {
-        let codes = [0, 0, 0, 1, 0, 1, 1, 0];
-        let idx = PrefixIndex::new(&codes, 2);
-        assert_eq!(idx.items(&[0, 1]), [1u32, 2]);
-        assert_eq!(idx.items(&[0]), [0u32, 1, 2]);
-        assert_eq!(idx.items(&[]), [0u32, 1, 2, 3]);
-        assert!(idx.items(&[1, 1]).is_empty());
-        assert_eq!(
-            (idx.count(&[1]), idx.count(&[]), idx.count(&[2])),
-            (1, 4, 0)
-        );
     }
 
     #[test]

@@ -26,11 +26,11 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::model::data::{Dataset, Prepared};
-use crate::model::recommend::{self, Catalogue, RecommendSettings, UserView};
+use crate::model::recommend::{self, Catalogue, RecommendSettings, RowCatalogue, UserView};
 use crate::model::sid::QualityReport;
 use crate::model::{trainer, DasConfig, Method, ModelError, Result, TrainStats, TrainedModel};
 use classical::ClassicalOptions;
-use metrics::{cosine_scores, rank_of, with_negatives, PrefixIndex, Probe, RankSums};
+use metrics::{cosine_scores, rank_of, with_negatives, Probe, RankSums};
 use recommend::BeamLevel;
 pub use tuning::TuningPoint;
 
@@ -272,51 +272,6 @@ type RecommendRank<'a> = dyn Fn(u32, u32) -> (Option<usize>, usize) + 'a;
 /// the cold ranks at 100).
 const RANKED: usize = 100;
 
-/// The evaluation's items as `Recommend` sees a collection's: codes, `z`s, the prefix counts and
-/// log-popularity scaled to `[0, 1]` (the train counts).
-struct EvalCatalogue<'a> {
-    index: PrefixIndex,
-    codes: &'a [u32],
-    z: &'a [f32],
-    dim: usize,
-    levels: usize,
-    popularity: Vec<f32>,
-}
-
-impl<'a> EvalCatalogue<'a> {
-    fn new(codes: &'a [u32], z: &'a [f32], dim: usize, levels: usize, prep: &Prepared) -> Self {
-        Self {
-            index: PrefixIndex::new(codes, levels),
-            codes,
-            z,
-            dim,
-            levels,
-            popularity: prep.item_stats.iter().map(|s| s[0]).collect(),
-        }
-    }
-}
-
-impl Catalogue for EvalCatalogue<'_> {
-    type Item = u32;
-    fn count(&self, prefix: &[u32]) -> usize {
-        self.index.count(prefix)
-    }
-    fn for_each_under(&self, prefix: &[u32], f: &mut dyn FnMut(u32)) {
-        self.index.items(prefix).iter().for_each(|&i| f(i));
-    }
-    fn codes(&self, item: u32) -> Option<&[u32]> {
-        let at = item as usize * self.levels;
-        self.codes.get(at..at + self.levels)
-    }
-    fn z(&self, item: u32) -> Option<&[f32]> {
-        self.z
-            .get(item as usize * self.dim..(item as usize + 1) * self.dim)
-    }
-    fn popularity(&self, item: u32) -> f32 {
-        self.popularity.get(item as usize).copied().unwrap_or(0.0)
-    }
-}
-
 /// Held-out data and lookups shared by all methods.
 struct Ctx<'a> {
     ds: &'a Dataset,
@@ -449,7 +404,9 @@ impl Ctx<'_> {
         let items = model.encode_items(&self.ds.item_emb)?;
         let users = model.encode_users(&self.prep.x_user)?;
         let levels = model.meta.config.levels;
-        let catalogue = EvalCatalogue::new(&items.codes, &items.z, items.dim, levels, &self.prep);
+        // the train counts' log-popularity, as a published version keeps it
+        let popularity = self.prep.item_stats.iter().map(|s| s[0]).collect();
+        let catalogue = RowCatalogue::new(&items.codes, levels, &items.z, items.dim, popularity);
         let mean_item = crate::model::mean_length(items.z.chunks(items.dim.max(1)));
         let recent = &self.recent_items();
         let users = &users;

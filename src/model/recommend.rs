@@ -15,7 +15,7 @@
 //! `w_user * cos(z_u, z_i) + w_recent * sum_r w_r cos(z_r, z_i) / sum_r w_r + w_pop * pop_i`
 //! with `w_r` the recency weight of the user's item `r` and `pop_i` the item's popularity prior
 //! (in `[0, 1]`, from the catalogue).
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::hash::Hash;
 
 use serde::{Deserialize, Serialize};
@@ -117,6 +117,95 @@ pub trait Catalogue {
     fn z(&self, item: Self::Item) -> Option<&[f32]>;
     /// The item's popularity prior in `[0, 1]`.
     fn popularity(&self, item: Self::Item) -> f32;
+}
+
+/// A catalogue of rows: item `i`'s codes are `codes[i * levels..]`, its `z` `z[i * dim..]`, its
+/// prior `popularity[i]`; items under a prefix in index order. The evaluation's items, and any
+/// caller holding a version's items as arrays.
+pub struct RowCatalogue<'a> {
+    index: PrefixIndex,
+    codes: &'a [u32],
+    levels: usize,
+    z: &'a [f32],
+    dim: usize,
+    popularity: Vec<f32>,
+}
+
+impl<'a> RowCatalogue<'a> {
+    /// Indexes `codes` (`n x levels`) with the `z`s (`n x dim`) and priors (`n`) of the same
+    /// items.
+    pub fn new(
+        codes: &'a [u32],
+        levels: usize,
+        z: &'a [f32],
+        dim: usize,
+        popularity: Vec<f32>,
+    ) -> Self {
+        Self {
+            index: PrefixIndex::new(codes, levels),
+            codes,
+            levels,
+            z,
+            dim,
+            popularity,
+        }
+    }
+}
+
+impl Catalogue for RowCatalogue<'_> {
+    type Item = u32;
+    fn count(&self, prefix: &[u32]) -> usize {
+        self.index.count(prefix)
+    }
+    fn for_each_under(&self, prefix: &[u32], f: &mut dyn FnMut(u32)) {
+        self.index.items(prefix).iter().for_each(|&i| f(i));
+    }
+    fn codes(&self, item: u32) -> Option<&[u32]> {
+        let at = item as usize * self.levels;
+        self.codes.get(at..at + self.levels)
+    }
+    fn z(&self, item: u32) -> Option<&[f32]> {
+        let at = item as usize * self.dim;
+        self.z.get(at..at + self.dim)
+    }
+    fn popularity(&self, item: u32) -> f32 {
+        self.popularity.get(item as usize).copied().unwrap_or(0.0)
+    }
+}
+
+/// Items grouped by every SID prefix (length 1..=levels).
+pub struct PrefixIndex {
+    buckets: BTreeMap<Vec<u32>, Vec<u32>>,
+    all: Vec<u32>,
+}
+
+impl PrefixIndex {
+    /// Indexes item codes (`n x levels`).
+    pub fn new(codes: &[u32], levels: usize) -> Self {
+        let mut buckets: BTreeMap<Vec<u32>, Vec<u32>> = BTreeMap::new();
+        for (i, t) in codes.chunks(levels).enumerate() {
+            for l in 1..=levels {
+                buckets.entry(t[..l].to_vec()).or_default().push(i as u32);
+            }
+        }
+        Self {
+            all: (0..(codes.len() / levels.max(1)) as u32).collect(),
+            buckets,
+        }
+    }
+
+    /// Items under `prefix` (all items for the empty prefix).
+    pub fn count(&self, prefix: &[u32]) -> usize {
+        self.items(prefix).len()
+    }
+
+    /// The items under `prefix` (all items for the empty prefix).
+    pub fn items(&self, prefix: &[u32]) -> &[u32] {
+        match prefix.is_empty() {
+            true => &self.all,
+            false => self.buckets.get(prefix).map_or(&[], Vec::as_slice),
+        }
+    }
 }
 
 /// The user as `Recommend` sees it.
@@ -407,6 +496,20 @@ mod tests {
             l1.into_iter().map(|p| (p, 0.0)).collect(),
             prefixes.iter().map(|p| (p.to_vec(), 0.0)).collect(),
         ]
+    }
+
+    #[test]
+    fn a_prefix_index_lists_and_counts_every_prefix() {
+        let codes = [0, 0, 0, 1, 0, 1, 1, 0];
+        let idx = PrefixIndex::new(&codes, 2);
+        assert_eq!(idx.items(&[0, 1]), [1u32, 2]);
+        assert_eq!(idx.items(&[0]), [0u32, 1, 2]);
+        assert_eq!(idx.items(&[]), [0u32, 1, 2, 3]);
+        assert!(idx.items(&[1, 1]).is_empty());
+        assert_eq!(
+            (idx.count(&[1]), idx.count(&[]), idx.count(&[2])),
+            (1, 4, 0)
+        );
     }
 
     #[test]

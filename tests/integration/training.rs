@@ -771,12 +771,15 @@ fn planted_history(u: usize, n_items: usize) -> Vec<(String, f32, i64)> {
 }
 
 /// `Recommend`'s list computed outside the server with `sidb::model::recommend` from a saved
-/// version, the items' vectors and served SIDs, and a user's history.
+/// version, the items' vectors and served SIDs (items in id order, as the trie lists them), and
+/// a user's history.
 struct ExpectedRecommend {
     model: sidb::engine::models::LoadedModel,
     ids: Vec<String>,
-    codes: Vec<Vec<u32>>,
-    z: Vec<Vec<f32>>,
+    levels: usize,
+    codes: Vec<u32>,
+    z: Vec<f32>,
+    dim: usize,
     popularity: Vec<f32>,
     vectors: std::collections::HashMap<String, Vec<f32>>,
 }
@@ -803,17 +806,26 @@ impl ExpectedRecommend {
             .parse()
             .unwrap();
         let model = sidb::engine::models::load_model(dir, coll_id, version).expect("checkpoint");
+        let mut items = items.to_vec();
+        items.sort_by(|a, b| a.0.cmp(&b.0));
         let x: Vec<f32> = items.iter().flat_map(|(_, v)| v.clone()).collect();
         let enc = model.encode_items(&x).expect("encode");
+        let levels = model.levels();
+        assert!(items.iter().all(|(id, _)| sids[id].codes.len() == levels));
         Self {
             ids: items.iter().map(|(id, _)| id.clone()).collect(),
-            codes: items.iter().map(|(id, _)| sids[id].codes.clone()).collect(),
-            z: enc.into_iter().map(|s| s.z).collect(),
+            levels,
+            codes: items
+                .iter()
+                .flat_map(|(id, _)| sids[id].codes.clone())
+                .collect(),
+            dim: enc[0].z.len(),
+            z: enc.into_iter().flat_map(|s| s.z).collect(),
             popularity: items
                 .iter()
                 .map(|(id, _)| model.popularity.get(id.as_str()).copied().unwrap_or(0.0))
                 .collect(),
-            vectors: items.iter().cloned().collect(),
+            vectors: items.into_iter().collect(),
             model,
         }
     }
@@ -821,11 +833,18 @@ impl ExpectedRecommend {
     /// The top `k` (id, score) for a user with `history` (oldest first), and how many distinct
     /// full-code buckets its candidates came from.
     fn recommend(&self, history: &[(String, f32, i64)], k: usize) -> (Vec<(String, f32)>, usize) {
-        use sidb::model::recommend::{self, Catalogue, RecommendSettings, UserView};
+        use sidb::model::recommend::{self, Catalogue, RecommendSettings, RowCatalogue, UserView};
         let settings = RecommendSettings {
             min_bucket: MIN_BUCKET as usize,
             ..RecommendSettings::default()
         };
+        let catalogue = RowCatalogue::new(
+            &self.codes,
+            self.levels,
+            &self.z,
+            self.dim,
+            self.popularity.clone(),
+        );
         let recency = self.model.info.recency();
         let rows: Vec<(Vec<f32>, f32, i64)> = history
             .iter()
@@ -845,47 +864,19 @@ impl ExpectedRecommend {
             z: &user.z,
             recent: &recent,
         };
+        let mean = self.model.info.mean_item_z_norm;
         let beam = self
             .model
             .model
-            .route_beam(
-                &user.z,
-                self.model.info.mean_item_z_norm,
-                settings.beam,
-                &|p| self.count(p),
-            )
+            .route_beam(&user.z, mean, settings.beam, &|p| catalogue.count(p))
             .expect("beam");
-        let cands = recommend::candidates(&beam, self, &recent, &|_| false, &settings);
-        let buckets: HashSet<&Vec<u32>> = cands.iter().map(|&i| &self.codes[i as usize]).collect();
-        let top = recommend::rank(self, &view, &cands, k, &settings);
+        let cands = recommend::candidates(&beam, &catalogue, &recent, &|_| false, &settings);
+        let buckets: HashSet<&[u32]> = cands.iter().filter_map(|&i| catalogue.codes(i)).collect();
+        let top = recommend::rank(&catalogue, &view, &cands, k, &settings);
         let list = top
             .into_iter()
             .map(|(i, s)| (self.ids[i as usize].clone(), s))
             .collect();
         (list, buckets.len())
-    }
-}
-
-impl sidb::model::recommend::Catalogue for ExpectedRecommend {
-    type Item = u32;
-    fn count(&self, prefix: &[u32]) -> usize {
-        self.codes.iter().filter(|c| c.starts_with(prefix)).count()
-    }
-    fn for_each_under(&self, prefix: &[u32], f: &mut dyn FnMut(u32)) {
-        // in id order, as the trie lists them
-        let mut under: Vec<u32> = (0..self.codes.len() as u32)
-            .filter(|&i| self.codes[i as usize].starts_with(prefix))
-            .collect();
-        under.sort_by(|a, b| self.ids[*a as usize].cmp(&self.ids[*b as usize]));
-        under.into_iter().for_each(f)
-    }
-    fn codes(&self, item: u32) -> Option<&[u32]> {
-        self.codes.get(item as usize).map(Vec::as_slice)
-    }
-    fn z(&self, item: u32) -> Option<&[f32]> {
-        self.z.get(item as usize).map(Vec::as_slice)
-    }
-    fn popularity(&self, item: u32) -> f32 {
-        self.popularity[item as usize]
     }
 }
