@@ -1,7 +1,8 @@
 //! The crate's error type, classified by what the caller should do about it.
 //!
-//! Every layer below `service` returns [`Error`]; `service::status` maps it to a gRPC status in
-//! one exhaustive `match`, so the status code of every failure is decided in exactly one place.
+//! Every layer below `service` returns [`Error`]; `impl From<Error> for tonic::Status` (in
+//! `service`) maps it to a gRPC status in one exhaustive `match`, so the status code of every
+//! failure is decided in exactly one place.
 
 /// A failure, classified by what the caller should do. The message always names the field or the
 /// object and the offending value.

@@ -134,13 +134,6 @@ pub fn collection_models_dir(data_dir: &Path, coll_id: u64) -> PathBuf {
     data_dir.join("models").join(coll_id.to_string())
 }
 
-pub(super) fn model_err(e: ModelError) -> Error {
-    match e {
-        ModelError::InvalidData(m) | ModelError::InvalidConfig(m) => Error::invalid(m),
-        other => Error::Internal(format!("model: {other}")),
-    }
-}
-
 /// Loads a version's checkpoint.
 pub fn load_model(data_dir: &Path, coll_id: u64, version: u64) -> Result<LoadedModel> {
     let dir = model_dir(data_dir, coll_id, version);
@@ -185,7 +178,7 @@ fn save_model(data_dir: &Path, coll_id: u64, m: &LoadedModel) -> Result<()> {
     let dir = model_dir(data_dir, coll_id, m.version);
     let tmp = sibling(&dir, "tmp")?;
     remove_dir_if_present(&tmp)?;
-    m.model.save(&tmp).map_err(model_err)?;
+    m.model.save(&tmp).map_err(Error::from)?;
     write_serving_info(&tmp, &m.info)?;
     let mut rows: Vec<(&str, f32)> = m.popularity.iter().map(|(id, p)| (&id[..], *p)).collect();
     rows.sort_by(|a, b| a.0.cmp(b.0));
@@ -356,7 +349,7 @@ fn encode_rows(
         dim: 0,
     };
     for chunk in x.chunks(ENCODE_CHUNK * dim.max(1)) {
-        let e = f(chunk).map_err(model_err)?;
+        let e = f(chunk).map_err(Error::from)?;
         out.codes.extend(e.codes);
         out.z.extend(e.z);
         out.dim = e.dim;
@@ -399,7 +392,7 @@ impl LoadedModel {
         let routes = self
             .model
             .route_users_scaled(&enc, self.info.mean_item_z_norm)
-            .map_err(model_err)?;
+            .map_err(Error::from)?;
         Ok(to_sids(&enc, Some(&routes), self.levels()))
     }
 
@@ -711,7 +704,7 @@ pub fn encode_snapshot(
 /// The prepared form of `snap` as `m` encodes users (own vectors or profiles).
 fn prepare(m: &LoadedModel, snap: &Snapshot) -> Result<Prepared> {
     let data = snap.training_data(m.info.users_from_profiles);
-    Prepared::new(&data, m.info.recency()).map_err(model_err)
+    Prepared::new(&data, m.info.recency()).map_err(Error::from)
 }
 
 /// Makes the kept version `version` active again: its SIDs are computed afresh from the

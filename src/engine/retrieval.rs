@@ -661,7 +661,7 @@ fn model_candidates(
                 &|p| skip.contains(&p),
                 settings,
             )
-            .map_err(super::models::model_err)?
+            .map_err(Error::from)?
         }
         // for a moment during a swap the model is of another version than the index's SIDs:
         // the candidates of the user's stored route, ranked the same way

@@ -515,7 +515,7 @@ impl Trainers {
         let cfg = das_config(coll.config(), &ctx.training, recency, prev.is_some());
         let data = snap.training_data(false);
         let users_from_profiles = data.user_emb.is_none();
-        let prep = Prepared::new(&data, recency).map_err(models_err)?;
+        let prep = Prepared::new(&data, recency).map_err(Error::from)?;
         slot.update(|s| s.phase = Phase::Training);
         let started = Instant::now();
         let positives = prep.positives.len().max(1);
@@ -551,7 +551,7 @@ impl Trainers {
         let (mut model, stats) = self
             .pool
             .install(|| das::train_with(&prep, Method::Das, &cfg, &ctl))
-            .map_err(models_err)?;
+            .map_err(Error::from)?;
         tracing::info!(
             collection = %coll.entry.name,
             seconds = started.elapsed().as_secs_f64(),
@@ -643,14 +643,6 @@ fn lower_priority(nice: i32, idle: bool) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = (nice, idle);
-}
-
-fn models_err(e: das::ModelError) -> Error {
-    match e {
-        das::ModelError::Cancelled => Error::Unavailable("training cancelled".into()),
-        das::ModelError::InvalidData(m) => Error::FailedPrecondition(format!("training data: {m}")),
-        other => Error::Internal(format!("training: {other}")),
-    }
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {

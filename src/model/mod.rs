@@ -100,5 +100,91 @@ pub enum ModelError {
     Tensor(#[from] candle_core::Error),
 }
 
+/// The one mapping of model errors to the crate's error classes, variant by variant. The
+/// server's models are fed from the store (validated when written), so bad data or settings
+/// mean the collection cannot be modelled as it is (FAILED_PRECONDITION), not a bad request;
+/// a malformed checkpoint is DATA_LOSS; a cancelled training ends because the server or the
+/// collection is going away (UNAVAILABLE); the rest are bugs or unexpected I/O failures.
+impl From<ModelError> for crate::error::Error {
+    fn from(e: ModelError) -> Self {
+        use crate::error::Error;
+        match e {
+            ModelError::InvalidData(m) => Error::FailedPrecondition(format!("model data: {m}")),
+            ModelError::InvalidConfig(m) => {
+                Error::FailedPrecondition(format!("model settings: {m}"))
+            }
+            ModelError::Incompatible(m) => {
+                Error::FailedPrecondition(format!("incompatible models: {m}"))
+            }
+            ModelError::Cancelled => Error::Unavailable("training cancelled".into()),
+            ModelError::Format { path, reason } => {
+                Error::DataLoss(format!("malformed model file {path}: {reason}"))
+            }
+            ModelError::Io { path, source } => Error::io(format!("model file {path}"), source),
+            e @ (ModelError::DimMismatch { .. }
+            | ModelError::Diverged { .. }
+            | ModelError::Internal(_)
+            | ModelError::Tensor(_)) => Error::Internal(format!("model: {e}")),
+        }
+    }
+}
+
 /// Result type of the model layer.
 pub type Result<T> = std::result::Result<T, ModelError>;
+
+#[cfg(test)]
+mod error_class_tests {
+    use super::ModelError;
+    use crate::error::Error;
+
+    #[test]
+    fn every_model_error_has_its_class() {
+        let io = |kind| ModelError::Io {
+            path: "m.safetensors".into(),
+            source: std::io::Error::new(kind, "x"),
+        };
+        let cases = [
+            (ModelError::InvalidData("d".into()), "FailedPrecondition"),
+            (ModelError::InvalidConfig("c".into()), "FailedPrecondition"),
+            (ModelError::Incompatible("i".into()), "FailedPrecondition"),
+            (ModelError::Cancelled, "Unavailable"),
+            (
+                ModelError::Format {
+                    path: "model.json".into(),
+                    reason: "r".into(),
+                },
+                "DataLoss",
+            ),
+            (io(std::io::ErrorKind::StorageFull), "ResourceExhausted"),
+            (io(std::io::ErrorKind::PermissionDenied), "Internal"),
+            (
+                ModelError::DimMismatch {
+                    expected: 3,
+                    got: 2,
+                },
+                "Internal",
+            ),
+            (
+                ModelError::Diverged {
+                    step: 1,
+                    what: "loss".into(),
+                },
+                "Internal",
+            ),
+            (ModelError::Internal("t".into()), "Internal"),
+        ];
+        for (e, class) in cases {
+            let shown = e.to_string();
+            let mapped = Error::from(e);
+            let got = format!("{mapped:?}");
+            assert!(got.starts_with(class), "{shown} -> {got}, expected {class}");
+        }
+        let Error::DataLoss(m) = Error::from(ModelError::Format {
+            path: "model.json".into(),
+            reason: "bad".into(),
+        }) else {
+            unreachable!("checked above")
+        };
+        assert!(m.contains("model.json") && m.contains("bad"), "{m}");
+    }
+}

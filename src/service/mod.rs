@@ -71,20 +71,23 @@ fn capped(mut m: String) -> String {
     m
 }
 
-/// Maps every crate error to its status code: the one place where that is decided.
-pub fn status(e: Error) -> Status {
-    match e {
-        Error::InvalidArgument(m) => Status::invalid_argument(capped(m)),
-        Error::NotFound(m) => Status::not_found(capped(m)),
-        Error::AlreadyExists(m) => Status::already_exists(capped(m)),
-        Error::FailedPrecondition(m) => Status::failed_precondition(capped(m)),
-        Error::ResourceExhausted(m) => Status::resource_exhausted(capped(m)),
-        Error::Unavailable(m) => Status::unavailable(capped(m)),
-        Error::Unimplemented(m) => Status::unimplemented(capped(m)),
-        Error::DataLoss(m) => Status::data_loss(capped(m)),
-        Error::Internal(m) => {
-            tracing::error!(error = %m, "internal error");
-            Status::internal(capped(m))
+/// Maps every crate error to its status code: the one place where that is decided, variant by
+/// variant (no catch-all arm, so a new variant does not compile until it has its code).
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        match e {
+            Error::InvalidArgument(m) => Status::invalid_argument(capped(m)),
+            Error::NotFound(m) => Status::not_found(capped(m)),
+            Error::AlreadyExists(m) => Status::already_exists(capped(m)),
+            Error::FailedPrecondition(m) => Status::failed_precondition(capped(m)),
+            Error::ResourceExhausted(m) => Status::resource_exhausted(capped(m)),
+            Error::Unavailable(m) => Status::unavailable(capped(m)),
+            Error::Unimplemented(m) => Status::unimplemented(capped(m)),
+            Error::DataLoss(m) => Status::data_loss(capped(m)),
+            Error::Internal(m) => {
+                tracing::error!(error = %m, "internal error");
+                Status::internal(capped(m))
+            }
         }
     }
 }
@@ -121,7 +124,7 @@ fn fit<T: prost::Message>(engine: &Engine, fields: &str, reply: T) -> Res<T> {
         .next()
         .unwrap_or("reply");
     let bytes = reply.encoded_len() as u64;
-    validate::response_size(fields, what, bytes, engine.limits()).map_err(status)?;
+    validate::response_size(fields, what, bytes, engine.limits())?;
     Ok(Response::new(reply))
 }
 
@@ -162,7 +165,7 @@ fn check_read_size(
         EntityKind::Users => format!("up to {n} users with their vectors"),
     };
     validate::response_size("ids, with_vectors", &what, n * per_entity, engine.limits())
-        .map_err(status)
+        .map_err(Status::from)
 }
 
 #[tonic::async_trait]
@@ -176,19 +179,14 @@ impl pb::collections_server::Collections for Api {
         let config = r
             .config
             .ok_or_else(|| Status::invalid_argument("config: required"))?;
-        let config = config_in(config).map_err(status)?;
-        let info = engine
-            .create_collection(r.name, config)
-            .await
-            .map_err(status)?;
+        let config = config_in(config)?;
+        let info = engine.create_collection(r.name, config).await?;
         Ok(Response::new(collection_out(info)))
     }
 
     async fn get_collection(&self, req: Request<pb::GetCollectionRequest>) -> Res<pb::Collection> {
         let engine = self.slot.get()?;
-        let info = engine
-            .get_collection(&req.into_inner().name)
-            .map_err(status)?;
+        let info = engine.get_collection(&req.into_inner().name)?;
         Ok(Response::new(collection_out(info)))
     }
 
@@ -210,10 +208,7 @@ impl pb::collections_server::Collections for Api {
         req: Request<pb::DeleteCollectionRequest>,
     ) -> Res<pb::DeleteCollectionResponse> {
         let engine = self.slot.get()?;
-        engine
-            .delete_collection(req.into_inner().name)
-            .await
-            .map_err(status)?;
+        engine.delete_collection(req.into_inner().name).await?;
         Ok(Response::new(pb::DeleteCollectionResponse {}))
     }
 }
@@ -223,9 +218,7 @@ impl pb::items_server::Items for Api {
     async fn upsert_items(&self, req: Request<pb::UpsertItemsRequest>) -> Res<pb::WriteResponse> {
         let engine = self.slot.get()?;
         Ok(Response::new(
-            upsert_items(&engine, req.into_inner())
-                .await
-                .map_err(status)?,
+            upsert_items(&engine, req.into_inner()).await?,
         ))
     }
 
@@ -249,8 +242,7 @@ impl pb::items_server::Items for Api {
         check_read_size(&engine, &r.collection, EntityKind::Items, n, with_vectors)?;
         let got = engine
             .get_items(&r.collection, r.ids, r.with_vectors)
-            .await
-            .map_err(status)?;
+            .await?;
         let items = got
             .found
             .into_iter()
@@ -266,11 +258,8 @@ impl pb::items_server::Items for Api {
     async fn delete_items(&self, req: Request<pb::DeleteItemsRequest>) -> Res<pb::WriteResponse> {
         let engine = self.slot.get()?;
         let r = req.into_inner();
-        let d = checked_durability(r.durability).map_err(status)?;
-        let w = engine
-            .delete_items(&r.collection, r.ids, d)
-            .await
-            .map_err(status)?;
+        let d = checked_durability(r.durability)?;
+        let w = engine.delete_items(&r.collection, r.ids, d).await?;
         Ok(Response::new(write_out(w)))
     }
 }
@@ -314,7 +303,7 @@ where
         .map_err(too_large_to_resource_exhausted)?
     {
         let w = write(msg).await.map_err(|e| {
-            let s = status(e);
+            let s = Status::from(e);
             Status::new(s.code(), format!("messages[{n}]: {}", s.message()))
         })?;
         total.written += w.written;
@@ -329,12 +318,9 @@ impl pb::users_server::Users for Api {
     async fn upsert_users(&self, req: Request<pb::UpsertUsersRequest>) -> Res<pb::WriteResponse> {
         let engine = self.slot.get()?;
         let r = req.into_inner();
-        let d = checked_durability(r.durability).map_err(status)?;
+        let d = checked_durability(r.durability)?;
         let users = r.users.into_iter().map(user_in).collect();
-        let w = engine
-            .upsert_users(&r.collection, users, d)
-            .await
-            .map_err(status)?;
+        let w = engine.upsert_users(&r.collection, users, d).await?;
         Ok(Response::new(write_out(w)))
     }
 
@@ -345,8 +331,7 @@ impl pb::users_server::Users for Api {
         check_read_size(&engine, &r.collection, EntityKind::Users, n, with_vectors)?;
         let got = engine
             .get_users(&r.collection, r.ids, r.with_vectors)
-            .await
-            .map_err(status)?;
+            .await?;
         let users = got.found.into_iter().map(user_out).collect();
         let reply = pb::GetUsersResponse {
             users,
@@ -358,11 +343,8 @@ impl pb::users_server::Users for Api {
     async fn delete_users(&self, req: Request<pb::DeleteUsersRequest>) -> Res<pb::WriteResponse> {
         let engine = self.slot.get()?;
         let r = req.into_inner();
-        let d = checked_durability(r.durability).map_err(status)?;
-        let w = engine
-            .delete_users(&r.collection, r.ids, d)
-            .await
-            .map_err(status)?;
+        let d = checked_durability(r.durability)?;
+        let w = engine.delete_users(&r.collection, r.ids, d).await?;
         Ok(Response::new(write_out(w)))
     }
 }
@@ -375,9 +357,7 @@ impl pb::interactions_server::Interactions for Api {
     ) -> Res<pb::WriteResponse> {
         let engine = self.slot.get()?;
         Ok(Response::new(
-            write_interactions(&engine, req.into_inner())
-                .await
-                .map_err(status)?,
+            write_interactions(&engine, req.into_inner()).await?,
         ))
     }
 
@@ -402,8 +382,7 @@ impl pb::interactions_server::Interactions for Api {
         let r = req.into_inner();
         let (page, next) = engine
             .user_history(&r.collection, r.user_id, r.limit, &r.page_token)
-            .await
-            .map_err(status)?;
+            .await?;
         let reply = pb::GetUserHistoryResponse {
             interactions: page.into_iter().map(interaction_out).collect(),
             next_page_token: next,
@@ -477,7 +456,7 @@ mod tests {
 
     #[test]
     fn status_messages_are_capped() {
-        let s = status(Error::NotFound(format!("x: {}", "é".repeat(10_000))));
+        let s = Status::from(Error::NotFound(format!("x: {}", "é".repeat(10_000))));
         assert_eq!(s.code(), tonic::Code::NotFound);
         assert!(
             s.message().len() <= MAX_STATUS_MESSAGE,
@@ -485,7 +464,7 @@ mod tests {
             s.message().len()
         );
         assert!(s.message().ends_with("…(20003 bytes)"), "{}", s.message());
-        assert_eq!(status(Error::invalid("short")).message(), "short");
+        assert_eq!(Status::from(Error::invalid("short")).message(), "short");
     }
 
     #[test]
@@ -503,7 +482,7 @@ mod tests {
             (Error::Internal("m".into()), Internal),
         ];
         for (e, code) in cases {
-            assert_eq!(status(e).code(), code);
+            assert_eq!(Status::from(e).code(), code);
         }
     }
 }

@@ -3,7 +3,7 @@
 use tonic::{Request, Response};
 
 use super::convert::*;
-use super::{fit, status, Api, Res};
+use super::{fit, Api, Res};
 use crate::engine::RecommendInput;
 use crate::proto as pb;
 
@@ -11,8 +11,8 @@ use crate::proto as pb;
 impl pb::retrieval_server::Retrieval for Api {
     async fn search(&self, req: Request<pb::SearchRequest>) -> Res<pb::SearchResponse> {
         let engine = self.slot.get()?;
-        let (collection, input) = search_in(req.into_inner()).map_err(status)?;
-        let hits = engine.search(&collection, input).await.map_err(status)?;
+        let (collection, input) = search_in(req.into_inner())?;
+        let hits = engine.search(&collection, input).await?;
         fit(&engine, "k, with_vectors", hits_out(hits))
     }
 
@@ -22,10 +22,8 @@ impl pb::retrieval_server::Retrieval for Api {
     ) -> Res<pb::PrefixScanResponse> {
         let engine = self.slot.get()?;
         let r = req.into_inner();
-        let entity = entity_in(r.entity).map_err(status)?;
-        let page = engine
-            .prefix_scan(&r.collection, entity, &r.prefix, r.limit, &r.page_token)
-            .map_err(status)?;
+        let entity = entity_in(r.entity)?;
+        let page = engine.prefix_scan(&r.collection, entity, &r.prefix, r.limit, &r.page_token)?;
         let reply = pb::PrefixScanResponse {
             entries: page
                 .entries
@@ -46,10 +44,8 @@ impl pb::retrieval_server::Retrieval for Api {
     ) -> Res<pb::PrefixStatsResponse> {
         let engine = self.slot.get()?;
         let r = req.into_inner();
-        let entity = entity_in(r.entity).map_err(status)?;
-        let stats = engine
-            .prefix_stats(&r.collection, entity, &r.prefix)
-            .map_err(status)?;
+        let entity = entity_in(r.entity)?;
+        let stats = engine.prefix_stats(&r.collection, entity, &r.prefix)?;
         Ok(Response::new(pb::PrefixStatsResponse {
             total: stats.total,
             children: stats.children.into_iter().collect(),
@@ -62,10 +58,8 @@ impl pb::retrieval_server::Retrieval for Api {
     ) -> Res<pb::GetSemanticIdsResponse> {
         let engine = self.slot.get()?;
         let r = req.into_inner();
-        let entity = entity_in(r.entity).map_err(status)?;
-        let got = engine
-            .semantic_ids(&r.collection, entity, r.ids, r.model_version)
-            .map_err(status)?;
+        let entity = entity_in(r.entity)?;
+        let got = engine.semantic_ids(&r.collection, entity, r.ids, r.model_version)?;
         let reply = pb::GetSemanticIdsResponse {
             sids: got
                 .found
@@ -86,10 +80,7 @@ impl pb::retrieval_server::Retrieval for Api {
             exclude_seen: r.exclude_seen,
             modality: r.modality,
         };
-        let hits = engine
-            .recommend(&r.collection, input)
-            .await
-            .map_err(status)?;
+        let hits = engine.recommend(&r.collection, input).await?;
         fit(&engine, "k", hits_out(hits))
     }
 }

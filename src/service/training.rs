@@ -6,7 +6,7 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
-use super::{status, Api, Res};
+use super::{Api, Res};
 use crate::engine::models::ModelReport;
 use crate::engine::training::{TrainingStatus, VersionInfo};
 use crate::proto as pb;
@@ -77,9 +77,7 @@ impl pb::training_server::Training for Api {
         req: Request<pb::TriggerTrainingRequest>,
     ) -> Res<pb::TrainingStatus> {
         let engine = self.slot.control()?;
-        let s = engine
-            .trigger_training(&req.into_inner().collection)
-            .map_err(status)?;
+        let s = engine.trigger_training(&req.into_inner().collection)?;
         Ok(Response::new(status_out(s)))
     }
 
@@ -88,17 +86,13 @@ impl pb::training_server::Training for Api {
         req: Request<pb::GetTrainingStatusRequest>,
     ) -> Res<pb::TrainingStatus> {
         let engine = self.slot.control()?;
-        let s = engine
-            .training_status(&req.into_inner().collection)
-            .map_err(status)?;
+        let s = engine.training_status(&req.into_inner().collection)?;
         Ok(Response::new(status_out(s)))
     }
 
     async fn watch_training(&self, req: Request<pb::WatchTrainingRequest>) -> Res<StatusStream> {
         let engine = self.slot.control()?;
-        let rx = engine
-            .watch_training(&req.into_inner().collection)
-            .map_err(status)?;
+        let rx = engine.watch_training(&req.into_inner().collection)?;
         // The current status first, then every change; ends when the server stops or the
         // collection is deleted.
         let stream = WatchStream::new(rx).map(|s| Ok(status_out(s)));
@@ -110,10 +104,7 @@ impl pb::training_server::Training for Api {
         req: Request<pb::ListModelVersionsRequest>,
     ) -> Res<pb::ListModelVersionsResponse> {
         let engine = self.slot.control()?;
-        let mut versions = engine
-            .model_versions(&req.into_inner().collection)
-            .await
-            .map_err(status)?;
+        let mut versions = engine.model_versions(&req.into_inner().collection).await?;
         versions.reverse();
         Ok(Response::new(pb::ListModelVersionsResponse {
             versions: versions.into_iter().map(version_out).collect(),
@@ -126,10 +117,7 @@ impl pb::training_server::Training for Api {
     ) -> Res<pb::ModelVersion> {
         let engine = self.slot.control()?;
         let r = req.into_inner();
-        let v = engine
-            .activate_version(&r.collection, r.version)
-            .await
-            .map_err(status)?;
+        let v = engine.activate_version(&r.collection, r.version).await?;
         Ok(Response::new(version_out(v)))
     }
 
@@ -139,10 +127,7 @@ impl pb::training_server::Training for Api {
     ) -> Res<pb::ModelReport> {
         let engine = self.slot.control()?;
         let r = req.into_inner();
-        let v = engine
-            .model_report(&r.collection, r.version)
-            .await
-            .map_err(status)?;
+        let v = engine.model_report(&r.collection, r.version).await?;
         Ok(Response::new(report_out(v.version, &v.report)))
     }
 }
