@@ -23,9 +23,13 @@ use tonic::Status;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Keys allowed to read and write. Default: none.
+    /// Keys that may read and write, sent as `authorization: Bearer <key>` (the scheme in any
+    /// case) or `x-api-key: <key>`. Any key configured here or in `read_only_keys` turns
+    /// authentication on (health and reflection stay open); empty keys are refused at start.
+    /// Default: none.
     pub api_keys: Vec<String>,
-    /// Keys allowed to read only. Default: none.
+    /// Keys that may only read (writes get PERMISSION_DENIED); empty keys are refused at start.
+    /// Default: none.
     pub read_only_keys: Vec<String>,
 }
 

@@ -191,7 +191,7 @@ pub struct RetrievalConfig {
     pub recency_half_life_days: f64,
     /// Half-life of that weight in newer positive interactions of the same user (0 = by age
     /// only); the trainer's user inputs use it too. Default 2: on MovieLens-1M the latest one or
-    /// two items predict the next best (see the README).
+    /// two items predict the next best (see docs/model.md).
     pub recency_half_life_events: f64,
     /// Threads that insert into the HNSW graphs in the background. Default 1, so on a small
     /// machine the other cores keep serving.
@@ -340,6 +340,9 @@ pub enum ConfigError {
     #[error("config: {0}")]
     Invalid(String),
 }
+
+#[cfg(test)]
+mod reference;
 
 const ENV_PREFIX: &str = "SIDB__";
 
