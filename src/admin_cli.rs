@@ -16,7 +16,7 @@ pub struct ImportArgs {
     /// Server URL.
     #[arg(long, default_value = "http://127.0.0.1:7707")]
     addr: String,
-    /// Dataset directory in the layout of shared/datasets (items.tsv, interactions.tsv,
+    /// Dataset directory in the layout of docs/dataset-format.md (items.tsv, interactions.tsv,
     /// item_emb.f32, item_emb.json).
     #[arg(long)]
     data: PathBuf,

@@ -38,7 +38,8 @@ enum Command {
     Train(model_cli::TrainArgs),
     /// Evaluate semantic-ID methods (leave-last-out) on a dataset directory; write a JSON report.
     Eval(model_cli::EvalArgs),
-    /// Load a dataset directory (shared/datasets layout) into a running server, with progress.
+    /// Load a dataset directory (the layout of docs/dataset-format.md) into a running server,
+    /// with progress.
     Import(admin_cli::ImportArgs),
     /// The background trainer of a running server: trigger, status, watch, versions, activate.
     #[command(subcommand)]

@@ -37,7 +37,7 @@ struct ModelArgs {
 #[derive(clap::Args)]
 pub struct TrainArgs {
     /// Dataset directory (items.tsv, interactions.tsv, item_emb.f32, item_emb.json; see
-    /// docs/datasets.md).
+    /// docs/dataset-format.md).
     #[arg(long)]
     data: PathBuf,
     #[command(flatten)]
@@ -59,7 +59,7 @@ pub struct TrainArgs {
 #[derive(clap::Args)]
 pub struct EvalArgs {
     /// Dataset directory (items.tsv, interactions.tsv, item_emb.f32, item_emb.json; see
-    /// docs/datasets.md). Repeat it to evaluate several data sets in one run.
+    /// docs/dataset-format.md). Repeat it to evaluate several data sets in one run.
     #[arg(long, required_unless_present = "matrix")]
     data: Vec<PathBuf>,
     /// Evaluate every data set directory under this one (each subdirectory holding items.tsv,

@@ -1,4 +1,4 @@
-//! [`DasConfig`]: every size and weight of the DAS model, with the defaults of `docs/das-model.md`.
+//! [`DasConfig`]: every size and weight of the DAS model, with the defaults explained in `docs/model.md`.
 use serde::{Deserialize, Serialize};
 
 use super::{ModelError, Result};
@@ -125,11 +125,12 @@ pub struct DasConfig {
     /// falls from 0.060 to 0.047; without it SID retrieval (a) Recall@10 0.0176 -> 0.0191,
     /// Recall@20 0.0302 -> 0.0373, while `z_u . z_i` (b) stays level (0.0177 -> 0.0171).
     pub align_cf_grad: bool,
-    /// Hub damping exponent: a co-occurrence partner is drawn from a list subsampled to at most
-    /// `cooc_cap` entries, and items/users with degree d are picked as anchor with weight
-    /// d^-`hub_damping`. Default 0.5.
+    /// Hub damping exponent: a co-occurrence pair whose anchor has d partners (its item's
+    /// users, or its user's items) weighs min(1, (`cooc_cap` / d)^`hub_damping`) in the
+    /// co-occurrence terms, so hubs do not dominate them. Default 0.5.
     pub hub_damping: f64,
-    /// Largest per-entity partner list kept for co-occurrence sampling. Default 200.
+    /// Partner-list length up to which a co-occurrence pair weighs fully (see `hub_damping`);
+    /// partners are drawn from the whole list. Default 200.
     pub cooc_cap: usize,
     /// Rows of the batch that enter the InfoNCE alignments (their cost is quadratic in this).
     /// Default 512.
@@ -175,7 +176,7 @@ pub struct DasConfig {
     /// Half-life (in newer positive events of the same user) of the recency weights of the user
     /// input; 0 = by age only. On MovieLens-1M consecutive positives are seconds apart, so age
     /// says nothing about what came last, and the last one or two items predict the next best.
-    /// Chosen on the validation split (`sidb eval --on-validation`, seed 42, see the README).
+    /// Chosen on the validation split (`sidb eval --on-validation`, seed 42, see docs/model.md).
     /// Default 2.
     pub recency_half_life_events: f64,
     /// Each training pair's user input is the user's profile over its positives *before* that
@@ -251,7 +252,7 @@ impl Default for DasConfig {
     }
 }
 
-/// Default codes per level from the catalogue size (das-model.md): <= 1e4: 64, <= 1e5: 128,
+/// Default codes per level from the catalogue size (the DAS paper): <= 1e4: 64, <= 1e5: 128,
 /// <= 1e6: 256, else 512.
 pub fn default_codes(entities: usize) -> usize {
     match entities {

@@ -485,7 +485,7 @@ pub struct Rating {
     pub ts_ms: i64,
 }
 
-/// A dataset directory in the layout of `shared/datasets` (see [`load_dataset`]).
+/// A dataset directory in the layout of docs/dataset-format.md (see [`load_dataset`]).
 #[derive(Debug, Clone)]
 pub struct Dataset {
     /// Directory name, e.g. `ml-1m`.

@@ -32,7 +32,7 @@ pub struct LevelQuality {
     pub dead: usize,
 }
 
-/// Quality of a set of SIDs (see das-model.md, "What to measure").
+/// Quality of a set of SIDs (the metrics of docs/model.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QualityReport {
     /// Entities measured.
