@@ -1,7 +1,7 @@
 //! Trie benches: first page of a prefix scan at 1k / 100k / 1M entities, count and children.
 //!
 //! Besides criterion's means, `main` first prints p50/p99/max of single first-page scans per size
-//! (the target is p99 <= 1 ms, flat from 1k to 1M), and the time to build each trie.
+//! (the aim: p99 <= 1 ms, flat from 1k to 1M), and the time to build each trie.
 //! Run: `cargo bench --bench trie`.
 
 use std::hint::black_box;

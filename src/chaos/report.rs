@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-/// The two violation classes of known issues (fixed separately): reported on their own so a
+/// The two violation classes of known faults (fixed separately): reported on their own so a
 /// run tells them apart from anything new.
 pub const KNOWN: [(&str, &str); 2] = [
     (

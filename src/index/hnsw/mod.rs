@@ -55,7 +55,7 @@
 //! data sets) on hnswlib's kind of layout: one contiguous vector array, flat link arrays, an
 //! epoch-tagged visited array and reused heaps per thread, the next neighbour's vector
 //! prefetched. `benches/compare/run.sh` (hnswlib from PyPI and ours in one run, build with 2
-//! threads, search on 1) on a box where the other two engineers were compiling, two runs:
+//! threads, search on 1) while two other builds ran on the machine, two runs:
 //!
 //! | data | build inserts/s ours / hnswlib | QPS @ recall@10 >= 0.95 ours / hnswlib |
 //! |---|---|---|
