@@ -1,5 +1,8 @@
 //! Protobuf <-> domain conversion. Structural only: what a value means is checked by the engine's
 //! validation, which knows the collection.
+//!
+//! Incoming messages are destructured whole, without `..`: a field added to the proto does not
+//! compile until its conversion says what happens to it.
 
 use crate::engine::{ItemInput, Query, SearchHit, SearchInput, UserInput};
 use crate::proto as pb;
@@ -26,30 +29,32 @@ pub fn checked_durability(v: i32) -> crate::error::Result<Durability> {
 }
 
 pub fn config_in(c: pb::CollectionConfig) -> crate::error::Result<CollectionConfig> {
-    let metric = match pb::Metric::try_from(c.metric) {
+    let pb::CollectionConfig {
+        item_modalities,
+        user_dim,
+        metric,
+        sid_levels,
+        sid_codebook_size,
+    } = c;
+    let metric = match pb::Metric::try_from(metric) {
         Ok(pb::Metric::Unspecified | pb::Metric::Cosine) => Metric::Cosine,
         Ok(pb::Metric::Dot) => Metric::Dot,
         Ok(pb::Metric::L2) => Metric::L2,
         Err(_) => {
             return Err(crate::error::Error::invalid(format!(
-                "config.metric: unknown value {}",
-                c.metric
+                "config.metric: unknown value {metric}"
             )))
         }
     };
     Ok(CollectionConfig {
-        item_modalities: c
-            .item_modalities
+        item_modalities: item_modalities
             .into_iter()
-            .map(|m| Modality {
-                name: m.name,
-                dim: m.dim,
-            })
+            .map(|pb::Modality { name, dim }| Modality { name, dim })
             .collect(),
-        user_dim: c.user_dim,
+        user_dim,
         metric,
-        sid_levels: c.sid_levels,
-        sid_codebook_size: c.sid_codebook_size,
+        sid_levels,
+        sid_codebook_size,
     })
 }
 
@@ -90,10 +95,15 @@ pub fn collection_out(c: CollectionInfo) -> pb::Collection {
 }
 
 pub fn sid_in(s: pb::SemanticId) -> SemanticId {
+    let pb::SemanticId {
+        codes,
+        suffix,
+        model_version,
+    } = s;
     SemanticId {
-        codes: s.codes,
-        suffix: s.suffix,
-        model_version: s.model_version,
+        codes,
+        suffix,
+        model_version,
     }
 }
 
@@ -113,14 +123,20 @@ fn sorted<V>(m: std::collections::HashMap<String, V>) -> Vec<(String, V)> {
 }
 
 pub fn item_in(it: pb::Item) -> ItemInput {
+    let pb::Item {
+        id,
+        vectors,
+        attributes,
+        sid,
+    } = it;
     ItemInput {
-        id: it.id,
-        vectors: sorted(it.vectors)
+        id,
+        vectors: sorted(vectors)
             .into_iter()
-            .map(|(k, v)| (k, v.values))
+            .map(|(k, pb::Vector { values })| (k, values))
             .collect(),
-        attributes: sorted(it.attributes),
-        sid: it.sid.map(sid_in),
+        attributes: sorted(attributes),
+        sid: sid.map(sid_in),
     }
 }
 
@@ -139,11 +155,17 @@ pub fn item_out(config: &CollectionConfig, it: ItemRecord) -> pb::Item {
 }
 
 pub fn user_in(u: pb::User) -> UserInput {
+    let pb::User {
+        id,
+        vector,
+        attributes,
+        sid,
+    } = u;
     UserInput {
-        id: u.id,
-        vector: u.vector.map(|v| v.values),
-        attributes: sorted(u.attributes),
-        sid: u.sid.map(sid_in),
+        id,
+        vector: vector.map(|pb::Vector { values }| values),
+        attributes: sorted(attributes),
+        sid: sid.map(sid_in),
     }
 }
 
@@ -157,12 +179,21 @@ pub fn user_out(u: UserRecord) -> pb::User {
 }
 
 pub fn interaction_in(x: pb::Interaction) -> InteractionRecord {
+    let pb::Interaction {
+        user_id,
+        item_id,
+        kind,
+        weight,
+        timestamp_ms,
+        // Output only: the server numbers interactions in write order.
+        sequence: _,
+    } = x;
     InteractionRecord {
-        user_id: x.user_id,
-        item_id: x.item_id,
-        kind: x.kind,
-        weight: x.weight,
-        timestamp_ms: x.timestamp_ms,
+        user_id,
+        item_id,
+        kind,
+        weight,
+        timestamp_ms,
         sequence: 0,
     }
 }
@@ -197,22 +228,33 @@ pub fn entity_in(v: i32) -> crate::error::Result<EntityKind> {
 
 pub fn search_in(r: pb::SearchRequest) -> crate::error::Result<(String, SearchInput)> {
     use pb::search_request::Query as Q;
-    let query = r.query.map(|q| match q {
-        Q::Vector(v) => Query::Vector(v.values),
+    let pb::SearchRequest {
+        collection,
+        query,
+        modality,
+        k,
+        ef,
+        sid_prefix,
+        exclude_ids,
+        with_vectors,
+        entity,
+    } = r;
+    let query = query.map(|q| match q {
+        Q::Vector(pb::Vector { values }) => Query::Vector(values),
         Q::ItemId(id) => Query::ItemId(id),
         Q::UserId(id) => Query::UserId(id),
     });
     let input = SearchInput {
         query,
-        modality: r.modality,
-        k: r.k,
-        ef: r.ef,
-        sid_prefix: r.sid_prefix,
-        exclude_ids: r.exclude_ids,
-        with_vectors: r.with_vectors,
-        entity: entity_in(r.entity)?,
+        modality,
+        k,
+        ef,
+        sid_prefix,
+        exclude_ids,
+        with_vectors,
+        entity: entity_in(entity)?,
     };
-    Ok((r.collection, input))
+    Ok((collection, input))
 }
 
 pub fn hits_out(hits: Vec<SearchHit>) -> pb::SearchResponse {

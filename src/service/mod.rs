@@ -175,26 +175,25 @@ impl pb::collections_server::Collections for Api {
         req: Request<pb::CreateCollectionRequest>,
     ) -> Res<pb::Collection> {
         let engine = self.slot.get()?;
-        let r = req.into_inner();
-        let config = r
-            .config
-            .ok_or_else(|| Status::invalid_argument("config: required"))?;
-        let config = config_in(config)?;
-        let info = engine.create_collection(r.name, config).await?;
+        let pb::CreateCollectionRequest { name, config } = req.into_inner();
+        let config = config.ok_or_else(|| Status::invalid_argument("config: required"))?;
+        let info = engine.create_collection(name, config_in(config)?).await?;
         Ok(Response::new(collection_out(info)))
     }
 
     async fn get_collection(&self, req: Request<pb::GetCollectionRequest>) -> Res<pb::Collection> {
         let engine = self.slot.get()?;
-        let info = engine.get_collection(&req.into_inner().name)?;
+        let pb::GetCollectionRequest { name } = req.into_inner();
+        let info = engine.get_collection(&name)?;
         Ok(Response::new(collection_out(info)))
     }
 
     async fn list_collections(
         &self,
-        _: Request<pb::ListCollectionsRequest>,
+        req: Request<pb::ListCollectionsRequest>,
     ) -> Res<pb::ListCollectionsResponse> {
         let engine = self.slot.get()?;
+        let pb::ListCollectionsRequest {} = req.into_inner();
         let collections = engine
             .list_collections()
             .into_iter()
@@ -208,7 +207,8 @@ impl pb::collections_server::Collections for Api {
         req: Request<pb::DeleteCollectionRequest>,
     ) -> Res<pb::DeleteCollectionResponse> {
         let engine = self.slot.get()?;
-        engine.delete_collection(req.into_inner().name).await?;
+        let pb::DeleteCollectionRequest { name } = req.into_inner();
+        engine.delete_collection(name).await?;
         Ok(Response::new(pb::DeleteCollectionResponse {}))
     }
 }
@@ -237,12 +237,19 @@ impl pb::items_server::Items for Api {
 
     async fn get_items(&self, req: Request<pb::GetItemsRequest>) -> Res<pb::GetItemsResponse> {
         let engine = self.slot.get()?;
-        let r = req.into_inner();
-        let (n, with_vectors) = (r.ids.len(), r.with_vectors);
-        check_read_size(&engine, &r.collection, EntityKind::Items, n, with_vectors)?;
-        let got = engine
-            .get_items(&r.collection, r.ids, r.with_vectors)
-            .await?;
+        let pb::GetItemsRequest {
+            collection,
+            ids,
+            with_vectors,
+        } = req.into_inner();
+        check_read_size(
+            &engine,
+            &collection,
+            EntityKind::Items,
+            ids.len(),
+            with_vectors,
+        )?;
+        let got = engine.get_items(&collection, ids, with_vectors).await?;
         let items = got
             .found
             .into_iter()
@@ -257,9 +264,13 @@ impl pb::items_server::Items for Api {
 
     async fn delete_items(&self, req: Request<pb::DeleteItemsRequest>) -> Res<pb::WriteResponse> {
         let engine = self.slot.get()?;
-        let r = req.into_inner();
-        let d = checked_durability(r.durability)?;
-        let w = engine.delete_items(&r.collection, r.ids, d).await?;
+        let pb::DeleteItemsRequest {
+            collection,
+            ids,
+            durability,
+        } = req.into_inner();
+        let d = checked_durability(durability)?;
+        let w = engine.delete_items(&collection, ids, d).await?;
         Ok(Response::new(write_out(w)))
     }
 }
@@ -268,10 +279,15 @@ async fn upsert_items(
     engine: &Engine,
     r: pb::UpsertItemsRequest,
 ) -> crate::error::Result<pb::WriteResponse> {
-    let d = checked_durability(r.durability)?;
-    let items = r.items.into_iter().map(item_in).collect();
+    let pb::UpsertItemsRequest {
+        collection,
+        items,
+        durability,
+    } = r;
+    let d = checked_durability(durability)?;
+    let items = items.into_iter().map(item_in).collect();
     engine
-        .upsert_items(&r.collection, items, d)
+        .upsert_items(&collection, items, d)
         .await
         .map(write_out)
 }
@@ -280,10 +296,15 @@ async fn write_interactions(
     engine: &Engine,
     r: pb::WriteInteractionsRequest,
 ) -> crate::error::Result<pb::WriteResponse> {
-    let d = checked_durability(r.durability)?;
-    let xs = r.interactions.into_iter().map(interaction_in).collect();
+    let pb::WriteInteractionsRequest {
+        collection,
+        interactions,
+        durability,
+    } = r;
+    let d = checked_durability(durability)?;
+    let xs = interactions.into_iter().map(interaction_in).collect();
     engine
-        .write_interactions(&r.collection, xs, d)
+        .write_interactions(&collection, xs, d)
         .await
         .map(write_out)
 }
@@ -317,21 +338,32 @@ where
 impl pb::users_server::Users for Api {
     async fn upsert_users(&self, req: Request<pb::UpsertUsersRequest>) -> Res<pb::WriteResponse> {
         let engine = self.slot.get()?;
-        let r = req.into_inner();
-        let d = checked_durability(r.durability)?;
-        let users = r.users.into_iter().map(user_in).collect();
-        let w = engine.upsert_users(&r.collection, users, d).await?;
+        let pb::UpsertUsersRequest {
+            collection,
+            users,
+            durability,
+        } = req.into_inner();
+        let d = checked_durability(durability)?;
+        let users = users.into_iter().map(user_in).collect();
+        let w = engine.upsert_users(&collection, users, d).await?;
         Ok(Response::new(write_out(w)))
     }
 
     async fn get_users(&self, req: Request<pb::GetUsersRequest>) -> Res<pb::GetUsersResponse> {
         let engine = self.slot.get()?;
-        let r = req.into_inner();
-        let (n, with_vectors) = (r.ids.len(), r.with_vectors);
-        check_read_size(&engine, &r.collection, EntityKind::Users, n, with_vectors)?;
-        let got = engine
-            .get_users(&r.collection, r.ids, r.with_vectors)
-            .await?;
+        let pb::GetUsersRequest {
+            collection,
+            ids,
+            with_vectors,
+        } = req.into_inner();
+        check_read_size(
+            &engine,
+            &collection,
+            EntityKind::Users,
+            ids.len(),
+            with_vectors,
+        )?;
+        let got = engine.get_users(&collection, ids, with_vectors).await?;
         let users = got.found.into_iter().map(user_out).collect();
         let reply = pb::GetUsersResponse {
             users,
@@ -342,9 +374,13 @@ impl pb::users_server::Users for Api {
 
     async fn delete_users(&self, req: Request<pb::DeleteUsersRequest>) -> Res<pb::WriteResponse> {
         let engine = self.slot.get()?;
-        let r = req.into_inner();
-        let d = checked_durability(r.durability)?;
-        let w = engine.delete_users(&r.collection, r.ids, d).await?;
+        let pb::DeleteUsersRequest {
+            collection,
+            ids,
+            durability,
+        } = req.into_inner();
+        let d = checked_durability(durability)?;
+        let w = engine.delete_users(&collection, ids, d).await?;
         Ok(Response::new(write_out(w)))
     }
 }
@@ -379,9 +415,14 @@ impl pb::interactions_server::Interactions for Api {
         req: Request<pb::GetUserHistoryRequest>,
     ) -> Res<pb::GetUserHistoryResponse> {
         let engine = self.slot.get()?;
-        let r = req.into_inner();
+        let pb::GetUserHistoryRequest {
+            collection,
+            user_id,
+            limit,
+            page_token,
+        } = req.into_inner();
         let (page, next) = engine
-            .user_history(&r.collection, r.user_id, r.limit, &r.page_token)
+            .user_history(&collection, user_id, limit, &page_token)
             .await?;
         let reply = pb::GetUserHistoryResponse {
             interactions: page.into_iter().map(interaction_out).collect(),

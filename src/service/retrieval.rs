@@ -21,9 +21,15 @@ impl pb::retrieval_server::Retrieval for Api {
         req: Request<pb::PrefixScanRequest>,
     ) -> Res<pb::PrefixScanResponse> {
         let engine = self.slot.get()?;
-        let r = req.into_inner();
-        let entity = entity_in(r.entity)?;
-        let page = engine.prefix_scan(&r.collection, entity, &r.prefix, r.limit, &r.page_token)?;
+        let pb::PrefixScanRequest {
+            collection,
+            entity,
+            prefix,
+            limit,
+            page_token,
+        } = req.into_inner();
+        let entity = entity_in(entity)?;
+        let page = engine.prefix_scan(&collection, entity, &prefix, limit, &page_token)?;
         let reply = pb::PrefixScanResponse {
             entries: page
                 .entries
@@ -43,9 +49,12 @@ impl pb::retrieval_server::Retrieval for Api {
         req: Request<pb::PrefixStatsRequest>,
     ) -> Res<pb::PrefixStatsResponse> {
         let engine = self.slot.get()?;
-        let r = req.into_inner();
-        let entity = entity_in(r.entity)?;
-        let stats = engine.prefix_stats(&r.collection, entity, &r.prefix)?;
+        let pb::PrefixStatsRequest {
+            collection,
+            entity,
+            prefix,
+        } = req.into_inner();
+        let stats = engine.prefix_stats(&collection, entity_in(entity)?, &prefix)?;
         Ok(Response::new(pb::PrefixStatsResponse {
             total: stats.total,
             children: stats.children.into_iter().collect(),
@@ -57,9 +66,13 @@ impl pb::retrieval_server::Retrieval for Api {
         req: Request<pb::GetSemanticIdsRequest>,
     ) -> Res<pb::GetSemanticIdsResponse> {
         let engine = self.slot.get()?;
-        let r = req.into_inner();
-        let entity = entity_in(r.entity)?;
-        let got = engine.semantic_ids(&r.collection, entity, r.ids, r.model_version)?;
+        let pb::GetSemanticIdsRequest {
+            collection,
+            entity,
+            ids,
+            model_version,
+        } = req.into_inner();
+        let got = engine.semantic_ids(&collection, entity_in(entity)?, ids, model_version)?;
         let reply = pb::GetSemanticIdsResponse {
             sids: got
                 .found
@@ -73,14 +86,20 @@ impl pb::retrieval_server::Retrieval for Api {
 
     async fn recommend(&self, req: Request<pb::RecommendRequest>) -> Res<pb::SearchResponse> {
         let engine = self.slot.get()?;
-        let r = req.into_inner();
+        let pb::RecommendRequest {
+            collection,
+            user_id,
+            k,
+            exclude_seen,
+            modality,
+        } = req.into_inner();
         let input = RecommendInput {
-            user_id: r.user_id,
-            k: r.k,
-            exclude_seen: r.exclude_seen,
-            modality: r.modality,
+            user_id,
+            k,
+            exclude_seen,
+            modality,
         };
-        let hits = engine.recommend(&r.collection, input).await?;
+        let hits = engine.recommend(&collection, input).await?;
         fit(&engine, "k", hits_out(hits))
     }
 }

@@ -77,7 +77,8 @@ impl pb::training_server::Training for Api {
         req: Request<pb::TriggerTrainingRequest>,
     ) -> Res<pb::TrainingStatus> {
         let engine = self.slot.control()?;
-        let s = engine.trigger_training(&req.into_inner().collection)?;
+        let pb::TriggerTrainingRequest { collection } = req.into_inner();
+        let s = engine.trigger_training(&collection)?;
         Ok(Response::new(status_out(s)))
     }
 
@@ -86,13 +87,15 @@ impl pb::training_server::Training for Api {
         req: Request<pb::GetTrainingStatusRequest>,
     ) -> Res<pb::TrainingStatus> {
         let engine = self.slot.control()?;
-        let s = engine.training_status(&req.into_inner().collection)?;
+        let pb::GetTrainingStatusRequest { collection } = req.into_inner();
+        let s = engine.training_status(&collection)?;
         Ok(Response::new(status_out(s)))
     }
 
     async fn watch_training(&self, req: Request<pb::WatchTrainingRequest>) -> Res<StatusStream> {
         let engine = self.slot.control()?;
-        let rx = engine.watch_training(&req.into_inner().collection)?;
+        let pb::WatchTrainingRequest { collection } = req.into_inner();
+        let rx = engine.watch_training(&collection)?;
         // The current status first, then every change; ends when the server stops or the
         // collection is deleted.
         let stream = WatchStream::new(rx).map(|s| Ok(status_out(s)));
@@ -104,7 +107,8 @@ impl pb::training_server::Training for Api {
         req: Request<pb::ListModelVersionsRequest>,
     ) -> Res<pb::ListModelVersionsResponse> {
         let engine = self.slot.control()?;
-        let mut versions = engine.model_versions(&req.into_inner().collection).await?;
+        let pb::ListModelVersionsRequest { collection } = req.into_inner();
+        let mut versions = engine.model_versions(&collection).await?;
         versions.reverse();
         Ok(Response::new(pb::ListModelVersionsResponse {
             versions: versions.into_iter().map(version_out).collect(),
@@ -116,8 +120,11 @@ impl pb::training_server::Training for Api {
         req: Request<pb::ActivateModelVersionRequest>,
     ) -> Res<pb::ModelVersion> {
         let engine = self.slot.control()?;
-        let r = req.into_inner();
-        let v = engine.activate_version(&r.collection, r.version).await?;
+        let pb::ActivateModelVersionRequest {
+            collection,
+            version,
+        } = req.into_inner();
+        let v = engine.activate_version(&collection, version).await?;
         Ok(Response::new(version_out(v)))
     }
 
@@ -126,8 +133,11 @@ impl pb::training_server::Training for Api {
         req: Request<pb::GetModelReportRequest>,
     ) -> Res<pb::ModelReport> {
         let engine = self.slot.control()?;
-        let r = req.into_inner();
-        let v = engine.model_report(&r.collection, r.version).await?;
+        let pb::GetModelReportRequest {
+            collection,
+            version,
+        } = req.into_inner();
+        let v = engine.model_report(&collection, version).await?;
         Ok(Response::new(report_out(v.version, &v.report)))
     }
 }
