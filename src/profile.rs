@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::types::InteractionRecord;
+
 /// How fast an interaction's weight in a user's profile fades: by age (it halves every
 /// `half_life_days` before the user's latest interaction) and by position (it halves for every
 /// `half_life_events` newer positive interactions of the same user; 0 = by age only).
@@ -105,6 +107,20 @@ pub fn newer_counts(times: &[i64]) -> Vec<usize> {
 /// Entries of ascending `sorted` later than `t`.
 fn later_than(sorted: &[i64], t: i64) -> usize {
     sorted.len() - sorted.partition_point(|&x| x <= t)
+}
+
+/// The positive events of a `history` that weigh anything under `recency`
+/// ([`Recency::weigh`]), in the order given, with their weights.
+pub fn weighted_positives(
+    history: &[InteractionRecord],
+    recency: Recency,
+) -> Vec<(&InteractionRecord, f32)> {
+    let meta: Vec<(f32, i64)> = history.iter().map(|x| (x.weight, x.timestamp_ms)).collect();
+    history
+        .iter()
+        .zip(recency.weigh(&meta))
+        .filter(|&(_, w)| w > 0.0)
+        .collect()
 }
 
 #[cfg(test)]

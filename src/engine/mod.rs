@@ -10,6 +10,7 @@ pub mod index;
 pub mod indexer;
 pub mod models;
 pub mod retrieval;
+pub mod served;
 pub mod training;
 pub mod validate;
 
@@ -168,7 +169,7 @@ impl Engine {
             e.trainers.remove(id);
             e.store.delete_collection(&name)?;
             e.indexes.remove(id);
-            crate::fsutil::remove_dir_if_present(&models::collection_models_dir(
+            crate::fsutil::remove_dir_if_present(&served::collection_models_dir(
                 e.store.dir(),
                 id,
             ))?;
@@ -413,7 +414,7 @@ fn open_index(
     if active > 0 {
         // Without its checkpoint the version's SIDs still serve; only online assignment
         // (and warm starts) stop until the next training publishes a version.
-        match models::load_model(store.dir(), coll.entry.id, active) {
+        match served::load_model(store.dir(), coll.entry.id, active) {
             Ok(m) => index.model.store(Some(Arc::new(m))),
             Err(e) => {
                 tracing::error!(collection = %info.name, version = active, error = %e, "active model not loadable; new entities get no SID until the next training")

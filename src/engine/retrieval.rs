@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::index::{CollectionIndex, EntityHit, IndexState, Restrict, SpaceId};
-use super::models::LoadedModel;
+use super::served::LoadedModel;
 use super::{validate, Engine};
 use crate::error::{echo, Error, Result};
 use crate::index::{distance, PointId};
@@ -459,7 +459,7 @@ impl Engine {
         // overflow it, where an f32 sum of two 3e38 weights became infinite
         let mut profile = vec![0.0f64; dim];
         let mut used = 0usize;
-        for (x, w) in weighted_positives(history, recency) {
+        for (x, w) in crate::profile::weighted_positives(history, recency) {
             let Some(v) = index.vector_of(space, &x.item_id) else {
                 continue;
             };
@@ -533,20 +533,6 @@ impl Engine {
         }
         Ok(out)
     }
-}
-
-/// The positive events of a `history` that weigh anything under `recency`
-/// ([`crate::profile::Recency::weigh`]), in the order given, with their weights.
-pub(super) fn weighted_positives(
-    history: &[InteractionRecord],
-    recency: Recency,
-) -> Vec<(&InteractionRecord, f32)> {
-    let meta: Vec<(f32, i64)> = history.iter().map(|x| (x.weight, x.timestamp_ms)).collect();
-    history
-        .iter()
-        .zip(recency.weigh(&meta))
-        .filter(|&(_, w)| w > 0.0)
-        .collect()
 }
 
 /// The space a request searches.

@@ -33,9 +33,8 @@ use tokio::sync::watch;
 
 use super::index::VersionSids;
 use super::indexer::Indexes;
-use super::models::{
-    self, das_config, encode_snapshot, LoadedModel, ModelReport, PublishCtx, ServingInfo, Snapshot,
-};
+use super::models::{self, das_config, encode_snapshot, PublishCtx, Snapshot};
+use super::served::{LoadedModel, ModelReport, ServingInfo};
 use crate::config::{RetrievalConfig, TrainingConfig};
 use crate::error::{Error, Result};
 use crate::model::data::Prepared;

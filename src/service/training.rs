@@ -7,7 +7,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 use super::{Api, Res};
-use crate::engine::models::ModelReport;
+use crate::engine::served::ModelReport;
 use crate::engine::training::{TrainingStatus, VersionInfo};
 use crate::proto as pb;
 

@@ -774,7 +774,7 @@ fn planted_history(u: usize, n_items: usize) -> Vec<(String, f32, i64)> {
 /// version, the items' vectors and served SIDs (items in id order, as the trie lists them), and
 /// a user's history.
 struct ExpectedRecommend {
-    model: sidb::engine::models::LoadedModel,
+    model: sidb::engine::served::LoadedModel,
     ids: Vec<String>,
     levels: usize,
     codes: Vec<u32>,
@@ -805,7 +805,7 @@ impl ExpectedRecommend {
             .unwrap()
             .parse()
             .unwrap();
-        let model = sidb::engine::models::load_model(dir, coll_id, version).expect("checkpoint");
+        let model = sidb::engine::served::load_model(dir, coll_id, version).expect("checkpoint");
         let mut items = items.to_vec();
         items.sort_by(|a, b| a.0.cmp(&b.0));
         let x: Vec<f32> = items.iter().flat_map(|(_, v)| v.clone()).collect();
