@@ -86,5 +86,12 @@ pub fn sync_tree(dir: &Path) -> Result<()> {
             }
         }
     }
-    crate::storage::wal::sync_dir(dir)
+    sync_dir(dir)
+}
+
+/// fsyncs a directory, so that files created or removed in it survive a crash.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))
 }

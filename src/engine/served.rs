@@ -180,7 +180,7 @@ pub(super) fn save_serving_info(data_dir: &Path, coll_id: u64, m: &LoadedModel) 
     crate::fsutil::write_synced(&tmp, &json)?;
     std::fs::rename(&tmp, dir.join("serving.json"))
         .map_err(|e| Error::io(format!("renaming {}", tmp.display()), e))?;
-    crate::storage::wal::sync_dir(&dir)
+    crate::fsutil::sync_dir(&dir)
 }
 
 /// Encodes `x` (`n x dim`) in chunks.

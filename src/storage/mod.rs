@@ -262,7 +262,7 @@ impl Store {
             std::fs::remove_file(path)
                 .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
         }
-        wal::sync_dir(&wal_dir)?;
+        crate::fsutil::sync_dir(&wal_dir)?;
         let next_segment = segments.last().map_or(1, |(id, _)| id + 1);
         tracing::info!(
             collections = collections.len(),
@@ -658,7 +658,7 @@ impl Store {
                 Err(e) => return Err(Error::io(format!("removing {}", path.display()), e)),
             }
         }
-        wal::sync_dir(&self.inner.dir.join("wal"))
+        crate::fsutil::sync_dir(&self.inner.dir.join("wal"))
     }
 
     fn sync_sled(&self) -> Result<()> {

@@ -289,13 +289,6 @@ fn failure(what: &str, msg: &str) -> Error {
     }
 }
 
-/// fsyncs a directory, so that files created or removed in it survive a crash.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))
-}
-
 fn create_segment(dir: &Path, id: u64) -> std::io::Result<(File, PathBuf)> {
     let path = segment_path(dir, id);
     let mut file = OpenOptions::new()

@@ -116,7 +116,7 @@ impl Watermark {
         crate::fsutil::write_synced(&tmp, &self.encode())?;
         std::fs::rename(&tmp, &file)
             .map_err(|e| Error::io(format!("renaming {}", tmp.display()), e))?;
-        super::wal::sync_dir(data_dir)
+        crate::fsutil::sync_dir(data_dir)
     }
 
     /// Every way in which `now` (what sled holds after the WAL replay) is behind `self`, as one
