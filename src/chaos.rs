@@ -24,6 +24,7 @@ mod report;
 mod rpc;
 mod selftest;
 mod server;
+mod shared;
 mod verify;
 mod workload;
 
@@ -42,7 +43,7 @@ use model::{Model, WriteKind, ITEM_POOL, USER_POOL};
 use report::{Findings, Summary};
 use rpc::Clients;
 use server::{Launch, LogSink, Proc};
-use workload::Shared;
+use shared::Shared;
 
 /// `sidb chaos` options.
 #[derive(Args, Clone)]

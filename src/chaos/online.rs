@@ -12,7 +12,7 @@ use super::model::{
     item_id, user_id, Kind, Status as WStatus, Val, ITEM_DIM, ITEM_POOL, USER_DIM, USER_POOL,
 };
 use super::rpc::{call, Call, Clients};
-use super::workload::Shared;
+use super::shared::Shared;
 
 fn pool_ids(rng: &mut ChaCha8Rng, kind: Kind) -> Vec<String> {
     let (n, id): (usize, fn(usize) -> String) = match kind {

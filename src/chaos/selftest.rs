@@ -399,7 +399,7 @@ fn online_torn_read(r: &Run) -> SelfTestCase {
 
 fn workload_check(r: &Run, got: &[(String, Val, Option<pb::SemanticId>)]) -> Vec<(String, String)> {
     // On a copy: the check updates what the model has seen.
-    let copy = workload::Shared::new(r.sh.model.lock().clone(), r.sh.hang);
+    let copy = super::shared::Shared::new(r.sh.model.lock().clone(), r.sh.hang);
     super::online::check_get(&copy, 0, Kind::Items, got, true, true)
 }
 
