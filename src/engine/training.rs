@@ -35,12 +35,15 @@ use super::index::VersionSids;
 use super::indexer::Indexes;
 use super::models::{self, das_config, encode_snapshot, PublishCtx, Snapshot};
 use super::served::{LoadedModel, ModelReport, ServingInfo};
+
+mod job;
 use crate::config::{RetrievalConfig, TrainingConfig};
 use crate::error::{Error, Result};
 use crate::model::data::Prepared;
 use crate::model::{self as das, Method, Progress, TrainControl};
 use crate::storage::{Collection, Store};
 use crate::types::EntityKind;
+pub use job::Candidate;
 
 /// Phase of a collection's trainer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -496,6 +499,9 @@ impl Trainers {
         }
     }
 
+    /// Trains a candidate on a snapshot and publishes it: the job ([`job::train`]) only reads
+    /// the snapshot and the previous model; [`models::publish`] is the one place a version goes
+    /// live.
     fn train_and_publish(
         &self,
         coll: &Collection,
@@ -504,98 +510,30 @@ impl Trainers {
     ) -> Result<ModelReport> {
         let ctx = &self.ctx;
         let index = ctx.indexes.get(coll.entry.id)?;
+        // From here on the index records what is written, for the activation to re-encode.
         index.start_tracking();
         let snap = Snapshot::take(&ctx.store, coll)?;
-        if snap.item_ids.len() < 2 {
-            return Err(Error::FailedPrecondition("fewer than 2 items".into()));
-        }
         let prev = index.model.load_full();
-        let recency = ctx.retrieval.recency();
-        let cfg = das_config(coll.config(), &ctx.training, recency, prev.is_some());
-        let data = snap.training_data(false);
-        let users_from_profiles = data.user_emb.is_none();
-        let prep = Prepared::new(&data, recency).map_err(Error::from)?;
-        slot.update(|s| s.phase = Phase::Training);
-        let started = Instant::now();
-        let positives = prep.positives.len().max(1);
-        let progress = |p: &Progress| {
-            let frac = p.step as f64 / p.total_steps.max(1) as f64;
-            let elapsed = started.elapsed().as_secs_f64();
-            slot.update(|s| {
-                s.step = p.step as u64;
-                s.epoch = (p.step * cfg.batch / positives) as u32;
-                s.progress = frac;
-                s.eta_seconds = match frac > 0.0 {
-                    true => elapsed / frac * (1.0 - frac),
-                    false => 0.0,
-                };
-                s.losses = vec![
-                    ("sem".into(), p.losses[0]),
-                    ("cf".into(), p.losses[1]),
-                    ("align".into(), p.losses[2]),
-                ];
-            });
-        };
-        let warm = prev
-            .as_ref()
-            .filter(|p| p.info.users_from_profiles == users_from_profiles);
-        let pacer = Pacer::new(&ctx.activity, ctx.training.serving_duty);
-        let pace = || pacer.pace();
-        let ctl = TrainControl {
-            cancel: Some(&slot.cancel),
-            progress: Some(&progress),
-            warm_start: warm.map(|p| &p.model),
-            pace: Some(&pace),
-        };
-        let (mut model, stats) = self
-            .pool
-            .install(|| das::train_with(&prep, Method::Das, &cfg, &ctl))
-            .map_err(Error::from)?;
-        tracing::info!(
-            collection = %coll.entry.name,
-            seconds = started.elapsed().as_secs_f64(),
-            paused_while_serving_s = pacer.slept().as_secs_f64(),
-            "training done"
-        );
-        if let Some(p) = warm {
-            if let Err(e) = das::align_codes(&mut model, &p.model) {
-                tracing::warn!(collection = %coll.entry.name, error = %e, "codes of the new version not matched to the previous one");
-            }
-        }
-        slot.update(|s| s.phase = Phase::Publishing);
-        let mut loaded = LoadedModel {
+        let job = job::Job {
+            ctx,
+            pool: &self.pool,
+            coll,
+            slot,
             version,
-            model,
-            info: ServingInfo {
-                users_from_profiles,
-                mean_item_z_norm: 1.0,
-                half_life_days: recency.half_life_days,
-                half_life_events: recency.half_life_events,
-            },
-            // the prior the evaluation's retrieval (a) uses: the training positives
-            popularity: snap
-                .item_ids
-                .iter()
-                .zip(&prep.item_stats)
-                .map(|(id, s)| (Arc::clone(id), s[0].clamp(0.0, 1.0)))
-                .collect(),
+            snap: &snap,
+            prev: prev.as_deref(),
         };
-        let sids = self
-            .pool
-            .install(|| encode_snapshot(&mut loaded, &snap, &prep))?;
-        let mut report = quality_report(&loaded, &sids);
+        let Candidate {
+            model,
+            sids,
+            mut report,
+        } = job::train(&job)?;
         if let Some(p) = &prev {
-            let c = churn_vs_index(&index, &sids, p.version, loaded.levels());
+            let c = churn_vs_index(&index, &sids, p.version, model.levels());
             report.churn_level1 = c.level1 as f32;
             report.churn_full = c.full as f32;
             report.churn_per_level = c.per_level.iter().map(|x| *x as f32).collect();
         }
-        report.train_seconds = stats.seconds;
-        report.items = snap.item_ids.len() as u64;
-        report.users = snap.user_ids.len() as u64;
-        report.interactions = snap.interactions.len() as u64;
-        report.steps = stats.steps as u64;
-        report.warm_start = warm.is_some();
         let pctx = PublishCtx {
             store: &ctx.store,
             coll,
@@ -604,7 +542,7 @@ impl Trainers {
             retrieval: &ctx.retrieval,
             training: &ctx.training,
         };
-        models::publish(&pctx, loaded, &snap, sids, Some(&report))?;
+        models::publish(&pctx, model, &snap, sids, Some(&report))?;
         Ok(report)
     }
 }
@@ -652,35 +590,6 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// The SID quality of a version's items and users.
-fn quality_report(m: &LoadedModel, sids: &VersionSids) -> ModelReport {
-    let levels = m.levels();
-    let k = m.model.meta.codes;
-    let side = |kind: EntityKind| {
-        let mut ids: Vec<_> = sids.of(kind).keys().collect();
-        ids.sort();
-        let codes: Vec<u32> = ids
-            .iter()
-            .flat_map(|id| sids.of(kind)[*id].codes.iter().copied())
-            .collect();
-        das::sid::quality(&codes, levels, k, None)
-    };
-    let per_level = |q: &das::sid::QualityReport| {
-        q.levels
-            .iter()
-            .map(|l| (l.codes as u32, l.used as u32, l.perplexity as f32))
-            .collect()
-    };
-    let items = side(EntityKind::Items);
-    let users = side(EntityKind::Users);
-    ModelReport {
-        levels: per_level(&items),
-        user_levels: per_level(&users),
-        collision_rate: items.collision_rate as f32,
-        max_bucket: items.largest_bucket as u32,
-        ..Default::default()
-    }
-}
-
 /// Churn of the new items' codes against those the index serves now (version `prev`), over the
 /// items in both (`model::sid::churn`).
 fn churn_vs_index(
@@ -861,156 +770,7 @@ fn parse_report(json: &str, version: u64) -> Result<ModelReport> {
 }
 
 #[cfg(test)]
-mod activate_tests {
-    use super::*;
-    use crate::config::Config;
-    use crate::engine::validate::{ItemInput, UserInput};
-    use crate::engine::Engine;
-    use crate::types::{CollectionConfig, Durability, InteractionRecord, Metric, Modality};
-
-    fn engine(dir: &std::path::Path) -> Engine {
-        let mut c = Config::default();
-        c.storage.data_dir = dir.to_path_buf();
-        c.storage.cache_bytes = 16 << 20;
-        let t = &mut c.training;
-        (t.auto, t.min_items, t.check_interval_ms) = (false, 16, 20);
-        (t.steps, t.warm_steps, t.batch, t.keep_versions) = (30, 20, 64, 2);
-        (t.sched_idle, t.serving_duty) = (false, 1.0);
-        Engine::open(&c).expect("open engine")
-    }
-
-    /// 40 items near four directions, 16 users each touching 10 items of one direction.
-    async fn load(e: &Engine) {
-        let config = CollectionConfig {
-            item_modalities: vec![Modality {
-                name: "v".into(),
-                dim: 8,
-            }],
-            user_dim: 0,
-            metric: Metric::Cosine,
-            sid_levels: 2,
-            sid_codebook_size: 8,
-        };
-        e.create_collection("c".into(), config)
-            .await
-            .expect("create");
-        let items = (0..40)
-            .map(|i| ItemInput {
-                id: format!("i{i:02}"),
-                vectors: vec![(
-                    "v".into(),
-                    (0..8)
-                        .map(|d| {
-                            ((d % 4 == i % 4) as u8 as f32) + d as f32 * 0.01 + i as f32 * 0.001
-                        })
-                        .collect(),
-                )],
-                ..ItemInput::default()
-            })
-            .collect();
-        e.upsert_items("c", items, Durability::Durable)
-            .await
-            .expect("items");
-        let users = (0..16)
-            .map(|u| UserInput {
-                id: format!("u{u:02}"),
-                ..UserInput::default()
-            })
-            .collect();
-        e.upsert_users("c", users, Durability::Durable)
-            .await
-            .expect("users");
-        let xs = (0..160)
-            .map(|n| InteractionRecord {
-                user_id: format!("u{:02}", n % 16),
-                item_id: format!("i{:02}", (n % 16 % 4) + 4 * (n / 16 % 10)),
-                kind: "click".into(),
-                weight: 1.0,
-                timestamp_ms: 1_000 + n as i64,
-                sequence: 0,
-            })
-            .collect();
-        e.write_interactions("c", xs, Durability::Durable)
-            .await
-            .expect("interactions");
-    }
-
-    /// Trains until version `v` is active.
-    async fn publish(e: &Engine, v: u64) {
-        let deadline = Instant::now() + Duration::from_secs(300);
-        let _ = e.trigger_training("c");
-        loop {
-            let st = e.training_status("c").expect("status");
-            assert_ne!(st.phase, Phase::Failed, "training failed: {}", st.error);
-            if st.active_model_version == v && st.phase == Phase::Idle {
-                return;
-            }
-            assert!(Instant::now() < deadline, "version {v} not published");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Regression: ActivateModelVersion looked whether the version was kept before it took the
-    /// trainer slot; a training ending in between pruned the version, and the rollback read its
-    /// deleted checkpoint: DATA_LOSS ("model.json: No such file or directory"), found by
-    /// `sidb chaos`. Version 1 here is what such a request had seen listed.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_version_pruned_after_the_request_looked_is_refused_not_read() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let e = engine(tmp.path());
-        load(&e).await;
-        for v in 1..=3 {
-            publish(&e, v).await;
-        }
-        let coll = e.store.collection("c").expect("collection");
-        match e.activate_kept(&coll, 1) {
-            Err(Error::FailedPrecondition(m)) => assert!(m.contains("no longer kept"), "{m}"),
-            other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
-        }
-        let back = e
-            .activate_kept(&coll, 2)
-            .expect("rollback to a kept version");
-        assert_eq!((back.version, back.active), (2, true));
-        assert_eq!(e.store.active_version(&coll), 2);
-        e.close().expect("close");
-    }
-}
+mod activate_tests;
 
 #[cfg(test)]
-mod pacer_tests {
-    use super::*;
-
-    /// Runs "a step" of `work`, with `requests` arriving during it, then paces; returns the pause.
-    fn step(p: &Pacer, a: &Activity, work: Duration, requests: usize) -> Duration {
-        std::thread::sleep(work);
-        for _ in 0..requests {
-            a.note();
-        }
-        let before = p.slept();
-        p.pace();
-        p.slept() - before
-    }
-
-    #[test]
-    fn pauses_only_while_requests_arrive_and_in_proportion_to_the_step() {
-        let a = Activity::default();
-        let p = Pacer::new(&a, 0.25);
-        let work = Duration::from_millis(20);
-        assert_eq!(
-            step(&p, &a, work, 0),
-            Duration::ZERO,
-            "idle server: no pause"
-        );
-        let paused = step(&p, &a, work, 3);
-        // (1 - 0.25) / 0.25 = 3 step times (the step took at least `work`)
-        assert!(paused >= work * 3, "{paused:?}");
-        assert!(paused <= Duration::from_secs(1), "capped: {paused:?}");
-        assert_eq!(step(&p, &a, work, 0), Duration::ZERO, "requests stopped");
-        // a long step pauses at most 1 s
-        let long = step(&p, &a, Duration::from_millis(400), 1);
-        assert_eq!(long, Duration::from_secs(1));
-        // duty 1 never pauses
-        let off = Pacer::new(&a, 1.0);
-        assert_eq!(step(&off, &a, work, 5), Duration::ZERO);
-    }
-}
+mod pacer_tests;
