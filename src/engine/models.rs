@@ -649,7 +649,11 @@ pub fn prune_versions(
 /// Test hook of the crash tests: with `SIDB_PAUSE_AT=<point>` the publication logs
 /// `pause point reached` and stops there for good, so a test can `kill -9` the process at an
 /// exact step. Points: `after-bulk` (SIDs written and synced, not activated), `after-activate`.
+/// Only in builds with the `testing` feature (every `cargo test`); a no-op otherwise.
 pub fn pause_point(point: &str) {
+    #[cfg(not(feature = "testing"))]
+    let _ = point;
+    #[cfg(feature = "testing")]
     if std::env::var("SIDB_PAUSE_AT").is_ok_and(|p| p == point) {
         tracing::warn!(point, "pause point reached");
         loop {

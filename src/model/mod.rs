@@ -2,7 +2,8 @@
 //!
 //! Layout, bottom-up:
 //! - [`data`]: the in-memory input ([`TrainingData`]), its validation, user inputs, the dataset
-//!   loader and a synthetic generator with planted structure (for tests).
+//!   loader and (with the `testing` feature, so in tests and benches) a synthetic generator
+//!   with planted structure.
 //! - [`config`]: [`DasConfig`], every size and weight of the model with documented defaults.
 //! - [`nn`]: the tiny parameter store and MLPs (seeded init, so runs are reproducible).
 //! - [`ops`]: two fused candle ops with hand-written backward passes (the trainer's hot spots).
@@ -36,6 +37,7 @@ pub mod recommend;
 pub mod rqvae;
 pub mod sid;
 pub mod sparse;
+#[cfg(any(test, feature = "testing"))]
 pub mod synth;
 pub mod trainer;
 
