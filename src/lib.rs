@@ -13,7 +13,6 @@
 //!   plain in-memory data in, no storage or tokio.
 //! - [`lock`]: the ranked locks: the one lock order, checked in debug builds.
 //! - [`profile`]: the recency weighting of a user's history (trainer and queries share it).
-//! - [`loadgen`]: the load clients behind `sidb bench ingest` and `sidb bench search`.
 #![warn(missing_docs)]
 
 pub mod auth;
@@ -25,7 +24,6 @@ pub mod fsutil;
 #[cfg(any(test, feature = "fuzz"))]
 pub mod fuzz;
 pub mod index;
-pub mod loadgen;
 pub mod lock;
 pub mod model;
 pub mod profile;

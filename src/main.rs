@@ -1,17 +1,16 @@
 //! The `sidb` command: `serve` runs the database; `import` and `training` talk to a running one;
 //! `bench` loads it; `train` and `eval` run the semantic-ID model on a dataset directory.
 
-mod admin_cli;
-mod chaos;
-mod model_cli;
+mod cli;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use cli::loadgen::{self, IngestOptions};
+use cli::{admin as admin_cli, chaos, model as model_cli};
 use sidb::config::Config;
-use sidb::loadgen::{self, IngestOptions};
 use sidb::types::Durability;
 
 #[derive(Parser)]
@@ -129,6 +128,9 @@ struct RecommendArgs {
     /// Seed of the user draw.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Print the report as one JSON object (for scripts) instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -287,10 +289,12 @@ async fn bench_search(a: SearchArgs) -> anyhow::Result<()> {
 }
 
 async fn bench_recommend(a: RecommendArgs) -> anyhow::Result<()> {
-    println!(
-        "recommend: collection {}, k {}, exclude_seen {}, {} clients, {} requests of each kind, server {}",
-        a.collection, a.k, a.exclude_seen, a.clients, a.queries, a.addr
-    );
+    if !a.json {
+        println!(
+            "recommend: collection {}, k {}, exclude_seen {}, {} clients, {} requests of each kind, server {}",
+            a.collection, a.k, a.exclude_seen, a.clients, a.queries, a.addr
+        );
+    }
     let opts = loadgen::RecommendOptions {
         addr: a.addr,
         collection: a.collection,
@@ -300,7 +304,11 @@ async fn bench_recommend(a: RecommendArgs) -> anyhow::Result<()> {
         exclude_seen: a.exclude_seen,
         seed: a.seed,
     };
-    println!("{}", loadgen::recommend(&opts).await?);
+    let report = loadgen::recommend(&opts).await?;
+    match a.json {
+        true => println!("{}", serde_json::to_string(&report)?),
+        false => println!("{report}"),
+    }
     Ok(())
 }
 

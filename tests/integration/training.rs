@@ -379,27 +379,51 @@ async fn training_publishes_versions_assigns_online_and_rolls_back() {
 
     // `sidb bench recommend` finds the users by their SIDs and times Recommend next to Search
     // by user id; a collection without a model says so.
-    let bench = |collection: &str| sidb::loadgen::RecommendOptions {
-        addr: s.url(),
-        collection: collection.into(),
-        clients: 2,
-        queries: 40,
-        k: 5,
-        exclude_seen: false,
-        seed: 7,
+    let bench = |collection: &str| {
+        let (url, collection) = (s.url(), collection.to_string());
+        // The server runs on this test's runtime: the client process is waited for off it.
+        tokio::task::spawn_blocking(move || {
+            let args = [
+                "bench",
+                "recommend",
+                "--addr",
+                &url,
+                "--collection",
+                &collection,
+                "--clients",
+                "2",
+                "--queries",
+                "40",
+                "--k",
+                "5",
+                "--seed",
+                "7",
+                "--json",
+            ];
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidb"))
+                .args(args)
+                .output()
+                .expect("sidb bench recommend runs");
+            let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+            let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+            (out.status.success(), stdout, stderr)
+        })
     };
-    let report = sidb::loadgen::recommend(&bench(coll)).await.unwrap();
-    assert_eq!(report.users, n_users);
-    for run in [&report.recommend, &report.search] {
-        assert_eq!(run.requests, 40);
-        assert_eq!(run.counted, 40 * 5, "k hits per answer");
-        assert!(run.latency_ms[0] > 0.0 && run.latency_ms[0] <= run.latency_ms[3]);
+    let (ok, stdout, stderr) = bench(coll).await.unwrap();
+    assert!(ok, "sidb bench recommend failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON report");
+    assert_eq!(report["users"].as_u64(), Some(n_users as u64));
+    for run in [&report["recommend"], &report["search"]] {
+        assert_eq!(run["requests"].as_u64(), Some(40));
+        assert_eq!(run["counted"].as_u64(), Some(40 * 5), "k hits per answer");
+        let latency: Vec<f64> = (0..4)
+            .map(|i| run["latency_ms"][i].as_f64().unwrap())
+            .collect();
+        assert!(latency[0] > 0.0 && latency[0] <= latency[3]);
     }
     create(&s, "no_model").await;
-    let err = sidb::loadgen::recommend(&bench("no_model"))
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("no semantic IDs yet"), "{err}");
+    let (ok, _, err) = bench("no_model").await.unwrap();
+    assert!(!ok && err.contains("no semantic IDs yet"), "{err}");
 
     // A second training (asked for) warm-starts and publishes version 2 with its churn.
     t.trigger_training(pb::TriggerTrainingRequest {

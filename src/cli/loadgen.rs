@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::error::{Error, Result};
-use crate::proto as pb;
-use crate::types::Durability;
+use sidb::error::{Error, Result};
+use sidb::proto as pb;
+use sidb::types::Durability;
 
 /// What to load.
 #[derive(Debug, Clone)]
@@ -84,7 +84,7 @@ async fn connect(addr: &str) -> Result<Channel> {
 
 /// Creates a fresh collection `<prefix>_<seed>_<now>` with one modality "emb" of `dim`.
 async fn create_collection(channel: &Channel, prefix: &str, seed: u64, dim: u32) -> Result<String> {
-    let name = format!("{prefix}_{seed}_{}", crate::types::now_ms());
+    let name = format!("{prefix}_{seed}_{}", sidb::types::now_ms());
     pb::collections_client::CollectionsClient::new(channel.clone())
         .create_collection(pb::CreateCollectionRequest {
             name: name.clone(),
@@ -124,7 +124,7 @@ impl Rng {
 }
 
 /// What one timed run of requests measured.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Timed {
     /// Requests answered.
     pub requests: u64,
@@ -360,7 +360,7 @@ pub async fn search(opts: &SearchOptions) -> Result<SearchReport> {
     // One draw, so queries come from the same clusters as the data (as real queries do; queries
     // from other centres would be equidistant from everything and measure nothing useful).
     let mut data =
-        crate::index::synth::clustered(opts.items + opts.queries, dim, 100, 0.25, opts.seed);
+        sidb::index::synth::clustered(opts.items + opts.queries, dim, 100, 0.25, opts.seed);
     let queries = data.split_off(opts.items * dim);
     let channel = connect(&opts.addr).await?;
     let (collection, load) = match &opts.reuse {
@@ -519,7 +519,7 @@ pub struct RecommendOptions {
 }
 
 /// What `sidb bench recommend` measured.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct RecommendReport {
     /// The collection.
     pub collection: String,
@@ -653,7 +653,7 @@ fn round_robin<R>(ids: &[&str], clients: usize, req: impl Fn(&str) -> R) -> Vec<
 /// Exact top-k row indices by cosine similarity.
 fn exact_top(data: &[f32], dim: usize, q: &[f32], k: usize) -> Vec<usize> {
     let norm = |v: &[f32]| {
-        crate::index::distance::dot(v, v)
+        sidb::index::distance::dot(v, v)
             .sqrt()
             .max(f32::MIN_POSITIVE)
     };
@@ -661,7 +661,7 @@ fn exact_top(data: &[f32], dim: usize, q: &[f32], k: usize) -> Vec<usize> {
     let mut scored: Vec<(f32, usize)> = data
         .chunks(dim)
         .enumerate()
-        .map(|(i, v)| (crate::index::distance::dot(q, v) / (qn * norm(v)), i))
+        .map(|(i, v)| (sidb::index::distance::dot(q, v) / (qn * norm(v)), i))
         .collect();
     let k = k.min(scored.len());
     scored.select_nth_unstable_by(k.saturating_sub(1), |a, b| b.0.total_cmp(&a.0));
