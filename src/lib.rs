@@ -15,21 +15,21 @@
 //! - [`profile`]: the recency weighting of a user's history (trainer and queries share it).
 #![warn(missing_docs)]
 
-pub mod auth;
+pub(crate) mod auth;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod eval;
-pub mod fsutil;
+pub(crate) mod fsutil;
 #[cfg(any(test, feature = "fuzz"))]
 pub mod fuzz;
 pub mod index;
 pub mod lock;
 pub mod model;
-pub mod profile;
+pub(crate) mod profile;
 pub mod proto;
 pub mod server;
-pub mod service;
+pub(crate) mod service;
 pub mod storage;
 pub mod trie;
 pub mod types;

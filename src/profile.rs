@@ -53,7 +53,7 @@ impl Recency {
 
     /// The weight of each of a user's events `(weight, time ms)`, in any order: its own weight
     /// times [`Recency::weight`] by its age before the newest positive event and by the number
-    /// of positive events strictly later than it ([`newer_counts`]), so that events at the same
+    /// of positive events strictly later than it, so that events at the same
     /// time share a position: a log without time (every timestamp equal) weighs all of them
     /// alike instead of by an order that is not in the data. Events of weight <= 0, and those
     /// [`Recency::window`] or more positions back, weigh 0.
@@ -96,15 +96,8 @@ impl Recency {
     }
 }
 
-/// How many of `times` are strictly later than each of them: an event's position for
-/// [`Recency::weight`], shared by the events at one time.
-pub fn newer_counts(times: &[i64]) -> Vec<usize> {
-    let mut sorted = times.to_vec();
-    sorted.sort_unstable();
-    times.iter().map(|&t| later_than(&sorted, t)).collect()
-}
-
-/// Entries of ascending `sorted` later than `t`.
+/// Entries of ascending `sorted` later than `t`: an event's position for [`Recency::weight`],
+/// shared by the events at one time.
 fn later_than(sorted: &[i64], t: i64) -> usize {
     sorted.len() - sorted.partition_point(|&x| x <= t)
 }
@@ -125,15 +118,17 @@ pub fn weighted_positives(
 
 #[cfg(test)]
 mod tests {
-    use super::{newer_counts, Recency};
+    use super::Recency;
 
     #[test]
     fn events_at_one_time_share_a_position() {
-        assert_eq!(newer_counts(&[5, 9, 5, 7, 9]), [3, 0, 3, 2, 0]);
         let r = Recency {
             half_life_days: 1e9,
             half_life_events: 1.0,
         };
+        // positions (positives strictly later) 3, 0, 3, 2, 0
+        let mixed = r.weigh(&[(1.0, 5), (1.0, 9), (1.0, 5), (1.0, 7), (1.0, 9)]);
+        assert_eq!(mixed, [0.125, 1.0, 0.125, 0.25, 1.0]);
         // a log without time: every positive weighs its own weight, whatever the order
         let tied = r.weigh(&[(1.0, 0), (2.0, 0), (-1.0, 0), (1.0, 0)]);
         assert_eq!(tied, [1.0, 2.0, 0.0, 1.0]);
