@@ -1,4 +1,6 @@
-//! Tests of the trainer.
+//! Tests of the trainer: each checks one mechanism of a training run end to end on the seeded
+//! synthetic data (`model::synth`). One file, since they share its fixtures (`small_synth`,
+//! `tiny_prep`).
 
 use super::*;
 use crate::model::sid::churn;
