@@ -1,6 +1,7 @@
 //! Client commands against a running server: `sidb import` (a dataset directory over gRPC) and
 //! `sidb training ...` (trigger, follow, list, roll back).
 
+use std::io::IsTerminal;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -87,9 +88,12 @@ impl Bar {
         }
     }
 
+    /// Redraws the bar; only on a terminal (a log gets the final line alone).
     fn show(&self, done: usize, extra: &str) {
-        let frac = done as f64 / self.total.max(1) as f64;
-        draw(self.what, frac, &format!("{done}/{} {extra}", self.total));
+        if std::io::stderr().is_terminal() {
+            let frac = done as f64 / self.total.max(1) as f64;
+            draw(self.what, frac, &format!("{done}/{} {extra}", self.total));
+        }
     }
 
     fn finish(&self) {
@@ -102,12 +106,16 @@ impl Bar {
 fn draw(what: &str, frac: f64, text: &str) {
     const W: usize = 30;
     let full = ((frac.clamp(0.0, 1.0)) * W as f64) as usize;
-    eprint!(
-        "\r{what:<12} [{}{}] {:>5.1}% {text}\x1b[K",
+    let bar = format!(
+        "{what:<12} [{}{}] {:>5.1}% {text}",
         "#".repeat(full),
         " ".repeat(W - full),
         frac * 100.0
     );
+    match std::io::stderr().is_terminal() {
+        true => eprint!("\r{bar}\x1b[K"),
+        false => eprint!("{bar}"),
+    }
     let _ = std::io::stderr().flush();
 }
 
