@@ -352,10 +352,17 @@ async fn watch(
         .await?
         .into_inner();
     let mut seen_running = false;
+    // Without a terminal (a log), one line per phase and per tenth of the run.
+    let terminal = std::io::stderr().is_terminal();
+    let mut logged: Option<(String, u32)> = None;
     while let Some(s) = stream.message().await? {
         let running = !matches!(s.phase.as_str(), "IDLE" | "FAILED");
         if running {
             seen_running = true;
+            let mark = (s.phase.clone(), (s.progress * 10.0) as u32);
+            if !terminal && logged.as_ref() == Some(&mark) {
+                continue;
+            }
             let losses: Vec<String> = {
                 let mut l: Vec<_> = s.losses.iter().collect();
                 l.sort_by(|a, b| a.0.cmp(b.0));
@@ -372,8 +379,14 @@ async fn watch(
                     losses.join(" ")
                 ),
             );
+            if !terminal {
+                eprintln!();
+                logged = Some(mark);
+            }
         } else if seen_running {
-            eprintln!();
+            if terminal {
+                eprintln!();
+            }
             print_status(&s);
             if s.phase == "FAILED" {
                 anyhow::bail!("training failed: {}", s.error);
