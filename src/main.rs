@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use cli::loadgen::{self, IngestOptions};
-use cli::{admin as admin_cli, chaos, model as model_cli};
+use cli::{admin, chaos, model};
 use sidb::config::Config;
 use sidb::types::Durability;
 
@@ -34,15 +34,15 @@ enum Command {
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Train one semantic-ID method on a dataset directory; write the checkpoint and SIDs.
-    Train(model_cli::TrainArgs),
+    Train(model::TrainArgs),
     /// Evaluate semantic-ID methods (leave-last-out) on a dataset directory; write a JSON report.
-    Eval(model_cli::EvalArgs),
+    Eval(model::EvalArgs),
     /// Load a dataset directory (the layout of docs/dataset-format.md) into a running server,
     /// with progress.
-    Import(admin_cli::ImportArgs),
+    Import(admin::ImportArgs),
     /// The background trainer of a running server: trigger, status, watch, versions, activate.
     #[command(subcommand)]
-    Training(admin_cli::TrainingCommand),
+    Training(admin::TrainingCommand),
     /// Crash test: run `sidb serve` on a data directory under a mixed workload, SIGKILL it at
     /// seeded moments, and check every restart against a model of what was acknowledged.
     Chaos(chaos::ChaosArgs),
@@ -232,11 +232,11 @@ fn main() -> anyhow::Result<()> {
     // The model commands need no runtime, and must set candle's thread count before any thread
     // pool exists.
     match &cli.command {
-        Command::Train(a) => return with_plain_logging(|| model_cli::run_train(a)),
-        Command::Eval(a) => return with_plain_logging(|| model_cli::run_eval(a)),
+        Command::Train(a) => return with_plain_logging(|| model::run_train(a)),
+        Command::Eval(a) => return with_plain_logging(|| model::run_eval(a)),
         // The background trainer's candle kernels: sized once, before any thread exists, to the
         // trainer's pool (training.threads) so serving keeps the other cores.
-        Command::Serve(args) => model_cli::set_threads(args.load()?.training.threads),
+        Command::Serve(args) => model::set_threads(args.load()?.training.threads),
         _ => {}
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -255,8 +255,8 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Ingest(a)) => rt.block_on(bench_ingest(a))?,
         Command::Bench(BenchCommand::Search(a)) => rt.block_on(bench_search(a))?,
         Command::Bench(BenchCommand::Recommend(a)) => rt.block_on(bench_recommend(a))?,
-        Command::Import(a) => rt.block_on(admin_cli::import(a))?,
-        Command::Training(c) => rt.block_on(admin_cli::training(c))?,
+        Command::Import(a) => rt.block_on(admin::import(a))?,
+        Command::Training(c) => rt.block_on(admin::training(c))?,
         Command::Chaos(a) => {
             if !rt.block_on(chaos::run(a))? {
                 std::process::exit(1);
