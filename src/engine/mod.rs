@@ -415,7 +415,10 @@ fn open_index(
         // Without its checkpoint the version's SIDs still serve; only online assignment
         // (and warm starts) stop until the next training publishes a version.
         match served::load_model(store.dir(), coll.entry.id, active) {
-            Ok(m) => index.model.store(Some(Arc::new(m))),
+            Ok(m) => {
+                index.set_priors(&m.popularity);
+                index.model.store(Some(Arc::new(m)));
+            }
             Err(e) => {
                 tracing::error!(collection = %info.name, version = active, error = %e, "active model not loadable; new entities get no SID until the next training")
             }

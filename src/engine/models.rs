@@ -516,7 +516,7 @@ pub fn publish(
         },
         Durability::Durable,
         |seq, op| {
-            index.install(seq, &sids.lock(), op);
+            index.install(seq, &sids.lock(), &m.popularity, op);
             index.model.store(Some(Arc::clone(&m)));
         },
     )?;

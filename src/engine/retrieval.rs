@@ -2,7 +2,7 @@
 //! recommendations. Validation first (every message names the field), then the collection's
 //! [`CollectionIndex`] on a blocking thread.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use super::index::{CollectionIndex, EntityHit, IndexState, Restrict, SpaceId};
@@ -616,12 +616,7 @@ fn model_candidates(
             &entry.z
         }
     };
-    let catalogue = IndexCatalogue {
-        st: &st,
-        popularity: model
-            .filter(|m| m.version == st.sid_version)
-            .map(|m| &m.popularity),
-    };
+    let catalogue = IndexCatalogue { st: &st };
     let skip: HashSet<PointId> = exclude.iter().filter_map(|id| st.items.point(id)).collect();
     // oldest first, as the profile weighs them; items without a point cannot be candidates
     let events: Vec<(PointId, f32, i64)> = history
@@ -686,7 +681,6 @@ fn model_candidates(
 /// popularity priors.
 struct IndexCatalogue<'a> {
     st: &'a IndexState,
-    popularity: Option<&'a HashMap<Arc<str>, f32>>,
 }
 
 impl Catalogue for IndexCatalogue<'_> {
@@ -709,8 +703,7 @@ impl Catalogue for IndexCatalogue<'_> {
         self.st.items.model.get(&item).map(|e| &e.z[..])
     }
     fn popularity(&self, item: PointId) -> f32 {
-        let prior = |id: &Arc<str>| self.popularity?.get(id).copied();
-        self.st.items.id(item).and_then(prior).unwrap_or(0.0)
+        self.st.item_priors.get(&item).copied().unwrap_or(0.0)
     }
 }
 

@@ -21,6 +21,34 @@ use crate::types::Metric;
 /// A point id: the engine's dense handle for an entity.
 pub type PointId = u64;
 
+/// A map keyed by point id. Point ids are assigned by the server (dense, never chosen by a
+/// client), so they need no hash-flooding defence: one multiply instead of SipHash, on the
+/// per-candidate lookups of `Recommend`. Maps keyed by client-chosen ids keep the standard
+/// hasher.
+pub type PointMap<V> = std::collections::HashMap<PointId, V, PointHashing>;
+
+/// The hashing of [`PointMap`].
+pub type PointHashing = std::hash::BuildHasherDefault<PointHasher>;
+
+/// Multiplicative hashing of a `u64` point id (the golden-ratio constant spreads consecutive ids
+/// over the high bits the map's control bytes use).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PointHasher(u64);
+
+impl std::hash::Hasher for PointHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0 ^ x).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// One search result.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Hit {

@@ -54,7 +54,7 @@ use crate::fsutil::{remove_dir_if_present, replace_dir, sibling, write_synced};
 use crate::index::calibrate::{calibrate, Calibration, QuerySample, EF_LADDER};
 use crate::index::flat::FlatIndex;
 use crate::index::hnsw::{DumpStamp, HnswIndex, HnswParams};
-use crate::index::{Hit, PointId};
+use crate::index::{Hit, PointId, PointMap};
 use crate::storage::codec::{Dec, Enc, RECORD_VERSION};
 use crate::storage::models::ModelSid;
 use crate::storage::ops::{SidUpdate, WriteOp};
@@ -92,12 +92,12 @@ impl SpaceId {
 #[derive(Debug, Default)]
 pub struct Entities {
     by_id: HashMap<Arc<str>, PointId>,
-    by_point: HashMap<PointId, Arc<str>>,
+    by_point: PointMap<Arc<str>>,
     /// SIDs of the entities that have one.
     pub trie: SidTrie,
     /// With an active model version: each entity's quantized embedding `z` and, for users, the
     /// item-code route Recommend searches under.
-    pub model: HashMap<PointId, ModelEntry>,
+    pub model: PointMap<ModelEntry>,
 }
 
 /// What the active model gave one entity besides its SID.
@@ -293,9 +293,24 @@ pub struct IndexState {
     /// While a training snapshot is being published: the entities written since the snapshot
     /// (their SIDs must be computed again from their newest state at activation).
     pub touched: Option<HashSet<(EntityKind, Arc<str>)>>,
+    /// `Recommend`'s popularity prior of each item the served version was trained on, by
+    /// point (`LoadedModel::popularity` bound to points when the version is installed); items
+    /// written since, and those deleted and written again, weigh 0.
+    pub item_priors: PointMap<f32>,
 }
 
+/// Popularity priors by item id, as a model version keeps them.
+pub type Priors = HashMap<Arc<str>, f32>;
+
 impl IndexState {
+    fn set_priors(&mut self, priors: &Priors) {
+        let items = &self.items;
+        self.item_priors = priors
+            .iter()
+            .filter_map(|(id, &p)| Some((items.point(id)?, p)))
+            .collect();
+    }
+
     /// The entities of a kind.
     pub fn entities(&self, kind: EntityKind) -> &Entities {
         match kind {
@@ -417,6 +432,7 @@ impl CollectionIndex {
                     user_space,
                     sid_version: 0,
                     touched: None,
+                    item_priors: PointMap::default(),
                 },
             ),
             model: ArcSwapOption::empty(),
@@ -434,14 +450,21 @@ impl CollectionIndex {
 
     /// Installs `sids` as the active version's SIDs (an activation), then applies the
     /// activation's own catch-up `op`. Readers see the old SIDs or the new ones, never a mix.
-    pub fn install(&self, seq: u64, sids: &VersionSids, op: &WriteOp) {
+    pub fn install(&self, seq: u64, sids: &VersionSids, priors: &Priors, op: &WriteOp) {
         let mut st = self.state.write();
         st.items.install(sids.version, &sids.items);
         st.users.install(sids.version, &sids.users);
         st.sid_version = sids.version;
         st.touched = None;
         apply_op(&mut st, seq, op);
+        st.set_priors(priors);
         st.applied_seq = seq;
+    }
+
+    /// Binds the served version's popularity priors to points (at start, once its model is
+    /// loaded; [`install`](Self::install) does it for a publication).
+    pub fn set_priors(&self, priors: &Priors) {
+        self.state.write().set_priors(priors);
     }
 
     /// Starts recording the entities written from now on (see [`IndexState::touched`]).
