@@ -689,8 +689,9 @@ impl Catalogue for IndexCatalogue<'_> {
         self.st.items.trie.count(prefix) as usize
     }
     fn for_each_under(&self, prefix: &[u32], f: &mut dyn FnMut(PointId)) {
-        for id in self.st.items.trie.ids_under(prefix) {
-            if let Some(p) = self.st.items.point(id) {
+        // the trie carries each entity's point: no id lookup per candidate
+        for p in self.st.items.trie.tags_under(prefix) {
+            if p != super::index::NO_POINT {
                 f(p);
             }
         }

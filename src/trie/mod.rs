@@ -19,7 +19,9 @@
 //! The trie does no I/O and knows nothing of storage; the engine rebuilds it with
 //! [`SidTrie::from_entries`] at start and keeps it in step with writes.
 //!
-//! Ids are `Arc<str>` so the two maps share one allocation per entity.
+//! Ids are `Arc<str>` so the two maps share one allocation per entity. Each entry also carries a
+//! `u64` tag of the caller's (the engine keeps the entity's point id there), so a bucket can be
+//! walked without looking each id up again ([`SidTrie::tags_under`]).
 
 mod cursor;
 #[cfg(test)]
@@ -27,7 +29,7 @@ mod tests;
 
 pub use cursor::Cursor;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -58,7 +60,8 @@ pub struct TrieEntry {
 #[derive(Debug, Default, Clone)]
 pub struct SidTrie {
     by_id: HashMap<Arc<str>, SemanticId>,
-    entries: BTreeSet<Key>,
+    /// Every entity's key -> its tag.
+    entries: BTreeMap<Key, u64>,
     nodes: HashMap<Vec<u32>, Node>,
 }
 
@@ -74,22 +77,31 @@ impl SidTrie {
         I: IntoIterator<Item = (S, SemanticId)>,
         S: Into<Arc<str>>,
     {
-        let mut by_id: HashMap<Arc<str>, SemanticId> = HashMap::new();
-        for (id, sid) in entries {
-            by_id.insert(id.into(), sid);
+        Self::from_tagged(entries.into_iter().map(|(id, sid)| (id, sid, 0)))
+    }
+
+    /// [`from_entries`](Self::from_entries) with each entry's tag.
+    pub fn from_tagged<I, S>(entries: I) -> Self
+    where
+        I: IntoIterator<Item = (S, SemanticId, u64)>,
+        S: Into<Arc<str>>,
+    {
+        let mut by_id: HashMap<Arc<str>, (SemanticId, u64)> = HashMap::new();
+        for (id, sid, tag) in entries {
+            by_id.insert(id.into(), (sid, tag));
         }
-        // Bulk-building the BTreeSet from a sorted vector is much faster than one insert each.
-        let mut keys: Vec<Key> = by_id
+        // Bulk-building the BTreeMap from a sorted vector is much faster than one insert each.
+        let mut keys: Vec<(Key, u64)> = by_id
             .iter()
-            .map(|(id, sid)| (sid.codes.clone(), sid.suffix, Arc::clone(id)))
+            .map(|(id, (sid, tag))| ((sid.codes.clone(), sid.suffix, Arc::clone(id)), *tag))
             .collect();
-        keys.sort_unstable();
+        keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut trie = SidTrie {
-            by_id,
-            entries: BTreeSet::new(),
+            by_id: by_id.into_iter().map(|(id, (sid, _))| (id, sid)).collect(),
+            entries: BTreeMap::new(),
             nodes: HashMap::new(),
         };
-        for (codes, _, _) in &keys {
+        for ((codes, _, _), _) in &keys {
             trie.add_counts(codes);
         }
         trie.entries = keys.into_iter().collect();
@@ -108,11 +120,16 @@ impl SidTrie {
 
     /// Sets the SID of `id`, replacing (and un-indexing) its previous one. Returns the previous SID.
     pub fn insert(&mut self, id: &str, sid: SemanticId) -> Option<SemanticId> {
+        self.insert_tagged(id, sid, 0)
+    }
+
+    /// [`insert`](Self::insert) with the entry's tag.
+    pub fn insert_tagged(&mut self, id: &str, sid: SemanticId, tag: u64) -> Option<SemanticId> {
         let previous = self.remove(id);
         let id: Arc<str> = Arc::from(id);
         self.add_counts(&sid.codes);
         self.entries
-            .insert((sid.codes.clone(), sid.suffix, Arc::clone(&id)));
+            .insert((sid.codes.clone(), sid.suffix, Arc::clone(&id)), tag);
         self.by_id.insert(id, sid);
         previous
     }
@@ -121,7 +138,7 @@ impl SidTrie {
     pub fn remove(&mut self, id: &str) -> Option<SemanticId> {
         let (id, sid) = self.by_id.remove_entry(id)?;
         let removed = self.entries.remove(&(sid.codes.clone(), sid.suffix, id));
-        debug_assert!(removed, "by_id and entries are kept in step");
+        debug_assert!(removed.is_some(), "by_id and entries are kept in step");
         self.sub_counts(&sid.codes);
         Some(sid)
     }
@@ -165,6 +182,7 @@ impl SidTrie {
         let mut iter = self
             .entries
             .range((start, Bound::Unbounded))
+            .map(|(k, _)| k)
             .take_while(|(codes, _, _)| codes.starts_with(prefix));
         let page: Vec<TrieEntry> = iter.by_ref().take(limit).map(|k| self.entry(k)).collect();
         let more = limit > 0 && iter.next().is_some();
@@ -177,11 +195,19 @@ impl SidTrie {
 
     /// Ids under `prefix`, in scan order.
     pub fn ids_under<'a>(&'a self, prefix: &'a [u32]) -> impl Iterator<Item = &'a Arc<str>> + 'a {
+        self.under(prefix).map(|((_, _, id), _)| id)
+    }
+
+    /// The tags of the entities under `prefix`, in scan order.
+    pub fn tags_under<'a>(&'a self, prefix: &'a [u32]) -> impl Iterator<Item = u64> + 'a {
+        self.under(prefix).map(|(_, &tag)| tag)
+    }
+
+    fn under<'a>(&'a self, prefix: &'a [u32]) -> impl Iterator<Item = (&'a Key, &'a u64)> + 'a {
         let start = (prefix.to_vec(), 0u32, Arc::<str>::from(""));
         self.entries
             .range(start..)
-            .take_while(move |(codes, _, _)| codes.starts_with(prefix))
-            .map(|(_, _, id)| id)
+            .take_while(move |((codes, _, _), _)| codes.starts_with(prefix))
     }
 
     /// The longest prefix of `codes` (possibly empty) whose bucket holds at least `min` entities;
@@ -200,7 +226,7 @@ impl SidTrie {
 
     /// Every `(id, sid)` in scan order (for rebuilding and checks).
     pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &SemanticId)> + '_ {
-        self.entries.iter().map(|(_, _, id)| {
+        self.entries.keys().map(|(_, _, id)| {
             let sid = self
                 .by_id
                 .get(id)

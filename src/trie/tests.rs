@@ -260,3 +260,22 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn tags_follow_their_entries_in_scan_order() {
+    let mut t = SidTrie::from_tagged([
+        ("b", sid(&[1, 2], 0), 20),
+        ("a", sid(&[1, 2], 0), 10),
+        ("c", sid(&[2], 0), 30),
+    ]);
+    assert_eq!(t.tags_under(&[1]).collect::<Vec<_>>(), [10, 20]);
+    // a new SID moves the entry with its new tag; a removed entry takes its tag with it
+    t.insert_tagged("a", sid(&[2, 5], 0), 11);
+    t.remove("b");
+    assert_eq!(t.tags_under(&[1]).count(), 0);
+    assert_eq!(t.tags_under(&[2]).collect::<Vec<_>>(), [30, 11]);
+    assert_eq!(t.tags_under(&[]).count(), t.len());
+    // untagged inserts carry 0
+    t.insert("d", sid(&[3], 0));
+    assert_eq!(t.tags_under(&[3]).collect::<Vec<_>>(), [0]);
+}

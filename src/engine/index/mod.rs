@@ -100,6 +100,10 @@ pub struct Entities {
     pub model: PointMap<ModelEntry>,
 }
 
+/// The trie tag of an entity with a SID but no point (none in practice: entities are bound
+/// before their SIDs are set).
+pub const NO_POINT: PointId = PointId::MAX;
+
 /// What the active model gave one entity besides its SID.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelEntry {
@@ -180,7 +184,9 @@ impl Entities {
     fn set_sid(&mut self, id: &str, sid: Option<&SemanticId>) {
         match sid {
             Some(s) => {
-                self.trie.insert(id, s.clone());
+                // unbound ids are never candidates: their tag matches no point
+                let tag = self.point(id).unwrap_or(NO_POINT);
+                self.trie.insert_tagged(id, s.clone(), tag);
             }
             None => {
                 self.trie.remove(id);
@@ -193,7 +199,7 @@ impl Entities {
         let point = self.point(id);
         match (sid, point) {
             (Some(s), Some(p)) => {
-                self.trie.insert(id, s.semantic_id(version));
+                self.trie.insert_tagged(id, s.semantic_id(version), p);
                 self.model.insert(
                     p,
                     ModelEntry {
@@ -217,7 +223,7 @@ impl Entities {
         let mut entries = Vec::with_capacity(sids.len());
         for (id, s) in sids {
             let Some(p) = self.point(id) else { continue };
-            entries.push((Arc::clone(id), s.semantic_id(version)));
+            entries.push((Arc::clone(id), s.semantic_id(version), p));
             self.model.insert(
                 p,
                 ModelEntry {
@@ -226,7 +232,7 @@ impl Entities {
                 },
             );
         }
-        self.trie = SidTrie::from_entries(entries);
+        self.trie = SidTrie::from_tagged(entries);
     }
 }
 
@@ -591,9 +597,8 @@ impl CollectionIndex {
             Some(p) if ents.trie.count(p) as usize <= exact_scan_max => {
                 let candidates: Vec<PointId> = ents
                     .trie
-                    .ids_under(p)
-                    .filter_map(|id| ents.point(id))
-                    .filter(|pt| !excluded.contains(pt))
+                    .tags_under(p)
+                    .filter(|pt| *pt != NO_POINT && !excluded.contains(pt))
                     .collect();
                 sp.flat.search(query, k, None, Some(&candidates))?
             }
