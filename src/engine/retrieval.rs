@@ -690,11 +690,7 @@ impl Catalogue for IndexCatalogue<'_> {
     }
     fn for_each_under(&self, prefix: &[u32], f: &mut dyn FnMut(PointId)) {
         // the trie carries each entity's point: no id lookup per candidate
-        for p in self.st.items.trie.tags_under(prefix) {
-            if p != super::index::NO_POINT {
-                f(p);
-            }
-        }
+        self.st.items.trie.tags_under(prefix).for_each(f);
     }
     fn codes(&self, item: PointId) -> Option<&[u32]> {
         let id = self.st.items.id(item)?;

@@ -86,18 +86,23 @@ impl SidTrie {
         I: IntoIterator<Item = (S, SemanticId, u64)>,
         S: Into<Arc<str>>,
     {
-        let mut by_id: HashMap<Arc<str>, (SemanticId, u64)> = HashMap::new();
-        for (id, sid, tag) in entries {
-            by_id.insert(id.into(), (sid, tag));
+        let entries: Vec<(Arc<str>, SemanticId, u64)> = entries
+            .into_iter()
+            .map(|(id, sid, tag)| (id.into(), sid, tag))
+            .collect();
+        let mut by_id: HashMap<Arc<str>, SemanticId> = HashMap::with_capacity(entries.len());
+        let mut keys: Vec<(Key, u64)> = Vec::with_capacity(entries.len());
+        // newest first, so that the last pair given for an id is the one kept
+        for (id, sid, tag) in entries.into_iter().rev() {
+            if let std::collections::hash_map::Entry::Vacant(slot) = by_id.entry(Arc::clone(&id)) {
+                keys.push(((sid.codes.clone(), sid.suffix, id), tag));
+                slot.insert(sid);
+            }
         }
         // Bulk-building the BTreeMap from a sorted vector is much faster than one insert each.
-        let mut keys: Vec<(Key, u64)> = by_id
-            .iter()
-            .map(|(id, (sid, tag))| ((sid.codes.clone(), sid.suffix, Arc::clone(id)), *tag))
-            .collect();
         keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut trie = SidTrie {
-            by_id: by_id.into_iter().map(|(id, (sid, _))| (id, sid)).collect(),
+            by_id,
             entries: BTreeMap::new(),
             nodes: HashMap::new(),
         };

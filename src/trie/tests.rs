@@ -278,4 +278,10 @@ fn tags_follow_their_entries_in_scan_order() {
     // untagged inserts carry 0
     t.insert("d", sid(&[3], 0));
     assert_eq!(t.tags_under(&[3]).collect::<Vec<_>>(), [0]);
+    // a later pair for the same id replaces the earlier one, tag and all
+    let t = SidTrie::from_tagged([("a", sid(&[1], 0), 1), ("a", sid(&[2], 0), 2)]);
+    assert_eq!(t.len(), 1);
+    assert_eq!(t.get("a"), Some(&sid(&[2], 0)));
+    assert_eq!(t.tags_under(&[]).collect::<Vec<_>>(), [2]);
+    assert_eq!(t.count(&[1]), 0);
 }

@@ -28,7 +28,7 @@ pub(super) fn apply_op(st: &mut IndexState, seq: u64, op: &WriteOp) {
             for item in items {
                 let p = st.point_or_bind(EntityKind::Items, &item.id);
                 if client_sids {
-                    st.items.set_sid(&item.id, item.sid.as_ref());
+                    st.items.set_sid(&item.id, p, item.sid.as_ref());
                 }
                 for (space, v) in st.item_spaces.iter_mut().zip(&item.vectors) {
                     space.upsert(p, v, seq);
@@ -39,7 +39,7 @@ pub(super) fn apply_op(st: &mut IndexState, seq: u64, op: &WriteOp) {
         WriteOp::DeleteItems(ids) => {
             for id in ids {
                 if let Some(p) = st.items.unbind(id) {
-                    st.items.set_sid(id, None);
+                    st.items.set_sid(id, p, None);
                     st.items.model.remove(&p);
                     st.item_priors.remove(&p);
                     st.item_spaces.iter_mut().for_each(|s| s.remove(p));
@@ -51,7 +51,7 @@ pub(super) fn apply_op(st: &mut IndexState, seq: u64, op: &WriteOp) {
             for user in users {
                 let p = st.point_or_bind(EntityKind::Users, &user.id);
                 if client_sids {
-                    st.users.set_sid(&user.id, user.sid.as_ref());
+                    st.users.set_sid(&user.id, p, user.sid.as_ref());
                 }
                 if let Some(space) = st.user_space.as_mut() {
                     match &user.vector {
@@ -65,7 +65,7 @@ pub(super) fn apply_op(st: &mut IndexState, seq: u64, op: &WriteOp) {
         WriteOp::DeleteUsers(ids) => {
             for id in ids {
                 if let Some(p) = st.users.unbind(id) {
-                    st.users.set_sid(id, None);
+                    st.users.set_sid(id, p, None);
                     st.users.model.remove(&p);
                     if let Some(space) = st.user_space.as_mut() {
                         space.remove(p);

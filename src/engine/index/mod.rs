@@ -100,10 +100,6 @@ pub struct Entities {
     pub model: PointMap<ModelEntry>,
 }
 
-/// The trie tag of an entity with a SID but no point (none in practice: entities are bound
-/// before their SIDs are set).
-pub const NO_POINT: PointId = PointId::MAX;
-
 /// What the active model gave one entity besides its SID.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelEntry {
@@ -181,12 +177,11 @@ impl Entities {
         Some(point)
     }
 
-    fn set_sid(&mut self, id: &str, sid: Option<&SemanticId>) {
+    /// Sets (or clears) the client SID of `id`, bound to `point`.
+    fn set_sid(&mut self, id: &str, point: PointId, sid: Option<&SemanticId>) {
         match sid {
             Some(s) => {
-                // unbound ids are never candidates: their tag matches no point
-                let tag = self.point(id).unwrap_or(NO_POINT);
-                self.trie.insert_tagged(id, s.clone(), tag);
+                self.trie.insert_tagged(id, s.clone(), point);
             }
             None => {
                 self.trie.remove(id);
@@ -598,7 +593,7 @@ impl CollectionIndex {
                 let candidates: Vec<PointId> = ents
                     .trie
                     .tags_under(p)
-                    .filter(|pt| *pt != NO_POINT && !excluded.contains(pt))
+                    .filter(|pt| !excluded.contains(pt))
                     .collect();
                 sp.flat.search(query, k, None, Some(&candidates))?
             }

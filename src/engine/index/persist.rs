@@ -93,7 +93,7 @@ impl CollectionIndex {
                 EntityKind::Users => &mut st.users,
             };
             ents.bind(id, p);
-            ents.set_sid(id, sid.as_ref());
+            ents.set_sid(id, p, sid.as_ref());
             match &entity {
                 Scanned::Item(x) => {
                     for (space, v) in st.item_spaces.iter_mut().zip(&x.vectors) {
