@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::neighbours::NeighbourSettings;
 use crate::model::recommend::RecommendSettings;
 
 pub use crate::auth::AuthConfig;
@@ -280,6 +281,12 @@ pub struct TrainingConfig {
     pub batch: usize,
     /// Seed of the trainer. Default 42.
     pub seed: u64,
+    /// The item co-occurrence neighbours trained with each version for `Recommend`'s ranking
+    /// (`[training.neighbours]`, see [`crate::model::neighbours`]): each item keeps its `k`
+    /// most co-occurring items (cosine of the user sets, `shrink` added to the denominator)
+    /// from each user's newest `user_cap` positives; a source item's list is cut at
+    /// `max_fanout`. Memory: 8 bytes per kept pair, at most `k` per item.
+    pub neighbours: NeighbourSettings,
 }
 
 impl Default for TrainingConfig {
@@ -302,6 +309,7 @@ impl Default for TrainingConfig {
             warm_steps: 0,
             batch: 0,
             seed: 42,
+            neighbours: NeighbourSettings::default(),
         }
     }
 }
@@ -436,6 +444,9 @@ impl Config {
             .validate("retrieval.")
             .map_err(ConfigError::Invalid)?;
         let t = &self.training;
+        t.neighbours
+            .validate("training.neighbours.")
+            .map_err(ConfigError::Invalid)?;
         if !(0..=19).contains(&t.nice) {
             return Err(ConfigError::Invalid(format!(
                 "training.nice: expected 0..=19, got {}",

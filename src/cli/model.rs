@@ -96,6 +96,9 @@ pub struct EvalArgs {
     /// itemknn: half-lives by position to choose from on validation (0 = by age only).
     #[arg(long, value_delimiter = ',')]
     knn_half_lives: Vec<f64>,
+    /// itemknn: sources kept per target item to choose from on validation (0 = all).
+    #[arg(long, value_delimiter = ',')]
+    knn_neighbours: Vec<usize>,
     /// ease: lambdas to choose from on validation.
     #[arg(long, value_delimiter = ',')]
     ease_lambdas: Vec<f64>,
@@ -377,6 +380,9 @@ fn classical_options(a: &EvalArgs) -> ClassicalOptions {
     let mut c = ClassicalOptions::default();
     if !a.knn_half_lives.is_empty() {
         c.knn_half_lives = a.knn_half_lives.clone();
+    }
+    if !a.knn_neighbours.is_empty() {
+        c.knn_neighbours = a.knn_neighbours.clone();
     }
     if !a.ease_lambdas.is_empty() {
         c.ease_lambdas = a.ease_lambdas.clone();

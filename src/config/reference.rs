@@ -11,10 +11,11 @@ use std::collections::BTreeMap;
 use super::Config;
 
 /// Where the config structs are defined.
-const SOURCES: [&str; 3] = [
+const SOURCES: [&str; 4] = [
     include_str!("../config.rs"),
     include_str!("../auth.rs"),
     include_str!("../model/recommend.rs"),
+    include_str!("../model/neighbours.rs"),
 ];
 const BEGIN: &str =
     "<!-- BEGIN configuration reference: generated from src/config.rs by `SIDB_BLESS=1 cargo test config::reference` -->";

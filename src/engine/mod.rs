@@ -416,7 +416,7 @@ fn open_index(
         // (and warm starts) stop until the next training publishes a version.
         match served::load_model(store.dir(), coll.entry.id, active) {
             Ok(m) => {
-                index.set_priors(&m.popularity);
+                index.bind_model_items(&m);
                 index.model.store(Some(Arc::new(m)));
             }
             Err(e) => {

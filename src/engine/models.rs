@@ -516,7 +516,7 @@ pub fn publish(
         },
         Durability::Durable,
         |seq, op| {
-            index.install(seq, &sids.lock(), &m.popularity, op);
+            index.install(seq, &sids.lock(), &m, op);
             index.model.store(Some(Arc::clone(&m)));
         },
     )?;

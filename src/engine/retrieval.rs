@@ -658,9 +658,10 @@ fn model_candidates(
             let beam: Vec<recommend::BeamLevel> = (1..=route.len())
                 .map(|l| vec![(route[..l].to_vec(), 0.0)])
                 .collect();
-            let cands =
-                recommend::candidates(&beam, &catalogue, &recent, &|p| skip.contains(&p), settings);
-            recommend::rank(&catalogue, &view, &cands, k, settings)
+            let votes = recommend::votes(&catalogue, &recent, settings);
+            let skip = |p: PointId| skip.contains(&p);
+            let cands = recommend::candidates(&beam, &catalogue, &recent, &votes, &skip, settings);
+            recommend::rank(&catalogue, &view, &votes, &cands, k, settings)
         }
     };
     Ok(Some(
@@ -701,6 +702,9 @@ impl Catalogue for IndexCatalogue<'_> {
     }
     fn popularity(&self, item: PointId) -> f32 {
         self.st.item_priors.get(&item).copied().unwrap_or(0.0)
+    }
+    fn for_each_neighbour(&self, source: PointId, f: &mut dyn FnMut(PointId, f32)) {
+        self.st.item_neighbours.for_each(source, f)
     }
 }
 

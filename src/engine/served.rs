@@ -3,7 +3,8 @@
 //!
 //! A version's checkpoint is `models/<collection id>/<version>/`: `model.safetensors` and
 //! `model.json` (the tensors and shapes, `model::das`), `serving.json` ([`ServingInfo`]) and
-//! `popularity.json` (the items' priors for `Recommend`). It is written to a `.tmp` sibling,
+//! `popularity.json` (the items' priors for `Recommend`) and `neighbours.bin` (the items'
+//! co-occurrence neighbours for `Recommend`, [`VersionNeighbours`]). It is written to a `.tmp` sibling,
 //! fsync'ed and renamed, so a directory under its final name is whole; reading a damaged one is
 //! DATA_LOSS. This module knows nothing of the index or of publication (`engine::models`):
 //! both use it.
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::fsutil::{remove_dir_if_present, replace_dir, sibling, sync_tree};
+use crate::model::neighbours::ItemNeighbours;
 use crate::model::{Encoded, ModelError, TrainedModel};
 use crate::storage::models::ModelSid;
 use crate::storage::{Collection, Store};
@@ -62,10 +64,96 @@ pub struct LoadedModel {
     /// snapshot), scaled to `[0, 1]`); items written since weigh 0, as do all items of versions
     /// saved before the prior existed.
     pub popularity: HashMap<Arc<str>, f32>,
+    /// The trained items' co-occurrence neighbours for `Recommend` (empty in versions saved
+    /// before they existed).
+    pub neighbours: VersionNeighbours,
 }
 
 /// File of a version's popularity priors: a JSON array of `[item id, prior]`.
 const POPULARITY_FILE: &str = "popularity.json";
+
+/// File of a version's co-occurrence neighbours ([`VersionNeighbours::to_bytes`]).
+const NEIGHBOURS_FILE: &str = "neighbours.bin";
+
+/// First bytes of [`NEIGHBOURS_FILE`].
+const NEIGHBOURS_MAGIC: &[u8; 8] = b"SIDBNBR1";
+
+/// A version's item co-occurrence neighbours ([`ItemNeighbours`]) over its training items:
+/// row `r` of `lists` is item `items[r]`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VersionNeighbours {
+    /// The item id of each row.
+    pub items: Vec<Arc<str>>,
+    /// The lists, shared with the index that serves them.
+    pub lists: Arc<ItemNeighbours>,
+}
+
+impl VersionNeighbours {
+    /// The file encoding: the magic, the id count (u64 LE), each id (u32 LE length, UTF-8),
+    /// the length of the lists' encoding (u64 LE) and that encoding
+    /// ([`ItemNeighbours::to_bytes`]), then the CRC-32 of all of it (u32 LE).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = NEIGHBOURS_MAGIC.to_vec();
+        out.extend_from_slice(&(self.items.len() as u64).to_le_bytes());
+        for id in &self.items {
+            out.extend_from_slice(&(id.len() as u32).to_le_bytes());
+            out.extend_from_slice(id.as_bytes());
+        }
+        let lists = self.lists.to_bytes();
+        out.extend_from_slice(&(lists.len() as u64).to_le_bytes());
+        out.extend_from_slice(&lists);
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Decodes [`VersionNeighbours::to_bytes`]; any damage is an error that says what.
+    pub fn from_bytes(b: &[u8]) -> std::result::Result<Self, String> {
+        if b.len() < NEIGHBOURS_MAGIC.len() + 4 || &b[..8] != NEIGHBOURS_MAGIC {
+            return Err("not a neighbours file (magic)".into());
+        }
+        let (body, crc) = b.split_at(b.len() - 4);
+        if crc32fast::hash(body).to_le_bytes() != crc {
+            return Err("checksum mismatch".into());
+        }
+        let mut at = 8usize;
+        let mut take = |n: usize| -> std::result::Result<&[u8], String> {
+            let s = body
+                .get(at..at.checked_add(n).ok_or("length overflow")?)
+                .ok_or_else(|| format!("truncated at byte {at}"))?;
+            at += n;
+            Ok(s)
+        };
+        let n = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes"));
+        if n > body.len() as u64 / 4 {
+            return Err(format!("{n} item ids do not fit {} bytes", body.len()));
+        }
+        let mut items = Vec::with_capacity(n as usize);
+        for k in 0..n {
+            let len = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
+            let id = std::str::from_utf8(take(len)?)
+                .map_err(|_| format!("item id {k} is not UTF-8"))?;
+            items.push(Arc::from(id));
+        }
+        let len = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes"));
+        let lists = take(usize::try_from(len).map_err(|_| "length overflow")?)?;
+        let lists = ItemNeighbours::from_bytes(lists).map_err(|e| e.0)?;
+        if at != body.len() {
+            return Err(format!("{} bytes after the lists", body.len() - at));
+        }
+        if lists.len() != items.len() {
+            return Err(format!(
+                "{} lists for {} item ids",
+                lists.len(),
+                items.len()
+            ));
+        }
+        Ok(Self {
+            items,
+            lists: Arc::new(lists),
+        })
+    }
+}
 
 /// The SID quality report of a version (stored as JSON in its record).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -141,11 +229,20 @@ pub fn load_model(data_dir: &Path, coll_id: u64, version: u64) -> Result<LoadedM
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
         Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
     };
+    let path = dir.join(NEIGHBOURS_FILE);
+    let neighbours = match std::fs::read(&path) {
+        Ok(bytes) => VersionNeighbours::from_bytes(&bytes)
+            .map_err(|e| Error::DataLoss(format!("{}: {e}", path.display())))?,
+        // a version saved before the neighbours existed
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => VersionNeighbours::default(),
+        Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+    };
     Ok(LoadedModel {
         version,
         model,
         info,
         popularity,
+        neighbours,
     })
 }
 
@@ -159,6 +256,7 @@ pub(super) fn save_model(data_dir: &Path, coll_id: u64, m: &LoadedModel) -> Resu
     rows.sort_by(|a, b| a.0.cmp(b.0));
     let json = serde_json::to_vec(&rows).expect("plain data serialises");
     crate::fsutil::write_synced(&tmp.join(POPULARITY_FILE), &json)?;
+    crate::fsutil::write_synced(&tmp.join(NEIGHBOURS_FILE), &m.neighbours.to_bytes())?;
     sync_tree(&tmp)?;
     if let Some(parent) = dir.parent() {
         std::fs::create_dir_all(parent)
@@ -327,5 +425,48 @@ mod tests {
         let back: ServingInfo =
             serde_json::from_str(&serde_json::to_string(&new).expect("json")).expect("read");
         assert_eq!(back.recency().half_life_events, 2.0);
+    }
+
+    fn sample() -> VersionNeighbours {
+        VersionNeighbours {
+            items: vec![Arc::from("a"), Arc::from("b\u{e9}"), Arc::from("")],
+            lists: Arc::new(ItemNeighbours::from_lists(vec![
+                vec![(1, 0.5), (2, 0.25)],
+                vec![(0, 0.5)],
+                vec![],
+            ])),
+        }
+    }
+
+    #[test]
+    fn neighbours_files_round_trip_and_every_damage_is_named() {
+        let v = sample();
+        let b = v.to_bytes();
+        assert_eq!(VersionNeighbours::from_bytes(&b).expect("round trip"), v);
+        let empty = VersionNeighbours::default();
+        assert_eq!(
+            VersionNeighbours::from_bytes(&empty.to_bytes()).expect("empty"),
+            empty
+        );
+        // every flipped byte and every truncation is an error, never a panic
+        for k in 0..b.len() {
+            let mut d = b.clone();
+            d[k] ^= 0x40;
+            assert!(VersionNeighbours::from_bytes(&d).is_err(), "byte {k}");
+            assert!(VersionNeighbours::from_bytes(&b[..k]).is_err(), "cut {k}");
+        }
+        let mut d = b.clone();
+        d[20] ^= 1;
+        assert_eq!(
+            VersionNeighbours::from_bytes(&d).unwrap_err(),
+            "checksum mismatch"
+        );
+        // well-formed lists of another size than the id table
+        let odd = VersionNeighbours {
+            items: vec![Arc::from("a")],
+            ..sample()
+        };
+        let err = VersionNeighbours::from_bytes(&odd.to_bytes()).unwrap_err();
+        assert!(err.contains("3 lists for 1 item ids"), "{err}");
     }
 }

@@ -34,12 +34,13 @@ use tokio::sync::watch;
 use super::index::VersionSids;
 use super::indexer::Indexes;
 use super::models::{self, das_config, encode_snapshot, PublishCtx, Snapshot};
-use super::served::{LoadedModel, ModelReport, ServingInfo};
+use super::served::{LoadedModel, ModelReport, ServingInfo, VersionNeighbours};
 
 mod job;
 use crate::config::{RetrievalConfig, TrainingConfig};
 use crate::error::{Error, Result};
 use crate::model::data::Prepared;
+use crate::model::neighbours::ItemNeighbours;
 use crate::model::{self as das, Method, Progress, TrainControl};
 use crate::storage::{Collection, Store};
 use crate::types::EntityKind;

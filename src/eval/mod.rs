@@ -21,12 +21,14 @@ pub mod summary;
 pub mod tuning;
 
 use std::collections::HashSet;
+use std::sync::OnceLock;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::model::data::{Dataset, Prepared};
 use crate::model::recommend::{self, Catalogue, RecommendSettings, RowCatalogue, UserView};
+use crate::model::neighbours::{ItemNeighbours, NeighbourSettings};
 use crate::model::sid::QualityReport;
 use crate::model::{trainer, DasConfig, Method, ModelError, Result, TrainStats, TrainedModel};
 use classical::ClassicalOptions;
@@ -57,6 +59,9 @@ pub struct EvalOptions {
     pub timeless: bool,
     /// The grids of the classical baselines.
     pub classical: ClassicalOptions,
+    /// How the co-occurrence neighbours retrieval (a) ranks with are built (the server's
+    /// `[training.neighbours]` defaults unless set).
+    pub neighbours: NeighbourSettings,
 }
 
 impl Default for EvalOptions {
@@ -70,6 +75,7 @@ impl Default for EvalOptions {
             on_validation: false,
             timeless: false,
             classical: ClassicalOptions::default(),
+            neighbours: NeighbourSettings::default(),
         }
     }
 }
@@ -279,6 +285,8 @@ struct Ctx<'a> {
     split: split::Split,
     train_sets: Vec<HashSet<u32>>,
     opts: &'a EvalOptions,
+    /// The train positives' co-occurrence neighbours, built on first use (the SID methods').
+    neighbours: OnceLock<ItemNeighbours>,
 }
 
 /// Runs every method in `methods` on `ds`.
@@ -326,6 +334,7 @@ pub fn evaluate_with_progress(
         split,
         train_sets,
         opts,
+        neighbours: OnceLock::new(),
     };
     let mut report = EvalReport {
         dataset: ds.name.clone(),
@@ -406,7 +415,19 @@ impl Ctx<'_> {
         let levels = model.meta.config.levels;
         // the train counts' log-popularity, as a published version keeps it
         let popularity = self.prep.item_stats.iter().map(|s| s[0]).collect();
-        let catalogue = RowCatalogue::new(&items.codes, levels, &items.z, items.dim, popularity);
+        // the neighbours a published version keeps, from the same train positives
+        let neighbours = self.neighbours.get_or_init(|| {
+            let p = &self.prep;
+            ItemNeighbours::build(&p.user_items, p.n_items, &self.opts.neighbours)
+        });
+        let catalogue = RowCatalogue::new(
+            &items.codes,
+            levels,
+            &items.z,
+            items.dim,
+            popularity,
+            neighbours,
+        );
         let mean_item = crate::model::mean_length(items.z.chunks(items.dim.max(1)));
         let recent = &self.recent_items();
         let users = &users;
@@ -427,13 +448,14 @@ impl Ctx<'_> {
                     let excl = &self.train_sets[u as usize];
                     let recent = &recent[u as usize];
                     let beam = &beams[u as usize];
-                    let cands =
-                        recommend::candidates(beam, &catalogue, recent, &|i| excl.contains(&i), s);
+                    let votes = recommend::votes(&catalogue, recent, s);
+                    let skip = |i: u32| excl.contains(&i);
+                    let cands = recommend::candidates(beam, &catalogue, recent, &votes, &skip, s);
                     let user = UserView {
                         z: recommend::user_z(users, u as usize),
                         recent,
                     };
-                    let top = recommend::rank(&catalogue, &user, &cands, RANKED, s);
+                    let top = recommend::rank(&catalogue, &user, &votes, &cands, RANKED, s);
                     (top.iter().position(|&(i, _)| i == target), cands.len())
                 })
                 .collect::<Vec<_>>()

@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::classical::{ActiveItems, Ease, ItemKnn, Svd};
+use super::classical::{neighbourhood, neighbourhood_scores, ActiveItems, Ease, ItemKnn, Svd};
+use crate::model::neighbours::ItemNeighbours;
 use super::metrics::{rank_of, RankSums};
 use super::{Ctx, MethodResult, ScoreFn};
 use crate::model::{ModelError, Result};
@@ -51,19 +52,28 @@ impl Ctx<'_> {
             "itemknn" => {
                 let knn = ItemKnn::fit(active);
                 let base = self.opts.config.recency();
-                let grid = &c.knn_half_lives;
-                self.tune(r, grid.len(), &mut |k| {
+                let lives = &c.knn_half_lives;
+                let sizes = &c.knn_neighbours;
+                let pruned: Vec<Option<ItemNeighbours>> = sizes
+                    .iter()
+                    .map(|&k| (k > 0).then(|| neighbourhood(prep, k)))
+                    .collect();
+                let (knn, pruned) = (&knn, &pruned);
+                self.tune(r, lives.len() * sizes.len(), &mut |k| {
+                    let (size, life) = (k / lives.len(), lives[k % lives.len()]);
                     let rec = crate::profile::Recency {
-                        half_life_events: grid[k],
+                        half_life_events: life,
                         ..base
                     };
                     rec.validate("knn_").map_err(ModelError::InvalidConfig)?;
-                    let knn = &knn;
-                    let f = move |ids: &[u32]| Ok(knn.scores(prep, ids, rec));
-                    Ok((
-                        format!("half_life_events={}", grid[k]),
-                        Box::new(f) as Box<ScoreFn<'_>>,
-                    ))
+                    let setting = format!("neighbours={},half_life_events={life}", sizes[size]);
+                    let f: Box<ScoreFn<'_>> = match &pruned[size] {
+                        Some(nb) => {
+                            Box::new(move |ids: &[u32]| Ok(neighbourhood_scores(nb, prep, ids, rec)))
+                        }
+                        None => Box::new(move |ids: &[u32]| Ok(knn.scores(prep, ids, rec))),
+                    };
+                    Ok((setting, f))
                 })?;
             }
             "ease" => {

@@ -31,6 +31,7 @@ pub mod data;
 pub mod icdm;
 pub mod kmeans;
 pub mod mdam;
+pub mod neighbours;
 pub mod nn;
 pub mod ops;
 pub mod recommend;

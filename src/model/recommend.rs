@@ -9,18 +9,23 @@
 //!   of the deepest level that holds `candidates` items, best bucket first, until that many are
 //!   in (level 1 holds the whole catalogue: the budget, not one bucket, sets the size);
 //! - the **buckets of the user's newest items**: for each of up to `recent_buckets` of them, the
-//!   items of the deepest prefix of its SID that holds `min_bucket` items.
+//!   items of the deepest prefix of its SID that holds `min_bucket` items;
+//! - the `cooc_candidates` items with the most **co-occurrence votes** (below) that are not in
+//!   yet.
 //!
-//! They are ranked by what the model learned, each term a setting:
-//! `w_user * cos(z_u, z_i) + w_recent * sum_r w_r cos(z_r, z_i) / sum_r w_r + w_pop * pop_i`
-//! with `w_r` the recency weight of the user's item `r` and `pop_i` the item's popularity prior
-//! (in `[0, 1]`, from the catalogue).
-use std::collections::{BTreeMap, HashSet};
+//! They are ranked by what the model version learned, each term a setting:
+//! `w_user * cos(z_u, z_i) + w_recent * sum_r w_r cos(z_r, z_i) / sum_r w_r + w_pop * pop_i
+//! + w_cooc * votes_i`, with `w_r` the recency weight of the user's item `r`, `pop_i` the item's
+//! popularity prior (in `[0, 1]`, from the catalogue) and `votes_i = sum_r w_r sim(r, i) /
+//! sum_r w_r` over the user's newest `cooc_items` items, `sim` the version's item co-occurrence
+//! neighbours ([`super::neighbours`]; 0 for an item outside `r`'s list).
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::Hash;
 
 use serde::{Deserialize, Serialize};
 
 use super::das::{Encoded, TrainedModel};
+use super::neighbours::ItemNeighbours;
 use super::{ModelError, Result};
 use crate::profile::Recency;
 
@@ -47,6 +52,13 @@ pub struct RecommendSettings {
     pub w_recent: f32,
     /// Weight of the popularity prior. Default 1.
     pub w_pop: f32,
+    /// Weight of the co-occurrence votes of the user's newest items. Default 4.
+    pub w_cooc: f32,
+    /// Newest items of the user whose co-occurrence neighbours vote. Default 100.
+    pub cooc_items: usize,
+    /// Items with the most votes added to the candidates (0: the SID candidates only).
+    /// Default 200.
+    pub cooc_candidates: usize,
 }
 
 impl Default for RecommendSettings {
@@ -59,6 +71,9 @@ impl Default for RecommendSettings {
             w_user: 1.0,
             w_recent: 2.0,
             w_pop: 1.0,
+            w_cooc: 4.0,
+            cooc_items: 100,
+            cooc_candidates: 200,
         }
     }
 }
@@ -87,10 +102,19 @@ impl RecommendSettings {
                 self.recent_buckets
             ));
         }
+        for (name, n) in [
+            ("cooc_items", self.cooc_items),
+            ("cooc_candidates", self.cooc_candidates),
+        ] {
+            if n > 100_000 {
+                return Err(format!("{prefix}{name}: expected 0..=100000, got {n}"));
+            }
+        }
         for (name, w) in [
             ("w_user", self.w_user),
             ("w_recent", self.w_recent),
             ("w_pop", self.w_pop),
+            ("w_cooc", self.w_cooc),
         ] {
             if !w.is_finite() || w.abs() > 1e6 {
                 return Err(format!(
@@ -117,6 +141,8 @@ pub trait Catalogue {
     fn z(&self, item: Self::Item) -> Option<&[f32]>;
     /// The item's popularity prior in `[0, 1]`.
     fn popularity(&self, item: Self::Item) -> f32;
+    /// Calls `f` with each co-occurrence target of `source` and its similarity.
+    fn for_each_neighbour(&self, source: Self::Item, f: &mut dyn FnMut(Self::Item, f32));
 }
 
 /// A catalogue of rows: item `i`'s codes are `codes[i * levels..]`, its `z` `z[i * dim..]`, its
@@ -129,17 +155,19 @@ pub struct RowCatalogue<'a> {
     z: &'a [f32],
     dim: usize,
     popularity: Vec<f32>,
+    neighbours: &'a ItemNeighbours,
 }
 
 impl<'a> RowCatalogue<'a> {
-    /// Indexes `codes` (`n x levels`) with the `z`s (`n x dim`) and priors (`n`) of the same
-    /// items.
+    /// Indexes `codes` (`n x levels`) with the `z`s (`n x dim`), priors (`n`) and co-occurrence
+    /// neighbours of the same items.
     pub fn new(
         codes: &'a [u32],
         levels: usize,
         z: &'a [f32],
         dim: usize,
         popularity: Vec<f32>,
+        neighbours: &'a ItemNeighbours,
     ) -> Self {
         Self {
             index: PrefixIndex::new(codes, levels),
@@ -148,6 +176,7 @@ impl<'a> RowCatalogue<'a> {
             z,
             dim,
             popularity,
+            neighbours,
         }
     }
 }
@@ -170,6 +199,9 @@ impl Catalogue for RowCatalogue<'_> {
     }
     fn popularity(&self, item: u32) -> f32 {
         self.popularity.get(item as usize).copied().unwrap_or(0.0)
+    }
+    fn for_each_neighbour(&self, source: u32, f: &mut dyn FnMut(u32, f32)) {
+        self.neighbours.of(source).for_each(|(t, w)| f(t, w));
     }
 }
 
@@ -280,11 +312,34 @@ fn l2(v: &[f32]) -> f32 {
     v.iter().map(|x| x * x).sum::<f32>().sqrt()
 }
 
+/// The co-occurrence votes of a user's newest `cooc_items` items (see the module doc); empty
+/// when `w_cooc` and `cooc_candidates` are both 0.
+pub fn votes<C: Catalogue>(
+    catalogue: &C,
+    recent: &[(C::Item, f32)],
+    s: &RecommendSettings,
+) -> HashMap<C::Item, f32> {
+    let mut votes: HashMap<C::Item, f32> = HashMap::new();
+    if s.w_cooc == 0.0 && s.cooc_candidates == 0 {
+        return votes;
+    }
+    let mut total = 0.0f32;
+    for &(r, w) in recent.iter().take(s.cooc_items).filter(|(_, w)| *w > 0.0) {
+        total += w;
+        catalogue.for_each_neighbour(r, &mut |t, sim| *votes.entry(t).or_default() += w * sim);
+    }
+    if total > 0.0 {
+        votes.values_mut().for_each(|v| *v /= total);
+    }
+    votes
+}
+
 /// The candidates of one user (see the module doc), deduplicated, without `exclude`d items.
 pub fn candidates<C: Catalogue>(
     beam: &[BeamLevel],
     catalogue: &C,
     recent: &[(C::Item, f32)],
+    votes: &HashMap<C::Item, f32>,
     exclude: &dyn Fn(C::Item) -> bool,
     s: &RecommendSettings,
 ) -> Vec<C::Item> {
@@ -322,6 +377,20 @@ pub fn candidates<C: Catalogue>(
             take(&codes[..l], &mut out);
         }
     }
+    if s.cooc_candidates > 0 {
+        let mut best: Vec<(C::Item, f32)> = votes
+            .iter()
+            .filter(|(i, _)| !seen.contains(i) && !exclude(**i))
+            .map(|(i, v)| (*i, *v))
+            .collect();
+        let by = |a: &(C::Item, f32), b: &(C::Item, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if best.len() > s.cooc_candidates {
+            best.select_nth_unstable_by(s.cooc_candidates, by);
+            best.truncate(s.cooc_candidates);
+        }
+        best.sort_by(by);
+        out.extend(best.into_iter().map(|(i, _)| i));
+    }
     out
 }
 
@@ -348,6 +417,7 @@ fn unit(v: &[f32]) -> Vec<f32> {
 pub fn rank<C: Catalogue>(
     catalogue: &C,
     user: &UserView<'_, C::Item>,
+    votes: &HashMap<C::Item, f32>,
     candidates: &[C::Item],
     k: usize,
     s: &RecommendSettings,
@@ -382,6 +452,9 @@ pub fn rank<C: Catalogue>(
             if s.w_pop != 0.0 {
                 score += s.w_pop * catalogue.popularity(i);
             }
+            if s.w_cooc != 0.0 {
+                score += s.w_cooc * votes.get(&i).copied().unwrap_or(0.0);
+            }
             Some((i, score))
         })
         .collect();
@@ -406,8 +479,9 @@ pub fn recommend<C: Catalogue>(
     s: &RecommendSettings,
 ) -> Result<Vec<(C::Item, f32)>> {
     let beam = model.route_beam(user.z, mean_item_norm, s.beam, &|p| catalogue.count(p))?;
-    let cands = candidates(&beam, catalogue, user.recent, exclude, s);
-    Ok(rank(catalogue, user, &cands, k, s))
+    let votes = votes(catalogue, user.recent, s);
+    let cands = candidates(&beam, catalogue, user.recent, &votes, exclude, s);
+    Ok(rank(catalogue, user, &votes, &cands, k, s))
 }
 
 /// A user's positive events (`(item, weight, time ms)`, oldest first) as [`UserView::recent`]:
@@ -445,6 +519,8 @@ mod tests {
         codes: Vec<Vec<u32>>,
         z: Vec<Vec<f32>>,
         pop: Vec<f32>,
+        /// (source, target, similarity)
+        nb: Vec<(u32, u32, f32)>,
     }
 
     impl Toy {
@@ -472,6 +548,13 @@ mod tests {
         fn popularity(&self, item: u32) -> f32 {
             self.pop[item as usize]
         }
+        fn for_each_neighbour(&self, source: u32, f: &mut dyn FnMut(u32, f32)) {
+            self.nb.iter().filter(|x| x.0 == source).for_each(|x| f(x.1, x.2));
+        }
+    }
+
+    fn none() -> HashMap<u32, f32> {
+        HashMap::new()
     }
 
     /// 4 x 4 buckets of 5 items each: item `i` has codes `[i / 20, (i / 5) % 4]`.
@@ -481,6 +564,7 @@ mod tests {
             codes: (0..n).map(|i| vec![i / 20, (i / 5) % 4]).collect(),
             z: (0..n).map(|i| vec![1.0, i as f32 / n as f32]).collect(),
             pop: (0..n).map(|i| i as f32 / n as f32).collect(),
+            nb: vec![(0, 79, 0.5), (0, 60, 0.25), (1, 60, 1.0), (2, 61, 1.0)],
         }
     }
 
@@ -521,7 +605,7 @@ mod tests {
             ..RecommendSettings::default()
         };
         let beam = beam_of(&[&[1, 2], &[3, 0], &[1, 1]]);
-        let got = candidates(&beam, &t, &[], &|_| false, &s);
+        let got = candidates(&beam, &t, &[], &none(), &|_| false, &s);
         // whole buckets, best first, until the budget of 12 is in: 5 + 5 + 5
         let want: Vec<u32> = [t.under(&[1, 2]), t.under(&[3, 0]), t.under(&[1, 1])].concat();
         assert_eq!(got, want);
@@ -529,7 +613,7 @@ mod tests {
         // one bucket's worth of budget: the first bucket alone
         let one = RecommendSettings { candidates: 5, ..s };
         assert_eq!(
-            candidates(&beam, &t, &[], &|_| false, &one),
+            candidates(&beam, &t, &[], &none(), &|_| false, &one),
             t.under(&[1, 2])
         );
     }
@@ -544,14 +628,14 @@ mod tests {
             recent_buckets: 0,
             ..RecommendSettings::default()
         };
-        let got = candidates(&beam, &t, &[], &|_| false, &s);
+        let got = candidates(&beam, &t, &[], &none(), &|_| false, &s);
         assert_eq!(got, [t.under(&[1]), t.under(&[3])].concat());
         // beyond every level: level 1, all of it
         let big = RecommendSettings {
             candidates: 1000,
             ..s
         };
-        assert_eq!(candidates(&beam, &t, &[], &|_| false, &big).len(), 40);
+        assert_eq!(candidates(&beam, &t, &[], &none(), &|_| false, &big).len(), 40);
     }
 
     #[test]
@@ -566,7 +650,7 @@ mod tests {
         };
         // the newest item 47 ([2, 1]) adds its bucket 45..50; the older 70 is past the window
         let recent = [(47u32, 1.0), (70, 0.5)];
-        let got = candidates(&beam, &t, &recent, &|i| i == 46 || i == 2, &s);
+        let got = candidates(&beam, &t, &recent, &none(), &|i| i == 46 || i == 2, &s);
         let mut want: Vec<u32> = [0, 1, 3, 4, 45, 47, 48, 49].to_vec();
         want.sort();
         let mut sorted = got.clone();
@@ -574,7 +658,7 @@ mod tests {
         assert_eq!(sorted, want);
         // a bucket below min_bucket is widened to the prefix that holds it
         let wide = RecommendSettings { min_bucket: 6, ..s };
-        let got = candidates(&beam, &t, &recent, &|_| false, &wide);
+        let got = candidates(&beam, &t, &recent, &none(), &|_| false, &wide);
         assert!(t.under(&[2]).iter().all(|i| got.contains(i)));
     }
 
@@ -585,6 +669,7 @@ mod tests {
             // the user points along x, item 1 is close to it, item 2 to the newest item 0
             z: vec![vec![0.0, 1.0], vec![1.0, 0.1], vec![0.1, 1.0]],
             pop: vec![0.0, 0.0, 1.0],
+            nb: Vec::new(),
         };
         let recent = [(0u32, 1.0)];
         let user = UserView {
@@ -597,7 +682,7 @@ mod tests {
             w_pop: 0.0,
             ..RecommendSettings::default()
         };
-        let top = |s: &RecommendSettings| rank(&t, &user, &[1, 2], 2, s)[0].0;
+        let top = |s: &RecommendSettings| rank(&t, &user, &none(), &[1, 2], 2, s)[0].0;
         assert_eq!(top(&only_user), 1);
         let only_recent = RecommendSettings {
             w_user: 0.0,
@@ -614,9 +699,53 @@ mod tests {
         };
         assert_eq!(top(&even), 2);
         // scores are cosines (no length preference), best first, k cuts
-        let got = rank(&t, &user, &[1, 2], 1, &only_user);
+        let got = rank(&t, &user, &none(), &[1, 2], 1, &only_user);
         assert_eq!(got.len(), 1);
         assert!((got[0].1 - 1.0 / 1.01f32.sqrt()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn co_occurrence_votes_add_candidates_outside_the_sid_buckets_and_rank_them() {
+        let t = toy();
+        let beam = beam_of(&[&[0, 0]]);
+        let s = RecommendSettings {
+            candidates: 5,
+            recent_buckets: 0,
+            w_user: 0.0,
+            w_recent: 0.0,
+            w_pop: 0.0,
+            w_cooc: 1.0,
+            cooc_items: 2,
+            cooc_candidates: 2,
+            ..RecommendSettings::default()
+        };
+        // newest 0 (weight 3), then 1 (weight 1); 2 is past cooc_items
+        let recent = [(0u32, 3.0), (1, 1.0), (2, 1.0)];
+        let votes = votes(&t, &recent, &s);
+        // 60: (3 x 0.25 + 1 x 1) / 4; 79: 3 x 0.5 / 4; 61 has no vote
+        assert_eq!(votes.len(), 2);
+        assert!((votes[&60] - 1.75 / 4.0).abs() < 1e-6);
+        assert!((votes[&79] - 1.5 / 4.0).abs() < 1e-6);
+        let cands = candidates(&beam, &t, &recent, &votes, &|_| false, &s);
+        // the bucket [0, 0] (items 0-4), then the best-voted items, which no bucket held
+        assert_eq!(cands, vec![0, 1, 2, 3, 4, 60, 79]);
+        let top = rank(&t, &UserView { z: &[1.0, 0.0], recent: &recent }, &votes, &cands, 2, &s);
+        assert_eq!(top.iter().map(|x| x.0).collect::<Vec<_>>(), vec![60, 79]);
+        // an excluded item is no candidate; cooc_candidates 0 keeps the SID candidates only
+        let cands = candidates(&beam, &t, &recent, &votes, &|i| i == 60, &s);
+        assert_eq!(cands, vec![0, 1, 2, 3, 4, 79]);
+        let sid_only = RecommendSettings {
+            cooc_candidates: 0,
+            ..s
+        };
+        let cands = candidates(&beam, &t, &recent, &votes, &|_| false, &sid_only);
+        assert_eq!(cands, vec![0, 1, 2, 3, 4]);
+        // no weight and no candidates: no votes are gathered
+        let off = RecommendSettings {
+            w_cooc: 0.0,
+            ..sid_only
+        };
+        assert!(super::votes(&t, &recent, &off).is_empty());
     }
 
     #[test]

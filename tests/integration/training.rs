@@ -862,12 +862,23 @@ impl ExpectedRecommend {
             min_bucket: MIN_BUCKET as usize,
             ..RecommendSettings::default()
         };
+        // the version's neighbours over this view's item order
+        let nb = &self.model.neighbours;
+        let order: Vec<Option<u32>> = (nb.items.iter())
+            .map(|id| self.ids.iter().position(|x| **x == **id).map(|i| i as u32))
+            .collect();
+        let mut lists = vec![Vec::new(); self.ids.len()];
+        for (src, list) in nb.lists.remap(&order) {
+            lists[src as usize] = list;
+        }
+        let neighbours = sidb::model::neighbours::ItemNeighbours::from_lists(lists);
         let catalogue = RowCatalogue::new(
             &self.codes,
             self.levels,
             &self.z,
             self.dim,
             self.popularity.clone(),
+            &neighbours,
         );
         let recency = self.model.info.recency();
         let rows: Vec<(Vec<f32>, f32, i64)> = history
@@ -894,9 +905,11 @@ impl ExpectedRecommend {
             .model
             .route_beam(&user.z, mean, settings.beam, &|p| catalogue.count(p))
             .expect("beam");
-        let cands = recommend::candidates(&beam, &catalogue, &recent, &|_| false, &settings);
+        let votes = recommend::votes(&catalogue, &recent, &settings);
+        let cands =
+            recommend::candidates(&beam, &catalogue, &recent, &votes, &|_| false, &settings);
         let buckets: HashSet<&[u32]> = cands.iter().filter_map(|&i| catalogue.codes(i)).collect();
-        let top = recommend::rank(&catalogue, &view, &cands, k, &settings);
+        let top = recommend::rank(&catalogue, &view, &votes, &cands, k, &settings);
         let list = top
             .into_iter()
             .map(|(i, s)| (self.ids[i as usize].clone(), s))

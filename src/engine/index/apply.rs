@@ -41,7 +41,7 @@ pub(super) fn apply_op(st: &mut IndexState, seq: u64, op: &WriteOp) {
                 if let Some(p) = st.items.unbind(id) {
                     st.items.set_sid(id, p, None);
                     st.items.model.remove(&p);
-                    st.item_priors.remove(&p);
+                    st.unbind_model_item(p);
                     st.item_spaces.iter_mut().for_each(|s| s.remove(p));
                 }
                 touch(st, EntityKind::Items, id);

@@ -47,7 +47,8 @@ pub use calibration::{CALIBRATE_MIN_POINTS, CALIBRATE_QUERIES};
 #[cfg(test)]
 mod tests;
 
-use super::served::LoadedModel;
+use super::served::{LoadedModel, VersionNeighbours};
+use crate::model::neighbours::ItemNeighbours;
 
 use crate::error::{Error, Result};
 use crate::fsutil::{remove_dir_if_present, replace_dir, sibling, write_synced};
@@ -298,18 +299,69 @@ pub struct IndexState {
     /// point (`LoadedModel::popularity` bound to points when the version is installed); items
     /// written since, and those deleted and written again, weigh 0.
     pub item_priors: PointMap<f32>,
+    /// `Recommend`'s co-occurrence neighbours of the items the served version was trained on,
+    /// bound to points like the priors.
+    pub item_neighbours: BoundNeighbours,
 }
 
-/// Popularity priors by item id, as a model version keeps them.
-pub type Priors = HashMap<Arc<str>, f32>;
+/// A served version's co-occurrence neighbours ([`VersionNeighbours`]) over points: the lists
+/// stay the version's (shared, by row), each row is bound to the point of its item.
+#[derive(Debug, Default)]
+pub struct BoundNeighbours {
+    lists: Arc<ItemNeighbours>,
+    /// The row of each point trained on.
+    rows: PointMap<u32>,
+    /// The point of each row (`None`: no such item now, or deleted since).
+    points: Vec<Option<PointId>>,
+}
+
+impl BoundNeighbours {
+    fn bind(n: &VersionNeighbours, items: &Entities) -> Self {
+        let points: Vec<Option<PointId>> = n.items.iter().map(|id| items.point(id)).collect();
+        let rows = (points.iter().enumerate())
+            .filter_map(|(r, p)| Some(((*p)?, r as u32)))
+            .collect();
+        Self {
+            lists: Arc::clone(&n.lists),
+            rows,
+            points,
+        }
+    }
+
+    /// Calls `f` with each bound target of `source` and its similarity.
+    pub fn for_each(&self, source: PointId, f: &mut dyn FnMut(PointId, f32)) {
+        let Some(&row) = self.rows.get(&source) else {
+            return;
+        };
+        for (t, s) in self.lists.of(row) {
+            if let Some(Some(p)) = self.points.get(t as usize) {
+                f(*p, s);
+            }
+        }
+    }
+
+    /// Unbinds a deleted item, as source and as target.
+    fn remove(&mut self, p: PointId) {
+        if let Some(row) = self.rows.remove(&p) {
+            self.points[row as usize] = None;
+        }
+    }
+}
 
 impl IndexState {
-    fn set_priors(&mut self, priors: &Priors) {
+    /// Binds the served version's popularity priors and neighbours to points.
+    fn bind_model_items(&mut self, m: &LoadedModel) {
         let items = &self.items;
-        self.item_priors = priors
-            .iter()
+        self.item_priors = (m.popularity.iter())
             .filter_map(|(id, &p)| Some((items.point(id)?, p)))
             .collect();
+        self.item_neighbours = BoundNeighbours::bind(&m.neighbours, items);
+    }
+
+    /// Forgets a deleted item's priors and neighbours.
+    fn unbind_model_item(&mut self, p: PointId) {
+        self.item_priors.remove(&p);
+        self.item_neighbours.remove(p);
     }
 
     /// The entities of a kind.
@@ -434,6 +486,7 @@ impl CollectionIndex {
                     sid_version: 0,
                     touched: None,
                     item_priors: PointMap::default(),
+                    item_neighbours: BoundNeighbours::default(),
                 },
             ),
             model: ArcSwapOption::empty(),
@@ -451,21 +504,21 @@ impl CollectionIndex {
 
     /// Installs `sids` as the active version's SIDs (an activation), then applies the
     /// activation's own catch-up `op`. Readers see the old SIDs or the new ones, never a mix.
-    pub fn install(&self, seq: u64, sids: &VersionSids, priors: &Priors, op: &WriteOp) {
+    pub fn install(&self, seq: u64, sids: &VersionSids, model: &LoadedModel, op: &WriteOp) {
         let mut st = self.state.write();
         st.items.install(sids.version, &sids.items);
         st.users.install(sids.version, &sids.users);
         st.sid_version = sids.version;
         st.touched = None;
         apply_op(&mut st, seq, op);
-        st.set_priors(priors);
+        st.bind_model_items(model);
         st.applied_seq = seq;
     }
 
-    /// Binds the served version's popularity priors to points (at start, once its model is
+    /// Binds the served version's popularity priors and neighbours to points (at start, once its model is
     /// loaded; [`install`](Self::install) does it for a publication).
-    pub fn set_priors(&self, priors: &Priors) {
-        self.state.write().set_priors(priors);
+    pub fn bind_model_items(&self, model: &LoadedModel) {
+        self.state.write().bind_model_items(model);
     }
 
     /// Starts recording the entities written from now on (see [`IndexState::touched`]).

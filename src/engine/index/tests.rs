@@ -118,3 +118,37 @@ fn a_damaged_calibration_is_a_clear_error() {
     let err = PointsFile::read(dir.path()).unwrap_err().to_string();
     assert!(err.contains("checksum"), "{err}");
 }
+
+#[test]
+fn neighbours_bind_to_points_and_a_deleted_item_leaves_both_ends() {
+    use crate::model::neighbours::ItemNeighbours;
+    let mut items = Entities::default();
+    // "a" -> 10, "b" -> 11, "c" -> 12; "gone" was trained on but is not in the index
+    for (id, p) in [("a", 10), ("b", 11), ("c", 12)] {
+        items.bind(id, p);
+    }
+    let n = VersionNeighbours {
+        items: ["a", "gone", "b", "c"].map(Arc::from).to_vec(),
+        lists: Arc::new(ItemNeighbours::from_lists(vec![
+            vec![(2, 0.5), (1, 0.4), (3, 0.25)],
+            vec![(0, 0.9)],
+            vec![(0, 0.5)],
+            vec![(0, 0.25), (2, 0.125)],
+        ])),
+    };
+    let mut b = BoundNeighbours::bind(&n, &items);
+    let of = |b: &BoundNeighbours, p: PointId| {
+        let mut v = Vec::new();
+        b.for_each(p, &mut |t, s| v.push((t, s)));
+        v
+    };
+    // the unbound "gone" is neither a source nor a target
+    assert_eq!(of(&b, 10), vec![(11, 0.5), (12, 0.25)]);
+    assert_eq!(of(&b, 12), vec![(10, 0.25), (11, 0.125)]);
+    assert!(of(&b, 99).is_empty());
+    // deleting "b" removes its list and its place in the others'
+    b.remove(11);
+    assert!(of(&b, 11).is_empty());
+    assert_eq!(of(&b, 10), vec![(12, 0.25)]);
+    assert_eq!(of(&b, 12), vec![(10, 0.25)]);
+}

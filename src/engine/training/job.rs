@@ -108,6 +108,13 @@ pub(super) fn train(job: &Job) -> Result<Candidate> {
             .zip(&prep.item_stats)
             .map(|(id, s)| (Arc::clone(id), s[0].clamp(0.0, 1.0)))
             .collect(),
+        // the neighbours the evaluation's retrieval (a) uses: the training positives
+        neighbours: VersionNeighbours {
+            items: snap.item_ids.to_vec(),
+            lists: Arc::new(pool.install(|| {
+                ItemNeighbours::build(&prep.user_items, prep.n_items, &ctx.training.neighbours)
+            })),
+        },
     };
     let sids = pool.install(|| encode_snapshot(&mut loaded, snap, &prep))?;
     let mut report = quality_report(&loaded, &sids);

@@ -1,9 +1,11 @@
 //! Item-kNN: cosine similarity of the items' train user sets, summed over a user's positives
-//! with the profiles' recency weights.
+//! with the profiles' recency weights; over all pairs ([`ItemKnn`]) or each item's `k` most
+//! similar ones ([`neighbourhood_scores`], the co-occurrence neighbours `Recommend` ranks with).
 use rayon::prelude::*;
 
 use super::{axpy, ActiveItems};
 use crate::model::data::Prepared;
+use crate::model::neighbours::{ItemNeighbours, NeighbourSettings};
 use crate::profile::Recency;
 
 /// The fitted similarity matrix; the recency weighting is a scoring setting, so one fit serves
@@ -54,6 +56,38 @@ impl ItemKnn {
     }
 }
 
+/// Score rows like [`ItemKnn::scores`] through each target's `k` most similar sources only
+/// ([`ItemNeighbours::build`], every target kept per source).
+pub fn neighbourhood_scores(
+    nb: &ItemNeighbours,
+    prep: &Prepared,
+    users: &[u32],
+    recency: Recency,
+) -> Vec<Vec<f32>> {
+    users
+        .par_iter()
+        .map(|&u| {
+            let mut row = vec![0.0f32; prep.n_items];
+            for (a, w) in user_weights(prep, u, recency) {
+                nb.of(a).for_each(|(t, s)| row[t as usize] += w * s);
+            }
+            row
+        })
+        .collect()
+}
+
+/// The neighbours [`neighbourhood_scores`] uses: each target's `k` best sources, nothing else
+/// cut.
+pub fn neighbourhood(prep: &Prepared, k: usize) -> ItemNeighbours {
+    let s = NeighbourSettings {
+        k,
+        shrink: 0.0,
+        user_cap: usize::MAX,
+        max_fanout: usize::MAX,
+    };
+    ItemNeighbours::build(&prep.user_items, prep.n_items, &s)
+}
+
 /// Each train positive of `u` with its recency weight, oldest first: the weights the user's
 /// profile input gives its items ([`crate::model::data::profile_input`]).
 pub fn user_weights(prep: &Prepared, u: u32, recency: Recency) -> Vec<(u32, f32)> {
@@ -89,6 +123,34 @@ mod tests {
         assert_eq!(s(1, 2), 0.0);
         assert!((s(2, 2) - 1.0).abs() < 1e-6);
         assert_eq!(s(1, 0), s(0, 1));
+    }
+
+    #[test]
+    fn a_neighbourhood_of_all_items_scores_like_the_dense_fit_and_a_small_one_prunes() {
+        let p = prepared(30, 12, &blocks(30, 12, 0.7, 5));
+        let knn = ItemKnn::fit(ActiveItems::new(&p));
+        let users: Vec<u32> = (0..30).collect();
+        let r = events(Recency {
+            half_life_days: 1.0,
+            half_life_events: 2.0,
+        });
+        let dense = knn.scores(&p, &users, r);
+        let all = neighbourhood_scores(&neighbourhood(&p, 12), &p, &users, r);
+        for (u, (d, a)) in dense.iter().zip(&all).enumerate() {
+            // the user's own items differ by the dense fit's diagonal; they are never ranked
+            let own = &p.user_items[u];
+            for i in (0..12u32).filter(|i| !own.contains(i)) {
+                let (x, y) = (d[i as usize], a[i as usize]);
+                assert!((x - y).abs() < 1e-5, "user {u} item {i}: {x} {y}");
+            }
+        }
+        // k = 2: every target keeps its two best sources, all of its own block
+        let two = neighbourhood_scores(&neighbourhood(&p, 2), &p, &users, r);
+        for (u, row) in users.iter().zip(&two) {
+            let (mine, other) = if u % 2 == 0 { (0..6, 6..12) } else { (6..12, 0..6) };
+            assert!(other.map(|i| row[i]).all(|x| x == 0.0), "user {u}: {row:?}");
+            assert!(mine.map(|i| row[i]).any(|x| x > 0.0));
+        }
     }
 
     #[test]

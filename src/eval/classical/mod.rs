@@ -21,7 +21,7 @@ mod itemknn;
 mod svd;
 
 pub use ease::Ease;
-pub use itemknn::ItemKnn;
+pub use itemknn::{neighbourhood, neighbourhood_scores, ItemKnn};
 pub use svd::Svd;
 
 use rayon::prelude::*;
@@ -35,6 +35,9 @@ pub struct ClassicalOptions {
     /// `itemknn`: half-lives by position (`Recency::half_life_events`, 0 = by age only); the
     /// half-life by age is the model's (`recency_half_life_days`). Default 0, 1, 2, 4, 8, 16.
     pub knn_half_lives: Vec<f64>,
+    /// `itemknn`: sources kept per target item (0 = every item, the dense fit). Default 0, 50,
+    /// 100, 200.
+    pub knn_neighbours: Vec<usize>,
     /// `ease`: ridge strengths. Default 20, 100, 500, 2500.
     pub ease_lambdas: Vec<f64>,
     /// `svd`: ranks (capped by the data). Default 16, 32, 64, 128, 256.
@@ -47,6 +50,7 @@ impl Default for ClassicalOptions {
     fn default() -> Self {
         Self {
             knn_half_lives: vec![0.0, 1.0, 2.0, 4.0, 8.0, 16.0],
+            knn_neighbours: vec![0, 50, 100, 200],
             ease_lambdas: vec![20.0, 100.0, 500.0, 2500.0],
             svd_ranks: vec![16, 32, 64, 128, 256],
             svd_power_iters: 6,
