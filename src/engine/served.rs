@@ -131,8 +131,8 @@ impl VersionNeighbours {
         let mut items = Vec::with_capacity(n as usize);
         for k in 0..n {
             let len = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
-            let id = std::str::from_utf8(take(len)?)
-                .map_err(|_| format!("item id {k} is not UTF-8"))?;
+            let id =
+                std::str::from_utf8(take(len)?).map_err(|_| format!("item id {k} is not UTF-8"))?;
             items.push(Arc::from(id));
         }
         let len = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes"));

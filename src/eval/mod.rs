@@ -27,8 +27,8 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::model::data::{Dataset, Prepared};
-use crate::model::recommend::{self, Catalogue, RecommendSettings, RowCatalogue, UserView};
 use crate::model::neighbours::{ItemNeighbours, NeighbourSettings};
+use crate::model::recommend::{self, Catalogue, RecommendSettings, RowCatalogue, UserView};
 use crate::model::sid::QualityReport;
 use crate::model::{trainer, DasConfig, Method, ModelError, Result, TrainStats, TrainedModel};
 use classical::ClassicalOptions;

@@ -7,9 +7,9 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::classical::{neighbourhood, neighbourhood_scores, ActiveItems, Ease, ItemKnn, Svd};
-use crate::model::neighbours::ItemNeighbours;
 use super::metrics::{rank_of, RankSums};
 use super::{Ctx, MethodResult, ScoreFn};
+use crate::model::neighbours::ItemNeighbours;
 use crate::model::{ModelError, Result};
 
 /// One grid point of a baseline and its validation score.
@@ -68,9 +68,9 @@ impl Ctx<'_> {
                     rec.validate("knn_").map_err(ModelError::InvalidConfig)?;
                     let setting = format!("neighbours={},half_life_events={life}", sizes[size]);
                     let f: Box<ScoreFn<'_>> = match &pruned[size] {
-                        Some(nb) => {
-                            Box::new(move |ids: &[u32]| Ok(neighbourhood_scores(nb, prep, ids, rec)))
-                        }
+                        Some(nb) => Box::new(move |ids: &[u32]| {
+                            Ok(neighbourhood_scores(nb, prep, ids, rec))
+                        }),
                         None => Box::new(move |ids: &[u32]| Ok(knn.scores(prep, ids, rec))),
                     };
                     Ok((setting, f))

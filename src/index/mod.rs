@@ -47,6 +47,9 @@ impl std::hash::Hasher for PointHasher {
     fn write_u64(&mut self, x: u64) {
         self.0 = (self.0 ^ x).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
+    fn write_u32(&mut self, x: u32) {
+        self.write_u64(u64::from(x));
+    }
 }
 
 /// One search result.

@@ -112,10 +112,7 @@ impl ItemNeighbours {
                 item_users[i as usize].push(u as u32);
             }
         }
-        let norm: Vec<f32> = item_users
-            .iter()
-            .map(|u| (u.len() as f32).sqrt())
-            .collect();
+        let norm: Vec<f32> = item_users.iter().map(|u| (u.len() as f32).sqrt()).collect();
         // per target: co-occurrence counts with every item its users touched, the best k sources
         let mut acc = vec![0u32; n_items];
         let mut touched: Vec<u32> = Vec::new();
@@ -330,7 +327,9 @@ mod tests {
     fn log(seed: u64, users: usize, n: u32) -> Vec<Vec<u32>> {
         let mut x = seed;
         let mut next = || {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (x >> 33) as u32
         };
         (0..users)
@@ -379,7 +378,10 @@ mod tests {
             let g = if t <= 4 { 1..=4 } else { 5..=8 };
             let sources: Vec<u32> = (0..9).filter(|&s| nb.of(s).any(|x| x.0 == t)).collect();
             assert_eq!(sources.len(), 2, "target {t}: {sources:?}");
-            assert!(sources.iter().all(|s| g.contains(s)), "target {t}: {sources:?}");
+            assert!(
+                sources.iter().all(|s| g.contains(s)),
+                "target {t}: {sources:?}"
+            );
         }
         // every target keeps at most k sources
         let mut per_target = [0usize; 9];
@@ -426,7 +428,10 @@ mod tests {
         let mut t = b.clone();
         let at = 16 + 8 * (nb.len() + 1);
         t[at..at + 4].copy_from_slice(&99u32.to_le_bytes());
-        assert!(ItemNeighbours::from_bytes(&t).unwrap_err().0.contains("target 99"));
+        assert!(ItemNeighbours::from_bytes(&t)
+            .unwrap_err()
+            .0
+            .contains("target 99"));
         // a NaN similarity
         let mut s = b.clone();
         let at = at + 4 * nb.pairs();
@@ -440,7 +445,8 @@ mod tests {
 
     #[test]
     fn remap_drops_unmapped_items_both_ways() {
-        let nb = ItemNeighbours::from_lists(vec![vec![(1, 0.5), (2, 0.25)], vec![(0, 0.5)], vec![]]);
+        let nb =
+            ItemNeighbours::from_lists(vec![vec![(1, 0.5), (2, 0.25)], vec![(0, 0.5)], vec![]]);
         let got = nb.remap(&[Some(10u64), None, Some(12)]);
         assert_eq!(got, vec![(10, vec![(12, 0.25)]), (12, vec![])]);
     }

@@ -14,12 +14,19 @@
 //!   yet.
 //!
 //! They are ranked by what the model version learned, each term a setting:
-//! `w_user * cos(z_u, z_i) + w_recent * sum_r w_r cos(z_r, z_i) / sum_r w_r + w_pop * pop_i
-//! + w_cooc * votes_i`, with `w_r` the recency weight of the user's item `r`, `pop_i` the item's
-//! popularity prior (in `[0, 1]`, from the catalogue) and `votes_i = sum_r w_r sim(r, i) /
-//! sum_r w_r` over the user's newest `cooc_items` items, `sim` the version's item co-occurrence
-//! neighbours ([`super::neighbours`]; 0 for an item outside `r`'s list).
+//!
+//! ```text
+//! w_user * cos(z_u, z_i) + w_recent * sum_r w_r cos(z_r, z_i) / sum_r w_r
+//!     + w_pop * pop_i + w_cooc * votes_i
+//! ```
+//!
+//! with `w_r` the recency weight of the user's item `r`, `pop_i` the item's popularity prior (in
+//! `[0, 1]`, from the catalogue) and `votes_i = sum_r w_r sim(r, i) / sum_r w_r` over the user's
+//! newest `cooc_items` items, `sim` the version's item co-occurrence neighbours
+//! ([`super::neighbours`]; 0 for an item outside `r`'s list).
 use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::index::PointHashing;
 use std::hash::Hash;
 
 use serde::{Deserialize, Serialize};
@@ -50,11 +57,11 @@ pub struct RecommendSettings {
     /// Weight of the recency-weighted mean cosine of the user's items' `z` and the item's.
     /// Default 2.
     pub w_recent: f32,
-    /// Weight of the popularity prior. Default 1.
+    /// Weight of the popularity prior. Default 0.5.
     pub w_pop: f32,
-    /// Weight of the co-occurrence votes of the user's newest items. Default 4.
+    /// Weight of the co-occurrence votes of the user's newest items. Default 8.
     pub w_cooc: f32,
-    /// Newest items of the user whose co-occurrence neighbours vote. Default 100.
+    /// Newest items of the user whose co-occurrence neighbours vote. Default 300.
     pub cooc_items: usize,
     /// Items with the most votes added to the candidates (0: the SID candidates only).
     /// Default 200.
@@ -70,9 +77,9 @@ impl Default for RecommendSettings {
             recent_buckets: 5,
             w_user: 1.0,
             w_recent: 2.0,
-            w_pop: 1.0,
-            w_cooc: 4.0,
-            cooc_items: 100,
+            w_pop: 0.5,
+            w_cooc: 8.0,
+            cooc_items: 300,
             cooc_candidates: 200,
         }
     }
@@ -312,14 +319,18 @@ fn l2(v: &[f32]) -> f32 {
     v.iter().map(|x| x * x).sum::<f32>().sqrt()
 }
 
+/// Co-occurrence votes by item (hashed like points: the items are the catalogue's own
+/// numbers, never a client's).
+pub type Votes<I> = HashMap<I, f32, PointHashing>;
+
 /// The co-occurrence votes of a user's newest `cooc_items` items (see the module doc); empty
 /// when `w_cooc` and `cooc_candidates` are both 0.
 pub fn votes<C: Catalogue>(
     catalogue: &C,
     recent: &[(C::Item, f32)],
     s: &RecommendSettings,
-) -> HashMap<C::Item, f32> {
-    let mut votes: HashMap<C::Item, f32> = HashMap::new();
+) -> Votes<C::Item> {
+    let mut votes = Votes::default();
     if s.w_cooc == 0.0 && s.cooc_candidates == 0 {
         return votes;
     }
@@ -339,11 +350,11 @@ pub fn candidates<C: Catalogue>(
     beam: &[BeamLevel],
     catalogue: &C,
     recent: &[(C::Item, f32)],
-    votes: &HashMap<C::Item, f32>,
+    votes: &Votes<C::Item>,
     exclude: &dyn Fn(C::Item) -> bool,
     s: &RecommendSettings,
 ) -> Vec<C::Item> {
-    let mut seen: HashSet<C::Item> = HashSet::new();
+    let mut seen: HashSet<C::Item, PointHashing> = HashSet::default();
     let mut out = Vec::new();
     let mut take = |prefix: &[u32], out: &mut Vec<C::Item>| {
         catalogue.for_each_under(prefix, &mut |i| {
@@ -417,7 +428,7 @@ fn unit(v: &[f32]) -> Vec<f32> {
 pub fn rank<C: Catalogue>(
     catalogue: &C,
     user: &UserView<'_, C::Item>,
-    votes: &HashMap<C::Item, f32>,
+    votes: &Votes<C::Item>,
     candidates: &[C::Item],
     k: usize,
     s: &RecommendSettings,
@@ -549,12 +560,15 @@ mod tests {
             self.pop[item as usize]
         }
         fn for_each_neighbour(&self, source: u32, f: &mut dyn FnMut(u32, f32)) {
-            self.nb.iter().filter(|x| x.0 == source).for_each(|x| f(x.1, x.2));
+            self.nb
+                .iter()
+                .filter(|x| x.0 == source)
+                .for_each(|x| f(x.1, x.2));
         }
     }
 
-    fn none() -> HashMap<u32, f32> {
-        HashMap::new()
+    fn none() -> Votes<u32> {
+        Votes::default()
     }
 
     /// 4 x 4 buckets of 5 items each: item `i` has codes `[i / 20, (i / 5) % 4]`.
@@ -635,7 +649,10 @@ mod tests {
             candidates: 1000,
             ..s
         };
-        assert_eq!(candidates(&beam, &t, &[], &none(), &|_| false, &big).len(), 40);
+        assert_eq!(
+            candidates(&beam, &t, &[], &none(), &|_| false, &big).len(),
+            40
+        );
     }
 
     #[test]
@@ -729,7 +746,17 @@ mod tests {
         let cands = candidates(&beam, &t, &recent, &votes, &|_| false, &s);
         // the bucket [0, 0] (items 0-4), then the best-voted items, which no bucket held
         assert_eq!(cands, vec![0, 1, 2, 3, 4, 60, 79]);
-        let top = rank(&t, &UserView { z: &[1.0, 0.0], recent: &recent }, &votes, &cands, 2, &s);
+        let top = rank(
+            &t,
+            &UserView {
+                z: &[1.0, 0.0],
+                recent: &recent,
+            },
+            &votes,
+            &cands,
+            2,
+            &s,
+        );
         assert_eq!(top.iter().map(|x| x.0).collect::<Vec<_>>(), vec![60, 79]);
         // an excluded item is no candidate; cooc_candidates 0 keeps the SID candidates only
         let cands = candidates(&beam, &t, &recent, &votes, &|i| i == 60, &s);

@@ -306,6 +306,8 @@ async fn training_publishes_versions_assigns_online_and_rolls_back() {
     let mut served_sids = v1_items.clone();
     served_sids.insert(new_id.clone(), new_sid.clone());
     let expected = ExpectedRecommend::new(&s.dir, 1, &all_items, &served_sids);
+    // the version keeps its co-occurrence neighbours, so the lists below rank with them too
+    assert!(expected.model.neighbours.lists.pairs() > 0);
     let mut several_buckets = 0;
     for (u, user) in user_ids.iter().enumerate() {
         let history = planted_history(u, n_items);

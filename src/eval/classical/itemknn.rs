@@ -147,7 +147,11 @@ mod tests {
         // k = 2: every target keeps its two best sources, all of its own block
         let two = neighbourhood_scores(&neighbourhood(&p, 2), &p, &users, r);
         for (u, row) in users.iter().zip(&two) {
-            let (mine, other) = if u % 2 == 0 { (0..6, 6..12) } else { (6..12, 0..6) };
+            let (mine, other) = if u % 2 == 0 {
+                (0..6, 6..12)
+            } else {
+                (6..12, 0..6)
+            };
             assert!(other.map(|i| row[i]).all(|x| x == 0.0), "user {u}: {row:?}");
             assert!(mine.map(|i| row[i]).any(|x| x > 0.0));
         }
