@@ -16,6 +16,8 @@
 //! pair, at most `k` per item.
 use serde::{Deserialize, Serialize};
 
+use super::recommend::keep_best;
+
 /// How the neighbours are built.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -139,19 +141,14 @@ impl ItemNeighbours {
                 }
             }
             touched.clear();
-            let by = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-            if best.len() > s.k {
-                best.select_nth_unstable_by(s.k, by);
-                best.truncate(s.k);
-            }
+            keep_best(&mut best, s.k);
             for &(r, sim) in &best {
                 by_source[r as usize].push((target as u32, sim));
             }
         }
-        for list in &mut by_source {
-            list.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            list.truncate(s.max_fanout);
-        }
+        by_source
+            .iter_mut()
+            .for_each(|list| keep_best(list, s.max_fanout));
         Self::from_lists(by_source)
     }
 
@@ -269,21 +266,6 @@ impl ItemNeighbours {
             targets,
             sims,
         })
-    }
-
-    /// The same lists over other item numbers: item `i` becomes `map[i]`, items mapped to
-    /// `None` are dropped as sources and as targets.
-    pub fn remap<T: Copy>(&self, map: &[Option<T>]) -> Vec<(T, Vec<(T, f32)>)> {
-        (0..self.len())
-            .filter_map(|s| {
-                let from = (*map.get(s)?)?;
-                let list: Vec<(T, f32)> = self
-                    .of(s as u32)
-                    .filter_map(|(t, w)| Some(((*map.get(t as usize)?)?, w)))
-                    .collect();
-                Some((from, list))
-            })
-            .collect()
     }
 }
 
@@ -441,14 +423,6 @@ mod tests {
         let mut c = b;
         c[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(ItemNeighbours::from_bytes(&c).is_err());
-    }
-
-    #[test]
-    fn remap_drops_unmapped_items_both_ways() {
-        let nb =
-            ItemNeighbours::from_lists(vec![vec![(1, 0.5), (2, 0.25)], vec![(0, 0.5)], vec![]]);
-        let got = nb.remap(&[Some(10u64), None, Some(12)]);
-        assert_eq!(got, vec![(10, vec![(12, 0.25)]), (12, vec![])]);
     }
 
     #[test]

@@ -394,12 +394,7 @@ pub fn candidates<C: Catalogue>(
             .filter(|(i, _)| !seen.contains(i) && !exclude(**i))
             .map(|(i, v)| (*i, *v))
             .collect();
-        let by = |a: &(C::Item, f32), b: &(C::Item, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        if best.len() > s.cooc_candidates {
-            best.select_nth_unstable_by(s.cooc_candidates, by);
-            best.truncate(s.cooc_candidates);
-        }
-        best.sort_by(by);
+        keep_best(&mut best, s.cooc_candidates);
         out.extend(best.into_iter().map(|(i, _)| i));
     }
     out
@@ -469,14 +464,18 @@ pub fn rank<C: Catalogue>(
             Some((i, score))
         })
         .collect();
-    let by =
-        |a: &(C::Item, f32), b: &(C::Item, f32)| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0));
-    if scored.len() > k {
-        scored.select_nth_unstable_by(k, by);
-        scored.truncate(k);
-    }
-    scored.sort_by(by);
+    keep_best(&mut scored, k);
     scored
+}
+
+/// Keeps the `k` best of `(item, score)` pairs, best first: higher score, then lower item.
+pub fn keep_best<I: Ord>(v: &mut Vec<(I, f32)>, k: usize) {
+    let by = |a: &(I, f32), b: &(I, f32)| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0));
+    if v.len() > k {
+        v.select_nth_unstable_by(k, by);
+        v.truncate(k);
+    }
+    v.sort_by(by);
 }
 
 /// `Recommend` for one user: the route beam, the candidates, the ranking.

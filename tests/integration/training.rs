@@ -870,8 +870,11 @@ impl ExpectedRecommend {
             .map(|id| self.ids.iter().position(|x| **x == **id).map(|i| i as u32))
             .collect();
         let mut lists = vec![Vec::new(); self.ids.len()];
-        for (src, list) in nb.lists.remap(&order) {
-            lists[src as usize] = list;
+        for (row, src) in order.iter().enumerate() {
+            let Some(src) = src else { continue };
+            lists[*src as usize] = (nb.lists.of(row as u32))
+                .filter_map(|(t, w)| Some((order[t as usize]?, w)))
+                .collect();
         }
         let neighbours = sidb::model::neighbours::ItemNeighbours::from_lists(lists);
         let catalogue = RowCatalogue::new(
