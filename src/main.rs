@@ -36,7 +36,7 @@ enum Command {
     /// Train one semantic-ID method on a dataset directory; write the checkpoint and SIDs.
     Train(model::TrainArgs),
     /// Evaluate semantic-ID methods (leave-last-out) on a dataset directory; write a JSON report.
-    Eval(model::EvalArgs),
+    Eval(Box<model::EvalArgs>),
     /// Load a dataset directory (the layout of docs/dataset-format.md) into a running server,
     /// with progress.
     Import(admin::ImportArgs),

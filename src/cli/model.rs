@@ -82,8 +82,9 @@ pub struct EvalArgs {
     #[arg(long, value_delimiter = ',')]
     variants: Vec<String>,
     /// Comma-separated methods (das, das-no-u2i, das-no-self, das-no-co, das-no-debias,
-    /// das-no-logq, rqvae, rqkmeans, two-stage, cf, content, and the classical baselines
-    /// popularity, itemknn, ease, svd).
+    /// das-no-logq, rqvae, rqkmeans, two-stage, cf, content, the classical baselines
+    /// popularity, itemknn, ease, svd, and `sids:NAME`, an external SID set read from
+    /// `--sids-dir`, e.g. Cornac's TIGER tokenizers written by benches/peers/cornac/run.sh).
     #[arg(long, default_value = "das,rqvae,rqkmeans,two-stage,cf,popularity")]
     methods: String,
     /// JSON report path: one run's report, or with several runs every report and the summaries.
@@ -114,6 +115,10 @@ pub struct EvalArgs {
     /// `Recommend`'s defaults over a matrix. A file path when it starts with `@`.
     #[arg(long)]
     recommend_grid: Option<String>,
+    /// Where `sids:NAME` methods read their SID sets: `DIR/NAME/seed-<seed>/`. Default: the
+    /// `sids` directory inside each data set's directory.
+    #[arg(long)]
+    sids_dir: Option<PathBuf>,
 }
 
 /// Runs `sidb train`.
@@ -281,7 +286,7 @@ fn eval(a: &EvalArgs) -> anyhow::Result<()> {
     };
     let cells = cells(a)?;
     if cells.len() == 1 && seeds.len() == 1 {
-        return eval_one(&cells[0], &base, &methods, &a.out);
+        return eval_one(a, &cells[0], &base, &methods);
     }
     let (mut runs, mut summaries) = (Vec::new(), Vec::new());
     let write = |runs: &[EvalReport], summaries: &[CellSummary]| -> anyhow::Result<()> {
@@ -303,6 +308,7 @@ fn eval(a: &EvalArgs) -> anyhow::Result<()> {
             let mut opts = base.clone();
             (opts.config.seed, opts.min_rating, opts.timeless) =
                 (seed, cell.min_rating, cell.timeless);
+            opts.sids_dir = Some(sids_dir(a, cell));
             let label = variant_label(cell.min_rating, cell.timeless);
             eprintln!("== {} ({label}), seed {seed}", ds.name);
             let t0 = Instant::now();
@@ -376,6 +382,11 @@ fn cells(a: &EvalArgs) -> anyhow::Result<Vec<Cell>> {
     Ok(out)
 }
 
+/// Where a cell's `sids:NAME` methods are read.
+fn sids_dir(a: &EvalArgs, cell: &Cell) -> PathBuf {
+    a.sids_dir.clone().unwrap_or_else(|| cell.data.join("sids"))
+}
+
 fn classical_options(a: &EvalArgs) -> ClassicalOptions {
     let mut c = ClassicalOptions::default();
     if !a.knn_half_lives.is_empty() {
@@ -394,10 +405,17 @@ fn classical_options(a: &EvalArgs) -> ClassicalOptions {
 }
 
 /// One data set, one variant, one seed: the report as it always was.
-fn eval_one(cell: &Cell, base: &EvalOptions, methods: &[String], out: &Path) -> anyhow::Result<()> {
+fn eval_one(
+    a: &EvalArgs,
+    cell: &Cell,
+    base: &EvalOptions,
+    methods: &[String],
+) -> anyhow::Result<()> {
+    let out = &a.out;
     let opts = EvalOptions {
         min_rating: cell.min_rating,
         timeless: cell.timeless,
+        sids_dir: Some(sids_dir(a, cell)),
         ..base.clone()
     };
     let ds = load_dataset(&cell.data)?;

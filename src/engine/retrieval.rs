@@ -703,8 +703,14 @@ impl Catalogue for IndexCatalogue<'_> {
     fn popularity(&self, item: PointId) -> f32 {
         self.st.item_priors.get(&item).copied().unwrap_or(0.0)
     }
-    fn for_each_neighbour(&self, source: PointId, f: &mut dyn FnMut(PointId, f32)) {
-        self.st.item_neighbours.for_each(source, f)
+    fn neighbour_slots(&self) -> usize {
+        self.st.item_neighbours.slots()
+    }
+    fn neighbours(&self, source: PointId) -> (&[u32], &[f32]) {
+        self.st.item_neighbours.lists_of(source)
+    }
+    fn slot_item(&self, slot: u32) -> Option<PointId> {
+        self.st.item_neighbours.point(slot)
     }
 }
 

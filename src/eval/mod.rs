@@ -15,6 +15,7 @@
 //! - a logistic CTR probe on per-level user-code x item-code crosses (AUC), the SID quality
 //!   report, and the training time split.
 pub mod classical;
+pub mod external;
 pub mod metrics;
 pub mod split;
 pub mod summary;
@@ -32,6 +33,7 @@ use crate::model::recommend::{self, Catalogue, RecommendSettings, RowCatalogue, 
 use crate::model::sid::QualityReport;
 use crate::model::{trainer, DasConfig, Method, ModelError, Result, TrainStats, TrainedModel};
 use classical::ClassicalOptions;
+use external::ExternalSids;
 use metrics::{cosine_scores, rank_of, with_negatives, Probe, RankSums};
 use recommend::BeamLevel;
 pub use tuning::TuningPoint;
@@ -62,6 +64,9 @@ pub struct EvalOptions {
     /// How the co-occurrence neighbours retrieval (a) ranks with are built (the server's
     /// `[training.neighbours]` defaults unless set).
     pub neighbours: NeighbourSettings,
+    /// Where the `sids:NAME` methods (external SID sets, [`external`]) are read:
+    /// `DIR/NAME/seed-<seed>/`.
+    pub sids_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for EvalOptions {
@@ -76,6 +81,7 @@ impl Default for EvalOptions {
             timeless: false,
             classical: ClassicalOptions::default(),
             neighbours: NeighbourSettings::default(),
+            sids_dir: None,
         }
     }
 }
@@ -241,7 +247,7 @@ fn parse_method(name: &str, base: &DasConfig) -> Result<Option<(Method, DasConfi
     let mut cfg = base.clone();
     let method = match name {
         "popularity" | "content" => return Ok(None),
-        n if tuning::is_classical(n) => return Ok(None),
+        n if tuning::is_classical(n) || n.starts_with("sids:") => return Ok(None),
         "das-no-u2i" => {
             cfg.align_u2i = false;
             Method::Das
@@ -273,6 +279,19 @@ type ScoreFn<'a> = dyn Fn(&[u32]) -> Result<Vec<Vec<f32>>> + 'a;
 /// Retrieval (a) of one (user, held-out item) pair: the item's 0-based rank in `Recommend`'s
 /// list and the user's candidate count.
 type RecommendRank<'a> = dyn Fn(u32, u32) -> (Option<usize>, usize) + 'a;
+
+/// A SID method's beam into the item trie: `(user z, mean item norm, width, count)`.
+type RouteFn<'a> =
+    dyn Fn(&[f32], f32, usize, &dyn Fn(&[u32]) -> usize) -> Result<Vec<BeamLevel>> + 'a;
+
+/// The codes and vectors a SID method ranks with (rows in item and user index order).
+struct SidSides<'a> {
+    levels: usize,
+    item_codes: &'a [u32],
+    item_z: &'a [f32],
+    user_z: &'a [f32],
+    dim: usize,
+}
 
 /// How deep retrieval (a)'s lists go: ranks beyond it count as misses (the metrics stop at 20,
 /// the cold ranks at 100).
@@ -379,6 +398,10 @@ impl Ctx<'_> {
                 self.run_classical(name, &mut r)?;
                 return Ok(r);
             }
+            if let Some(set) = name.strip_prefix("sids:") {
+                self.run_external(set, &mut r)?;
+                return Ok(r);
+            }
             if name == "content" {
                 // the user's quantizer input (the recency-weighted mean of its train items'
                 // embeddings) against each item's embedding: the content signal alone
@@ -413,6 +436,77 @@ impl Ctx<'_> {
         let items = model.encode_items(&self.ds.item_emb)?;
         let users = model.encode_users(&self.prep.x_user)?;
         let levels = model.meta.config.levels;
+        let sides = SidSides {
+            levels,
+            item_codes: &items.codes,
+            item_z: &items.z,
+            user_z: &users.z,
+            dim: items.dim,
+        };
+        self.fill_sid_retrieval(r, &sides, &|z, mean, width, count| {
+            model.route_beam(z, mean, width, count)
+        })?;
+        let q = model.item_quality(&self.ds.item_emb)?;
+        r.level_usage = q.levels.iter().map(|l| l.usage).collect();
+        r.collision_rate = Some(q.collision_rate);
+        r.quality = Some(q);
+        r.auc_probe = Some(self.probe(&users.codes, &items.codes, levels, model.meta.codes));
+        if let Some((u, i, d)) = model.cf_vectors() {
+            let mut cf = MethodResult::default();
+            self.fill_ranking(&mut cf, &|ids| cosine_scores(u, i, d, ids), None, false)?;
+            r.recall10_cf = Some(cf.recall10);
+        }
+        Ok(())
+    }
+
+    /// An external SID set (`sids:NAME`, [`external`]), scored like the SID methods trained
+    /// here: the same retrieval (a) and (b), quality report and probe.
+    fn run_external(&self, set: &str, r: &mut MethodResult) -> Result<()> {
+        let root = self.opts.sids_dir.as_ref().ok_or_else(|| {
+            ModelError::InvalidConfig(format!(
+                "method sids:{set}: no directory of external SID sets given (--sids-dir)"
+            ))
+        })?;
+        let dir = root
+            .join(set)
+            .join(format!("seed-{}", self.opts.config.seed));
+        let ext = ExternalSids::load(&dir, self.ds.n_items())?;
+        let m = &ext.meta;
+        let user_z = ext.user_z(&self.recent_items());
+        let sides = SidSides {
+            levels: m.levels,
+            item_codes: &ext.codes,
+            item_z: &ext.z,
+            user_z: &user_z,
+            dim: m.dim,
+        };
+        self.fill_sid_retrieval(r, &sides, &|z, mean, width, count| {
+            // a user's mean of item vectors is shorter than an item's: routed at an item's length
+            let s = mean / z.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-9);
+            let start = z.iter().map(|x| x * s).collect();
+            Ok(recommend::beam_over_books(
+                &ext.books, m.dim, start, width, count,
+            ))
+        })?;
+        let q = crate::model::sid::quality(&ext.codes, m.levels, m.codes, None);
+        r.level_usage = q.levels.iter().map(|l| l.usage).collect();
+        r.collision_rate = Some(q.collision_rate);
+        r.quality = Some(q);
+        r.auc_probe = Some(self.probe(&ext.route(&user_z), &ext.codes, m.levels, m.codes));
+        r.train_seconds = m.seconds;
+        Ok(())
+    }
+
+    /// Retrieval (a) (`Recommend`'s code over these codes and `z`s, the grid of
+    /// [`EvalOptions::recommend_grid`] on the validation pairs) and (b) of one SID method.
+    /// `route(user_z, mean_item_norm, width, count)` is the method's beam into the item trie.
+    fn fill_sid_retrieval(
+        &self,
+        r: &mut MethodResult,
+        sides: &SidSides,
+        route: &RouteFn,
+    ) -> Result<()> {
+        let d = sides.dim;
         // the train counts' log-popularity, as a published version keeps it
         let popularity = self.prep.item_stats.iter().map(|s| s[0]).collect();
         // the neighbours a published version keeps, from the same train positives
@@ -421,23 +515,20 @@ impl Ctx<'_> {
             ItemNeighbours::build(&p.user_items, p.n_items, &self.opts.neighbours)
         });
         let catalogue = RowCatalogue::new(
-            &items.codes,
-            levels,
-            &items.z,
-            items.dim,
+            sides.item_codes,
+            sides.levels,
+            sides.item_z,
+            d,
             popularity,
             neighbours,
         );
-        let mean_item = crate::model::mean_length(items.z.chunks(items.dim.max(1)));
+        let mean_item = crate::model::mean_length(sides.item_z.chunks(d.max(1)));
         let recent = &self.recent_items();
-        let users = &users;
+        let user_z = |u: usize| &sides.user_z[u * d..][..d];
         // one beam per user serves every grid point of the same width
         let beams = |width: usize| -> Result<Vec<Vec<BeamLevel>>> {
             (0..self.prep.n_users)
-                .map(|u| {
-                    let z = recommend::user_z(users, u);
-                    model.route_beam(z, mean_item, width, &|p| catalogue.count(p))
-                })
+                .map(|u| route(user_z(u), mean_item, width, &|p| catalogue.count(p)))
                 .collect()
         };
         // (rank of the held-out item in Recommend's list, candidates) of each pair
@@ -452,7 +543,7 @@ impl Ctx<'_> {
                     let skip = |i: u32| excl.contains(&i);
                     let cands = recommend::candidates(beam, &catalogue, recent, &votes, &skip, s);
                     let user = UserView {
-                        z: recommend::user_z(users, u as usize),
+                        z: user_z(u as usize),
                         recent,
                     };
                     let top = recommend::rank(&catalogue, &user, &votes, &cands, RANKED, s);
@@ -504,24 +595,12 @@ impl Ctx<'_> {
         let by_pair: std::collections::HashMap<(u32, u32), (Option<usize>, usize)> =
             self.split.test.iter().copied().zip(held_out).collect();
         let rank = |u: u32, target: u32| by_pair[&(u, target)];
-        let d = items.dim;
         self.fill_ranking(
             r,
-            &|ids| cosine_scores(&users.z, &items.z, d, ids),
+            &|ids| cosine_scores(sides.user_z, sides.item_z, d, ids),
             Some(&rank),
             false,
-        )?;
-        let q = model.item_quality(&self.ds.item_emb)?;
-        r.level_usage = q.levels.iter().map(|l| l.usage).collect();
-        r.collision_rate = Some(q.collision_rate);
-        r.quality = Some(q);
-        r.auc_probe = Some(self.probe(&users.codes, &items.codes, levels, model.meta.codes));
-        if let Some((u, i, d)) = model.cf_vectors() {
-            let mut cf = MethodResult::default();
-            self.fill_ranking(&mut cf, &|ids| cosine_scores(u, i, d, ids), None, false)?;
-            r.recall10_cf = Some(cf.recall10);
-        }
-        Ok(())
+        )
     }
 
     /// Each user's train items, newest first, with their recency weights (the weights of the
@@ -778,6 +857,87 @@ mod tests {
         assert_eq!(v.results[0].test_users, 128);
         let sp = split::split(&ds.ratings, ds.n_users, opts.min_rating, opts.config.seed);
         assert!(sp.valid.iter().zip(&sp.test).all(|(v, t)| v.0 == t.0));
+    }
+
+    #[test]
+    fn external_sid_sets_are_scored_like_the_trained_ones() {
+        let ds = synth_dataset();
+        let truth = generate(&SynthSpec {
+            n_items: 256,
+            n_users: 128,
+            ..SynthSpec::default()
+        });
+        // a tokenizer that found the behaviour groups (level 1 = group, in a 4-d space where
+        // group g is the unit vector e_g) and one that assigns groups at random
+        let set = |group: &dyn Fn(usize) -> usize| {
+            let mut z = vec![0.0f32; 256 * 4];
+            let mut codes = Vec::new();
+            for i in 0..256 {
+                z[i * 4 + group(i)] = 1.0;
+                codes.extend([group(i) as u32, (i % 4) as u32]);
+            }
+            let unit: Vec<f32> = (0..16).map(|k| (k % 5 == 0) as u8 as f32).collect();
+            external::ExternalSids {
+                meta: external::ExternalMeta {
+                    format: external::FORMAT.into(),
+                    tokenizer: "test".into(),
+                    source: String::new(),
+                    levels: 2,
+                    codes: 4,
+                    dim: 4,
+                    items: 256,
+                    seed: 1,
+                    seconds: 2.5,
+                },
+                codes,
+                z,
+                books: vec![unit, vec![0.0; 16]],
+            }
+        };
+        let dir = tempfile::tempdir().expect("tmp");
+        let seed = DasConfig::default().seed;
+        let at = |name: &str| dir.path().join(name).join(format!("seed-{seed}"));
+        set(&|i| truth.item_group[i])
+            .save(&at("found"))
+            .expect("save");
+        set(&|i| (i * 7 + 3) % 11 % 4)
+            .save(&at("random"))
+            .expect("save");
+        let opts = EvalOptions {
+            recommend: RecommendSettings {
+                min_bucket: 10,
+                w_cooc: 0.0,
+                cooc_candidates: 0,
+                ..RecommendSettings::default()
+            },
+            sids_dir: Some(dir.path().to_path_buf()),
+            ..EvalOptions::default()
+        };
+        let methods = ["sids:found".to_string(), "sids:random".to_string()];
+        let rep = evaluate(&ds, &methods, &opts).expect("eval");
+        eprintln!("{}", markdown_table(&rep));
+        let (found, random) = (&rep.results[0], &rep.results[1]);
+        assert_eq!(found.method, "sids:found");
+        assert_eq!(found.test_users, 128);
+        assert_eq!(found.train_seconds, 2.5);
+        assert_eq!(found.level_usage, vec![1.0, 1.0]);
+        let (fa, ra) = (
+            found.auc_probe.expect("auc"),
+            random.auc_probe.expect("auc"),
+        );
+        assert!(fa > 0.7 && fa > ra + 0.15, "probe: found {fa}, random {ra}");
+        assert!(found.recall10_z > 2.0 * random.recall10_z.max(0.01));
+        assert!(found.recall10 > 2.0 * random.recall10.max(0.01));
+        assert!(found.mean_candidates > 0.0);
+        // a missing set names where it was looked for; no directory at all is a config error
+        let e = evaluate(&ds, &["sids:absent".to_string()], &opts).expect_err("absent");
+        assert!(e.to_string().contains("absent"), "{e}");
+        let none = EvalOptions {
+            sids_dir: None,
+            ..opts.clone()
+        };
+        let e = evaluate(&ds, &methods[..1], &none).expect_err("no dir");
+        assert!(e.to_string().contains("--sids-dir"), "{e}");
     }
 
     #[test]

@@ -187,15 +187,18 @@ impl ItemNeighbours {
 
     /// The targets of `source` with their similarities, best first (none for an unknown one).
     pub fn of(&self, source: u32) -> impl Iterator<Item = (u32, f32)> + '_ {
+        let (targets, sims) = self.lists_of(source);
+        targets.iter().copied().zip(sims.iter().copied())
+    }
+
+    /// [`ItemNeighbours::of`] as two slices of the same length: targets and similarities.
+    pub fn lists_of(&self, source: u32) -> (&[u32], &[f32]) {
         let s = source as usize;
         let range = match (self.offsets.get(s), self.offsets.get(s + 1)) {
             (Some(&a), Some(&b)) => a as usize..b as usize,
             _ => 0..0,
         };
-        self.targets[range.clone()]
-            .iter()
-            .copied()
-            .zip(self.sims[range].iter().copied())
+        (&self.targets[range.clone()], &self.sims[range])
     }
 
     /// The little-endian encoding: `n` (u64), `pairs` (u64), the `n + 1` offsets (u64), the

@@ -148,8 +148,14 @@ pub trait Catalogue {
     fn z(&self, item: Self::Item) -> Option<&[f32]>;
     /// The item's popularity prior in `[0, 1]`.
     fn popularity(&self, item: Self::Item) -> f32;
-    /// Calls `f` with each co-occurrence target of `source` and its similarity.
-    fn for_each_neighbour(&self, source: Self::Item, f: &mut dyn FnMut(Self::Item, f32));
+    /// Slots of the co-occurrence targets: every slot [`Catalogue::neighbours`] gives is below
+    /// this (the votes gather in an array of this length).
+    fn neighbour_slots(&self) -> usize;
+    /// The co-occurrence targets of `source`, by slot, and their similarities (two slices of
+    /// the same length; empty for an item without a list).
+    fn neighbours(&self, source: Self::Item) -> (&[u32], &[f32]);
+    /// The item in a target slot (`None`: no such item now).
+    fn slot_item(&self, slot: u32) -> Option<Self::Item>;
 }
 
 /// A catalogue of rows: item `i`'s codes are `codes[i * levels..]`, its `z` `z[i * dim..]`, its
@@ -207,8 +213,14 @@ impl Catalogue for RowCatalogue<'_> {
     fn popularity(&self, item: u32) -> f32 {
         self.popularity.get(item as usize).copied().unwrap_or(0.0)
     }
-    fn for_each_neighbour(&self, source: u32, f: &mut dyn FnMut(u32, f32)) {
-        self.neighbours.of(source).for_each(|(t, w)| f(t, w));
+    fn neighbour_slots(&self) -> usize {
+        self.neighbours.len()
+    }
+    fn neighbours(&self, source: u32) -> (&[u32], &[f32]) {
+        self.neighbours.lists_of(source)
+    }
+    fn slot_item(&self, slot: u32) -> Option<u32> {
+        Some(slot)
     }
 }
 
@@ -284,35 +296,67 @@ impl TrainedModel {
             let s = mean_item_norm / l2(&start).max(1e-9);
             start.iter_mut().for_each(|x| *x *= s);
         }
-        // (prefix, residual, cost)
-        let mut kept: Vec<(Vec<u32>, Vec<f32>, f32)> = vec![(Vec::new(), start, 0.0)];
-        let mut levels = Vec::with_capacity(books.len());
-        for book in &books {
-            let mut next: Vec<(Vec<u32>, Vec<f32>, f32)> = Vec::new();
-            let mut prefix = Vec::new();
-            for (p, r, _) in &kept {
-                for (c, e) in book.chunks(d).enumerate() {
-                    prefix.clear();
-                    prefix.extend_from_slice(p);
-                    prefix.push(c as u32);
-                    if count(&prefix) == 0 {
-                        continue;
-                    }
-                    let res: Vec<f32> = r.iter().zip(e).map(|(a, b)| a - b).collect();
-                    let cost = res.iter().map(|x| x * x).sum::<f32>();
-                    next.push((prefix.clone(), res, cost));
-                }
-            }
-            if next.is_empty() {
-                break;
-            }
-            next.sort_by(|a, b| a.2.total_cmp(&b.2).then_with(|| a.0.cmp(&b.0)));
-            levels.push(next.iter().map(|(p, _, c)| (p.clone(), *c)).collect());
-            next.truncate(beam.max(1));
-            kept = next;
-        }
-        Ok(levels)
+        Ok(beam_over_books(&books, d, start, beam, count))
     }
+}
+
+/// The beam of [`TrainedModel::route_beam`] over any residual codebooks (`books[l]` is level
+/// `l`'s codes, `d` floats each) from `start`, a point of the space the books quantize.
+pub fn beam_over_books(
+    books: &[Vec<f32>],
+    d: usize,
+    start: Vec<f32>,
+    beam: usize,
+    count: &dyn Fn(&[u32]) -> usize,
+) -> Vec<BeamLevel> {
+    // (prefix, residual, cost) of the kept prefixes
+    let mut kept: Vec<(Vec<u32>, Vec<f32>, f32)> = vec![(Vec::new(), start, 0.0)];
+    let mut levels = Vec::with_capacity(books.len());
+    let d = d.max(1);
+    for book in books {
+        // (kept prefix, code, cost): the residuals are made for the new kept ones only
+        let mut next: Vec<(usize, u32, f32)> = Vec::new();
+        let mut prefix = Vec::new();
+        for (k, (p, r, _)) in kept.iter().enumerate() {
+            for (c, e) in book.chunks(d).enumerate() {
+                prefix.clear();
+                prefix.extend_from_slice(p);
+                prefix.push(c as u32);
+                if count(&prefix) == 0 {
+                    continue;
+                }
+                let cost = r.iter().zip(e).map(|(a, b)| (a - b) * (a - b)).sum::<f32>();
+                next.push((k, c as u32, cost));
+            }
+        }
+        if next.is_empty() {
+            break;
+        }
+        let extended = |&(k, c, _): &(usize, u32, f32)| {
+            let mut p = kept[k].0.clone();
+            p.push(c);
+            p
+        };
+        // best first: lower cost, then the lower prefix (the prefixes of one level have one
+        // length, so comparing (kept prefix, code) is comparing the extended prefixes)
+        next.sort_by(|a, b| {
+            (a.2.total_cmp(&b.2))
+                .then_with(|| kept[a.0].0.cmp(&kept[b.0].0))
+                .then_with(|| a.1.cmp(&b.1))
+        });
+        levels.push(next.iter().map(|x| (extended(x), x.2)).collect());
+        next.truncate(beam.max(1));
+        kept = next
+            .iter()
+            .map(|x| {
+                let (_, r, _) = &kept[x.0];
+                let e = &book[x.1 as usize * d..][..d];
+                let res = r.iter().zip(e).map(|(a, b)| a - b).collect();
+                (extended(x), res, x.2)
+            })
+            .collect();
+    }
+    levels
 }
 
 fn l2(v: &[f32]) -> f32 {
@@ -324,7 +368,8 @@ fn l2(v: &[f32]) -> f32 {
 pub type Votes<I> = HashMap<I, f32, PointHashing>;
 
 /// The co-occurrence votes of a user's newest `cooc_items` items (see the module doc); empty
-/// when `w_cooc` and `cooc_candidates` are both 0.
+/// when `w_cooc` and `cooc_candidates` are both 0. The sums gather in a per-thread array by
+/// target slot (one add per list entry, no hashing); only the items voted for are hashed.
 pub fn votes<C: Catalogue>(
     catalogue: &C,
     recent: &[(C::Item, f32)],
@@ -334,14 +379,42 @@ pub fn votes<C: Catalogue>(
     if s.w_cooc == 0.0 && s.cooc_candidates == 0 {
         return votes;
     }
-    let mut total = 0.0f32;
-    for &(r, w) in recent.iter().take(s.cooc_items).filter(|(_, w)| *w > 0.0) {
-        total += w;
-        catalogue.for_each_neighbour(r, &mut |t, sim| *votes.entry(t).or_default() += w * sim);
+    thread_local! {
+        /// (sum by slot, all zero between calls; the slots touched)
+        static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<u32>)> = Default::default();
     }
-    if total > 0.0 {
-        votes.values_mut().for_each(|v| *v /= total);
-    }
+    SCRATCH.with(|scratch| {
+        let (sums, touched) = &mut *scratch.borrow_mut();
+        let slots = catalogue.neighbour_slots();
+        if sums.len() < slots {
+            sums.resize(slots, 0.0);
+        }
+        let mut total = 0.0f32;
+        for &(r, w) in recent.iter().take(s.cooc_items).filter(|(_, w)| *w > 0.0) {
+            total += w;
+            let (targets, sims) = catalogue.neighbours(r);
+            for (&t, &sim) in targets.iter().zip(sims) {
+                if let Some(v) = sums.get_mut(t as usize) {
+                    if *v == 0.0 {
+                        touched.push(t);
+                    }
+                    *v += w * sim;
+                }
+            }
+        }
+        votes.reserve(touched.len());
+        for t in touched.drain(..) {
+            // a slot whose sum is still 0 (a zero similarity) may be listed twice: the first
+            // take leaves 0 behind, and 0 is no vote
+            let v = std::mem::take(&mut sums[t as usize]);
+            if v == 0.0 || total <= 0.0 {
+                continue;
+            }
+            if let Some(item) = catalogue.slot_item(t) {
+                votes.insert(item, v / total);
+            }
+        }
+    });
     votes
 }
 
@@ -530,7 +603,7 @@ mod tests {
         z: Vec<Vec<f32>>,
         pop: Vec<f32>,
         /// (source, target, similarity)
-        nb: Vec<(u32, u32, f32)>,
+        nb: ItemNeighbours,
     }
 
     impl Toy {
@@ -558,12 +631,24 @@ mod tests {
         fn popularity(&self, item: u32) -> f32 {
             self.pop[item as usize]
         }
-        fn for_each_neighbour(&self, source: u32, f: &mut dyn FnMut(u32, f32)) {
-            self.nb
-                .iter()
-                .filter(|x| x.0 == source)
-                .for_each(|x| f(x.1, x.2));
+        fn neighbour_slots(&self) -> usize {
+            self.codes.len()
         }
+        fn neighbours(&self, source: u32) -> (&[u32], &[f32]) {
+            self.nb.lists_of(source)
+        }
+        fn slot_item(&self, slot: u32) -> Option<u32> {
+            Some(slot)
+        }
+    }
+
+    /// Co-occurrence lists of `n` items from `(source, target, sim)` triples.
+    fn lists(n: u32, triples: &[(u32, u32, f32)]) -> ItemNeighbours {
+        let mut by_source = vec![Vec::new(); n as usize];
+        for &(s, t, sim) in triples {
+            by_source[s as usize].push((t, sim));
+        }
+        ItemNeighbours::from_lists(by_source)
     }
 
     fn none() -> Votes<u32> {
@@ -577,7 +662,10 @@ mod tests {
             codes: (0..n).map(|i| vec![i / 20, (i / 5) % 4]).collect(),
             z: (0..n).map(|i| vec![1.0, i as f32 / n as f32]).collect(),
             pop: (0..n).map(|i| i as f32 / n as f32).collect(),
-            nb: vec![(0, 79, 0.5), (0, 60, 0.25), (1, 60, 1.0), (2, 61, 1.0)],
+            nb: lists(
+                n,
+                &[(0, 79, 0.5), (0, 60, 0.25), (1, 60, 1.0), (2, 61, 1.0)],
+            ),
         }
     }
 
@@ -685,7 +773,7 @@ mod tests {
             // the user points along x, item 1 is close to it, item 2 to the newest item 0
             z: vec![vec![0.0, 1.0], vec![1.0, 0.1], vec![0.1, 1.0]],
             pop: vec![0.0, 0.0, 1.0],
-            nb: Vec::new(),
+            nb: lists(3, &[]),
         };
         let recent = [(0u32, 1.0)];
         let user = UserView {
@@ -718,6 +806,68 @@ mod tests {
         let got = rank(&t, &user, &none(), &[1, 2], 1, &only_user);
         assert_eq!(got.len(), 1);
         assert!((got[0].1 - 1.0 / 1.01f32.sqrt()).abs() < 1e-6);
+    }
+
+    /// [`Toy`] whose slots above `bound` hold no item (deleted since the lists were built).
+    struct Unbound(Toy, u32);
+
+    impl Catalogue for Unbound {
+        type Item = u32;
+        fn count(&self, prefix: &[u32]) -> usize {
+            self.0.count(prefix)
+        }
+        fn for_each_under(&self, prefix: &[u32], f: &mut dyn FnMut(u32)) {
+            self.0.for_each_under(prefix, f)
+        }
+        fn codes(&self, item: u32) -> Option<&[u32]> {
+            self.0.codes(item)
+        }
+        fn z(&self, item: u32) -> Option<&[f32]> {
+            self.0.z(item)
+        }
+        fn popularity(&self, item: u32) -> f32 {
+            self.0.popularity(item)
+        }
+        fn neighbour_slots(&self) -> usize {
+            self.0.neighbour_slots()
+        }
+        fn neighbours(&self, source: u32) -> (&[u32], &[f32]) {
+            self.0.neighbours(source)
+        }
+        fn slot_item(&self, slot: u32) -> Option<u32> {
+            (slot <= self.1).then_some(slot)
+        }
+    }
+
+    #[test]
+    fn votes_sum_each_list_entry_once_and_leave_nothing_for_the_next_user() {
+        let mut t = toy();
+        // item 3 lists 5 with similarity 0 (listed, but no vote), then 6 twice as a target
+        t.nb = lists(
+            80,
+            &[
+                (3, 5, 0.0),
+                (3, 6, 0.5),
+                (4, 5, 0.0),
+                (4, 6, 0.25),
+                (4, 70, 1.0),
+            ],
+        );
+        let s = RecommendSettings::default();
+        let recent = [(3u32, 1.0), (4, 3.0)];
+        let dense = votes(&t, &recent, &s);
+        // the sums a map would give, by hand: 6: (0.5 + 3 x 0.25) / 4, 70: 3 / 4
+        let want: BTreeMap<u32, f32> = [(6, 1.25 / 4.0), (70, 0.75)].into_iter().collect();
+        let got: BTreeMap<u32, f32> = dense.iter().map(|(i, v)| (*i, *v)).collect();
+        assert_eq!(got, want);
+        // the next user starts from zero sums, in the same thread
+        let again = votes(&t, &[(4u32, 1.0)], &s);
+        let got: BTreeMap<u32, f32> = again.iter().map(|(i, v)| (*i, *v)).collect();
+        assert_eq!(got, [(6, 0.25), (70, 1.0)].into_iter().collect());
+        // a slot without an item now gets no vote and does not disturb the others
+        let gone = votes(&Unbound(t, 69), &recent, &s);
+        assert_eq!(gone.keys().copied().collect::<Vec<_>>(), vec![6]);
+        assert!((gone[&6] - 1.25 / 4.0).abs() < 1e-6);
     }
 
     #[test]

@@ -328,16 +328,23 @@ impl BoundNeighbours {
         }
     }
 
-    /// Calls `f` with each bound target of `source` and its similarity.
-    pub fn for_each(&self, source: PointId, f: &mut dyn FnMut(PointId, f32)) {
-        let Some(&row) = self.rows.get(&source) else {
-            return;
-        };
-        for (t, s) in self.lists.of(row) {
-            if let Some(Some(p)) = self.points.get(t as usize) {
-                f(*p, s);
-            }
+    /// The target rows of `source` (when it is bound) and their similarities; a row's point is
+    /// [`BoundNeighbours::point`].
+    pub fn lists_of(&self, source: PointId) -> (&[u32], &[f32]) {
+        match self.rows.get(&source) {
+            Some(&row) => self.lists.lists_of(row),
+            None => (&[], &[]),
         }
+    }
+
+    /// Rows of the lists: every target row is below this.
+    pub fn slots(&self) -> usize {
+        self.points.len()
+    }
+
+    /// The point of a row (`None`: no such item now, or deleted since).
+    pub fn point(&self, row: u32) -> Option<PointId> {
+        self.points.get(row as usize).copied().flatten()
     }
 
     /// Unbinds a deleted item, as source and as target.

@@ -139,9 +139,14 @@ fn neighbours_bind_to_points_and_a_deleted_item_leaves_both_ends() {
     let mut b = BoundNeighbours::bind(&n, &items);
     let of = |b: &BoundNeighbours, p: PointId| {
         let mut v = Vec::new();
-        b.for_each(p, &mut |t, s| v.push((t, s)));
+        let (rows, sims) = b.lists_of(p);
+        for (&row, &s) in rows.iter().zip(sims) {
+            v.extend(b.point(row).map(|t| (t, s)));
+        }
         v
     };
+    assert_eq!(b.slots(), 4);
+    assert_eq!((b.point(0), b.point(1), b.point(4)), (Some(10), None, None));
     // the unbound "gone" is neither a source nor a target
     assert_eq!(of(&b, 10), vec![(11, 0.5), (12, 0.25)]);
     assert_eq!(of(&b, 12), vec![(10, 0.25), (11, 0.125)]);
