@@ -4,8 +4,9 @@
 #
 # usage: benches/peers/cornac/run.sh [DATA_ROOT]   (default ~/.cache/sidb-datasets/out)
 # For every data set under DATA_ROOT (scripts/datasets.sh builds them), every tokenizer and
-# every seed, writes DATA_ROOT/<set>/sids/<tokenizer>/seed-<seed>/ (cornac_sids.py's layout), which
-# `sidb eval --methods sids:<tokenizer> --sids-dir DATA_ROOT/<set>/sids` reads. The levels x codes
+# every seed, writes DATA_ROOT/<set>/sids/<tokenizer>/seed-<seed>/ (cornac_sids.py's layout),
+# which `sidb eval --data DATA_ROOT/<set> --methods sids:<tokenizer> --seeds ...` reads (the data
+# set's `sids` directory is `--sids-dir`'s default); report.py tabulates the IDs. The levels x codes
 # are sidb's defaults for the catalogue (3 levels; 64 codes up to 10,000 items, 128 up to 100,000).
 # The venv lives in WORK (default ~/.cache/sidb-peers/cornac-venv); nothing of it is committed.
 # Knobs (env): SEEDS="1 2 3" TOKENIZERS="tiger-rqvae tiger-rkmeans" THREADS=1
