@@ -19,6 +19,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::recommend;
 use crate::model::{ModelError, Result};
 
 /// The `format` of `sids.json`.
@@ -224,25 +225,15 @@ impl ExternalSids {
     }
 
     /// Greedy codes of each row of `z` (`n x dim`) through the books: the nearest code of each
-    /// level to what remains (a user's codes for the probe).
+    /// level to what remains (a user's codes for the probe), the route beam of width 1.
     pub fn route(&self, z: &[f32]) -> Vec<u32> {
         let d = self.meta.dim;
-        let mut out = Vec::with_capacity(z.len() / d * self.meta.levels);
-        for row in z.chunks(d) {
-            let mut r = row.to_vec();
-            for book in &self.books {
-                let (best, _) = book
-                    .chunks(d)
-                    .map(|e| r.iter().zip(e).map(|(a, b)| (a - b) * (a - b)).sum::<f32>())
-                    .enumerate()
-                    .min_by(|a, b| a.1.total_cmp(&b.1))
-                    .expect("at least one code");
-                let e = &book[best * d..][..d];
-                r.iter_mut().zip(e).for_each(|(a, b)| *a -= b);
-                out.push(best as u32);
-            }
-        }
-        out
+        z.chunks(d)
+            .flat_map(|row| {
+                let beam = recommend::beam_over_books(&self.books, d, row.to_vec(), 1, &|_| 1);
+                beam.last().map_or(Vec::new(), |level| level[0].0.clone())
+            })
+            .collect()
     }
 }
 

@@ -306,6 +306,8 @@ struct Ctx<'a> {
     opts: &'a EvalOptions,
     /// The train positives' co-occurrence neighbours, built on first use (the SID methods').
     neighbours: OnceLock<ItemNeighbours>,
+    /// Each user's train items, newest first, with their recency weights, made on first use.
+    recent: OnceLock<Vec<Vec<(u32, f32)>>>,
 }
 
 /// Runs every method in `methods` on `ds`.
@@ -354,6 +356,7 @@ pub fn evaluate_with_progress(
         train_sets,
         opts,
         neighbours: OnceLock::new(),
+        recent: OnceLock::new(),
     };
     let mut report = EvalReport {
         dataset: ds.name.clone(),
@@ -472,7 +475,7 @@ impl Ctx<'_> {
             .join(format!("seed-{}", self.opts.config.seed));
         let ext = ExternalSids::load(&dir, self.ds.n_items())?;
         let m = &ext.meta;
-        let user_z = ext.user_z(&self.recent_items());
+        let user_z = ext.user_z(self.recent_items());
         let sides = SidSides {
             levels: m.levels,
             item_codes: &ext.codes,
@@ -481,9 +484,7 @@ impl Ctx<'_> {
             dim: m.dim,
         };
         self.fill_sid_retrieval(r, &sides, &|z, mean, width, count| {
-            // a user's mean of item vectors is shorter than an item's: routed at an item's length
-            let s = mean / z.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-9);
-            let start = z.iter().map(|x| x * s).collect();
+            let start = recommend::scaled_to(z, mean);
             Ok(recommend::beam_over_books(
                 &ext.books, m.dim, start, width, count,
             ))
@@ -523,7 +524,7 @@ impl Ctx<'_> {
             neighbours,
         );
         let mean_item = crate::model::mean_length(sides.item_z.chunks(d.max(1)));
-        let recent = &self.recent_items();
+        let recent = self.recent_items();
         let user_z = |u: usize| &sides.user_z[u * d..][..d];
         // one beam per user serves every grid point of the same width
         let beams = |width: usize| -> Result<Vec<Vec<BeamLevel>>> {
@@ -605,17 +606,19 @@ impl Ctx<'_> {
 
     /// Each user's train items, newest first, with their recency weights (the weights of the
     /// user's profile input).
-    fn recent_items(&self) -> Vec<Vec<(u32, f32)>> {
-        let p = &self.prep;
-        (0..p.n_users)
-            .map(|u| {
-                let range = p.user_offsets[u]..p.user_offsets[u + 1];
-                let events: Vec<(u32, f32, i64)> = range
-                    .map(|k| (p.positives[k].1, p.positive_meta[k].0, p.positive_meta[k].1))
-                    .collect();
-                recommend::recent_weights(&events, p.recency)
-            })
-            .collect()
+    fn recent_items(&self) -> &[Vec<(u32, f32)>] {
+        self.recent.get_or_init(|| {
+            let p = &self.prep;
+            (0..p.n_users)
+                .map(|u| {
+                    let range = p.user_offsets[u]..p.user_offsets[u + 1];
+                    let events: Vec<(u32, f32, i64)> = range
+                        .map(|k| (p.positives[k].1, p.positive_meta[k].0, p.positive_meta[k].1))
+                        .collect();
+                    recommend::recent_weights(&events, p.recency)
+                })
+                .collect()
+        })
     }
 
     /// Retrieval (a), (b) and the cold slice. `scores(ids)` gives one row per user id (or one

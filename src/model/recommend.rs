@@ -31,7 +31,7 @@ use std::hash::Hash;
 
 use serde::{Deserialize, Serialize};
 
-use super::das::{Encoded, TrainedModel};
+use super::das::TrainedModel;
 use super::neighbours::ItemNeighbours;
 use super::{ModelError, Result};
 use crate::profile::Recency;
@@ -291,11 +291,10 @@ impl TrainedModel {
                 got: user_z.len(),
             });
         }
-        let mut start = user_z.to_vec();
-        if self.user_q.is_some() {
-            let s = mean_item_norm / l2(&start).max(1e-9);
-            start.iter_mut().for_each(|x| *x *= s);
-        }
+        let start = match self.user_q.is_some() {
+            true => scaled_to(user_z, mean_item_norm),
+            false => user_z.to_vec(),
+        };
         Ok(beam_over_books(&books, d, start, beam, count))
     }
 }
@@ -357,6 +356,13 @@ pub fn beam_over_books(
             .collect();
     }
     levels
+}
+
+/// `v` rescaled to length `len` (a user's `z` is routed at an item's length: the user's vector
+/// lives in another tower, or is a mean of item vectors, and is shorter).
+pub fn scaled_to(v: &[f32], len: f32) -> Vec<f32> {
+    let s = len / l2(v).max(1e-9);
+    v.iter().map(|x| x * s).collect()
 }
 
 fn l2(v: &[f32]) -> f32 {
@@ -583,11 +589,6 @@ pub fn recent_weights<I: Copy>(events: &[(I, f32, i64)], recency: Recency) -> Ve
     out
 }
 
-/// Encoded users as [`UserView`] rows: user `u`'s `z`.
-pub fn user_z(users: &Encoded, u: usize) -> &[f32] {
-    &users.z[u * users.dim..][..users.dim]
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -602,8 +603,10 @@ mod tests {
         codes: Vec<Vec<u32>>,
         z: Vec<Vec<f32>>,
         pop: Vec<f32>,
-        /// (source, target, similarity)
+        /// the co-occurrence lists, by item
         nb: ItemNeighbours,
+        /// slots whose item is gone (deleted since the lists were built)
+        gone: Vec<u32>,
     }
 
     impl Toy {
@@ -638,7 +641,7 @@ mod tests {
             self.nb.lists_of(source)
         }
         fn slot_item(&self, slot: u32) -> Option<u32> {
-            Some(slot)
+            (!self.gone.contains(&slot)).then_some(slot)
         }
     }
 
@@ -666,6 +669,7 @@ mod tests {
                 n,
                 &[(0, 79, 0.5), (0, 60, 0.25), (1, 60, 1.0), (2, 61, 1.0)],
             ),
+            gone: Vec::new(),
         }
     }
 
@@ -774,6 +778,7 @@ mod tests {
             z: vec![vec![0.0, 1.0], vec![1.0, 0.1], vec![0.1, 1.0]],
             pop: vec![0.0, 0.0, 1.0],
             nb: lists(3, &[]),
+            gone: Vec::new(),
         };
         let recent = [(0u32, 1.0)];
         let user = UserView {
@@ -808,37 +813,6 @@ mod tests {
         assert!((got[0].1 - 1.0 / 1.01f32.sqrt()).abs() < 1e-6);
     }
 
-    /// [`Toy`] whose slots above `bound` hold no item (deleted since the lists were built).
-    struct Unbound(Toy, u32);
-
-    impl Catalogue for Unbound {
-        type Item = u32;
-        fn count(&self, prefix: &[u32]) -> usize {
-            self.0.count(prefix)
-        }
-        fn for_each_under(&self, prefix: &[u32], f: &mut dyn FnMut(u32)) {
-            self.0.for_each_under(prefix, f)
-        }
-        fn codes(&self, item: u32) -> Option<&[u32]> {
-            self.0.codes(item)
-        }
-        fn z(&self, item: u32) -> Option<&[f32]> {
-            self.0.z(item)
-        }
-        fn popularity(&self, item: u32) -> f32 {
-            self.0.popularity(item)
-        }
-        fn neighbour_slots(&self) -> usize {
-            self.0.neighbour_slots()
-        }
-        fn neighbours(&self, source: u32) -> (&[u32], &[f32]) {
-            self.0.neighbours(source)
-        }
-        fn slot_item(&self, slot: u32) -> Option<u32> {
-            (slot <= self.1).then_some(slot)
-        }
-    }
-
     #[test]
     fn votes_sum_each_list_entry_once_and_leave_nothing_for_the_next_user() {
         let mut t = toy();
@@ -865,7 +839,8 @@ mod tests {
         let got: BTreeMap<u32, f32> = again.iter().map(|(i, v)| (*i, *v)).collect();
         assert_eq!(got, [(6, 0.25), (70, 1.0)].into_iter().collect());
         // a slot without an item now gets no vote and does not disturb the others
-        let gone = votes(&Unbound(t, 69), &recent, &s);
+        t.gone = vec![70];
+        let gone = votes(&t, &recent, &s);
         assert_eq!(gone.keys().copied().collect::<Vec<_>>(), vec![6]);
         assert!((gone[&6] - 1.25 / 4.0).abs() < 1e-6);
     }
@@ -964,7 +939,7 @@ mod tests {
             .route_users(&users, &items.z, &|p| count(p) > 0)
             .expect("route");
         for u in 0..prep.n_users {
-            let z = user_z(&users, u);
+            let z = &users.z[u * users.dim..][..users.dim];
             let one = model.route_beam(z, mean, 1, &count).expect("beam");
             assert_eq!(one.len(), 2);
             assert_eq!(one[1][0].0, greedy[u * 2..u * 2 + 2], "user {u}");
