@@ -3,7 +3,7 @@
 //! grows with the catalogue and the user's history.
 //!
 //! ```sh
-//! cargo run --release --example recommend_cost [-- ITEMS USERS QUERIES]
+//! cargo run --release --example recommend_cost [-- ITEMS USERS QUERIES [RECENT_BEAM]]
 //! # instructions of the queries alone (repeatable on a busy machine):
 //! valgrind --tool=callgrind --toggle-collect='recommend_cost::queries' \
 //!     $CARGO_TARGET_DIR/release/examples/recommend_cost
@@ -13,7 +13,8 @@
 //! 0.9), a user holds 20-400 positives (log-uniform, about 95 on average), codes are 3 levels of
 //! the server's default size for the catalogue (64 codes up to 10,000 items, 128 up to
 //! 100,000) drawn at random, `z`s 32 random numbers; the neighbours are built with the server's
-//! defaults and `Recommend` runs with its defaults. Prints the mean time per query and a
+//! defaults and `Recommend` runs with its defaults (`RECENT_BEAM`, the width of the beam over a
+//! newest item's `z`, set apart). Prints the mean time per query and a
 //! checksum of the lists (the same for the same build and arguments).
 use std::time::Instant;
 
@@ -108,7 +109,18 @@ fn queries(w: &World, cat: &RowCatalogue, users: &[usize], s: &RecommendSettings
         let recent = &w.recent[u];
         let seen: std::collections::HashSet<u32> = recent.iter().map(|r| r.0).collect();
         let votes = recommend::votes(cat, recent, s);
-        let cands = recommend::candidates(&beam, cat, recent, &votes, &|i| seen.contains(&i), s);
+        let near = |i: u32| {
+            let z = &w.z[i as usize * DIM..][..DIM];
+            Some(recommend::beam_over_books(
+                &w.books,
+                DIM,
+                z.to_vec(),
+                s.recent_beam,
+                &|p| cat.count(p),
+            ))
+        };
+        let skip = |i| seen.contains(&i);
+        let cands = recommend::candidates(&beam, &near, cat, recent, &votes, &skip, s);
         let user = UserView { z: user_z, recent };
         candidates += cands.len();
         let top = recommend::rank(cat, &user, &votes, &cands, 10, s);
@@ -143,7 +155,10 @@ fn main() {
     let users: Vec<usize> = (0..n_queries)
         .map(|_| rng.random_range(0..n_users))
         .collect();
-    let s = RecommendSettings::default();
+    let s = RecommendSettings {
+        recent_beam: arg(4, RecommendSettings::default().recent_beam),
+        ..RecommendSettings::default()
+    };
     let t = Instant::now();
     let (sum, candidates) = queries(&w, &cat, &users, &s);
     let per = t.elapsed().as_secs_f64() / n_queries.max(1) as f64;

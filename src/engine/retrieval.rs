@@ -660,7 +660,15 @@ fn model_candidates(
                 .collect();
             let votes = recommend::votes(&catalogue, &recent, settings);
             let skip = |p: PointId| skip.contains(&p);
-            let cands = recommend::candidates(&beam, &catalogue, &recent, &votes, &skip, settings);
+            let cands = recommend::candidates(
+                &beam,
+                &|_| None,
+                &catalogue,
+                &recent,
+                &votes,
+                &skip,
+                settings,
+            );
             recommend::rank(&catalogue, &view, &votes, &cands, k, settings)
         }
     };

@@ -542,7 +542,14 @@ impl Ctx<'_> {
                     let beam = &beams[u as usize];
                     let votes = recommend::votes(&catalogue, recent, s);
                     let skip = |i: u32| excl.contains(&i);
-                    let cands = recommend::candidates(beam, &catalogue, recent, &votes, &skip, s);
+                    // an item's `z` is routed at its own length: no rescaling
+                    let near = |i: u32| {
+                        let z = &sides.item_z[i as usize * d..][..d];
+                        let len = crate::model::das::l2_norm(z);
+                        route(z, len, s.recent_beam, &|p| catalogue.count(p)).ok()
+                    };
+                    let cands =
+                        recommend::candidates(beam, &near, &catalogue, recent, &votes, &skip, s);
                     let user = UserView {
                         z: user_z(u as usize),
                         recent,

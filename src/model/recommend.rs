@@ -9,7 +9,11 @@
 //!   of the deepest level that holds `candidates` items, best bucket first, until that many are
 //!   in (level 1 holds the whole catalogue: the budget, not one bucket, sets the size);
 //! - the **buckets of the user's newest items**: for each of up to `recent_buckets` of them, the
-//!   items of the deepest prefix of its SID that holds `min_bucket` items;
+//!   `min_bucket` items nearest it: the buckets of a beam of `recent_beam` over the item's own
+//!   `z`, from the deepest level that holds `min_bucket` items, best bucket first, until that
+//!   many are in (its own bucket first, then its nearest siblings; with `recent_beam` 0 the
+//!   whole deepest prefix of its SID that holds `min_bucket` items, which in a large catalogue
+//!   is a level-1 bucket of hundreds);
 //! - the `cooc_candidates` items with the most **co-occurrence votes** (below) that are not in
 //!   yet.
 //!
@@ -52,6 +56,9 @@ pub struct RecommendSettings {
     pub min_bucket: usize,
     /// Newest items of the user whose buckets add candidates. Default 5.
     pub recent_buckets: usize,
+    /// Width of the beam over a newest item's `z` that finds its nearest buckets (0: the whole
+    /// deepest prefix of its SID holding `min_bucket` items).
+    pub recent_beam: usize,
     /// Weight of the cosine of the user's `z` and the item's. Default 1.
     pub w_user: f32,
     /// Weight of the recency-weighted mean cosine of the user's items' `z` and the item's.
@@ -75,6 +82,7 @@ impl Default for RecommendSettings {
             candidates: 1000,
             min_bucket: 50,
             recent_buckets: 5,
+            recent_beam: 0,
             w_user: 1.0,
             w_recent: 2.0,
             w_pop: 0.5,
@@ -103,11 +111,13 @@ impl RecommendSettings {
         if self.min_bucket == 0 {
             return Err(format!("{prefix}min_bucket: expected >= 1, got 0"));
         }
-        if self.recent_buckets > 1024 {
-            return Err(format!(
-                "{prefix}recent_buckets: expected 0..=1024, got {}",
-                self.recent_buckets
-            ));
+        for (name, n) in [
+            ("recent_buckets", self.recent_buckets),
+            ("recent_beam", self.recent_beam),
+        ] {
+            if n > 1024 {
+                return Err(format!("{prefix}{name}: expected 0..=1024, got {n}"));
+            }
         }
         for (name, n) in [
             ("cooc_items", self.cooc_items),
@@ -285,17 +295,23 @@ impl TrainedModel {
         count: &dyn Fn(&[u32]) -> usize,
     ) -> Result<Vec<BeamLevel>> {
         let (books, d) = self.item_books()?;
+        let start = self.user_start(user_z, mean_item_norm, d)?;
+        Ok(beam_over_books(&books, d, start, beam, count))
+    }
+
+    /// Where a user's route into the item codes starts: its `z`, rescaled to the mean item
+    /// length when users have a quantizer of their own (their `z` live at another scale).
+    fn user_start(&self, user_z: &[f32], mean_item_norm: f32, d: usize) -> Result<Vec<f32>> {
         if user_z.len() != d {
             return Err(ModelError::DimMismatch {
                 expected: d,
                 got: user_z.len(),
             });
         }
-        let start = match self.user_q.is_some() {
+        Ok(match self.user_q.is_some() {
             true => scaled_to(user_z, mean_item_norm),
             false => user_z.to_vec(),
-        };
-        Ok(beam_over_books(&books, d, start, beam, count))
+        })
     }
 }
 
@@ -424,9 +440,15 @@ pub fn votes<C: Catalogue>(
     votes
 }
 
+/// The beam over an item's own `z` through the item codebooks, width
+/// [`RecommendSettings::recent_beam`] (`None`: the item has no `z` under the serving model).
+pub type ItemBeam<'a, I> = dyn Fn(I) -> Option<Vec<BeamLevel>> + 'a;
+
 /// The candidates of one user (see the module doc), deduplicated, without `exclude`d items.
+/// `near` gives a newest item's beam (called only when `recent_beam` > 0).
 pub fn candidates<C: Catalogue>(
     beam: &[BeamLevel],
+    near: &ItemBeam<'_, C::Item>,
     catalogue: &C,
     recent: &[(C::Item, f32)],
     votes: &Votes<C::Item>,
@@ -442,13 +464,7 @@ pub fn candidates<C: Catalogue>(
             }
         })
     };
-    // the deepest level that holds the budget (level 1, the whole catalogue, when none does)
-    let holds = |level: &BeamLevel| level.iter().map(|(p, _)| catalogue.count(p)).sum::<usize>();
-    let level = beam
-        .iter()
-        .rposition(|l| holds(l) >= s.candidates)
-        .unwrap_or(0);
-    if let Some(level) = beam.get(level) {
+    if let Some(level) = level_holding(beam, catalogue, s.candidates) {
         for (prefix, _) in level {
             if out.len() >= s.candidates {
                 break;
@@ -457,6 +473,36 @@ pub fn candidates<C: Catalogue>(
         }
     }
     for &(item, _) in recent.iter().take(s.recent_buckets) {
+        let near = match s.recent_beam {
+            0 => None,
+            _ => near(item).filter(|b| !b.is_empty()),
+        };
+        if let Some(near) = near {
+            let Some(level) = level_holding(&near, catalogue, s.min_bucket) else {
+                continue;
+            };
+            // its own bucket at that depth first (the greedy route of a quantized `z` may
+            // start elsewhere), then the nearest others; counted by their sizes, not by what
+            // is new in them, so an item's reach does not depend on what the others took
+            let depth = level.first().map_or(0, |(p, _)| p.len());
+            let own = catalogue
+                .codes(item)
+                .filter(|c| c.len() >= depth)
+                .map(|c| &c[..depth]);
+            let others = level
+                .iter()
+                .map(|(p, _)| &p[..])
+                .filter(|&p| Some(p) != own);
+            let mut reached = 0;
+            for prefix in own.into_iter().chain(others) {
+                if reached >= s.min_bucket {
+                    break;
+                }
+                reached += catalogue.count(prefix);
+                take(prefix, &mut out);
+            }
+            continue;
+        }
         let Some(codes) = catalogue.codes(item) else {
             continue;
         };
@@ -477,6 +523,18 @@ pub fn candidates<C: Catalogue>(
         out.extend(best.into_iter().map(|(i, _)| i));
     }
     out
+}
+
+/// The deepest level of `beam` whose buckets hold `budget` items together (level 1, the whole
+/// populated catalogue, when none does; `None` for an empty beam).
+fn level_holding<'b, C: Catalogue>(
+    beam: &'b [BeamLevel],
+    catalogue: &C,
+    budget: usize,
+) -> Option<&'b BeamLevel> {
+    let holds = |level: &BeamLevel| level.iter().map(|(p, _)| catalogue.count(p)).sum::<usize>();
+    let at = beam.iter().rposition(|l| holds(l) >= budget).unwrap_or(0);
+    beam.get(at)
 }
 
 /// `q . v / |v|`: the cosine of `q` and `v` times `|q|` (the cosine itself for a unit `q`); 0 for
@@ -567,9 +625,25 @@ pub fn recommend<C: Catalogue>(
     exclude: &dyn Fn(C::Item) -> bool,
     s: &RecommendSettings,
 ) -> Result<Vec<(C::Item, f32)>> {
-    let beam = model.route_beam(user.z, mean_item_norm, s.beam, &|p| catalogue.count(p))?;
+    let count = |p: &[u32]| catalogue.count(p);
+    // the codebooks are copied out of the model once per call, for the user's beam and the
+    // newest items' beams alike
+    let (books, d) = model.item_books()?;
+    let start = model.user_start(user.z, mean_item_norm, d)?;
+    let beam = beam_over_books(&books, d, start, s.beam, &count);
+    // an item's `z` lives in the item space already: no rescaling
+    let near = |i| {
+        let z = catalogue.z(i).filter(|z| z.len() == d)?;
+        Some(beam_over_books(
+            &books,
+            d,
+            z.to_vec(),
+            s.recent_beam,
+            &count,
+        ))
+    };
     let votes = votes(catalogue, user.recent, s);
-    let cands = candidates(&beam, catalogue, user.recent, &votes, exclude, s);
+    let cands = candidates(&beam, &near, catalogue, user.recent, &votes, exclude, s);
     Ok(rank(catalogue, user, &votes, &cands, k, s))
 }
 
@@ -710,7 +784,7 @@ mod tests {
             ..RecommendSettings::default()
         };
         let beam = beam_of(&[&[1, 2], &[3, 0], &[1, 1]]);
-        let got = candidates(&beam, &t, &[], &none(), &|_| false, &s);
+        let got = candidates(&beam, &|_| None, &t, &[], &none(), &|_| false, &s);
         // whole buckets, best first, until the budget of 12 is in: 5 + 5 + 5
         let want: Vec<u32> = [t.under(&[1, 2]), t.under(&[3, 0]), t.under(&[1, 1])].concat();
         assert_eq!(got, want);
@@ -718,7 +792,7 @@ mod tests {
         // one bucket's worth of budget: the first bucket alone
         let one = RecommendSettings { candidates: 5, ..s };
         assert_eq!(
-            candidates(&beam, &t, &[], &none(), &|_| false, &one),
+            candidates(&beam, &|_| None, &t, &[], &none(), &|_| false, &one),
             t.under(&[1, 2])
         );
     }
@@ -733,7 +807,7 @@ mod tests {
             recent_buckets: 0,
             ..RecommendSettings::default()
         };
-        let got = candidates(&beam, &t, &[], &none(), &|_| false, &s);
+        let got = candidates(&beam, &|_| None, &t, &[], &none(), &|_| false, &s);
         assert_eq!(got, [t.under(&[1]), t.under(&[3])].concat());
         // beyond every level: level 1, all of it
         let big = RecommendSettings {
@@ -741,7 +815,7 @@ mod tests {
             ..s
         };
         assert_eq!(
-            candidates(&beam, &t, &[], &none(), &|_| false, &big).len(),
+            candidates(&beam, &|_| None, &t, &[], &none(), &|_| false, &big).len(),
             40
         );
     }
@@ -758,7 +832,15 @@ mod tests {
         };
         // the newest item 47 ([2, 1]) adds its bucket 45..50; the older 70 is past the window
         let recent = [(47u32, 1.0), (70, 0.5)];
-        let got = candidates(&beam, &t, &recent, &none(), &|i| i == 46 || i == 2, &s);
+        let got = candidates(
+            &beam,
+            &|_| None,
+            &t,
+            &recent,
+            &none(),
+            &|i| i == 46 || i == 2,
+            &s,
+        );
         let mut want: Vec<u32> = [0, 1, 3, 4, 45, 47, 48, 49].to_vec();
         want.sort();
         let mut sorted = got.clone();
@@ -766,8 +848,78 @@ mod tests {
         assert_eq!(sorted, want);
         // a bucket below min_bucket is widened to the prefix that holds it
         let wide = RecommendSettings { min_bucket: 6, ..s };
-        let got = candidates(&beam, &t, &recent, &none(), &|_| false, &wide);
+        let got = candidates(&beam, &|_| None, &t, &recent, &none(), &|_| false, &wide);
         assert!(t.under(&[2]).iter().all(|i| got.contains(i)));
+    }
+
+    #[test]
+    fn a_newest_item_adds_its_nearest_buckets_not_a_whole_level() {
+        let t = toy();
+        let beam = beam_of(&[&[0, 0]]);
+        // the beam over item 47's own z: its bucket [2, 1], then its siblings by distance
+        let near = |i: u32| {
+            (i == 47).then(|| {
+                vec![
+                    vec![(vec![2], 0.0), (vec![3], 1.0)],
+                    vec![
+                        (vec![2, 1], 0.0),
+                        (vec![2, 3], 0.5),
+                        (vec![2, 0], 0.7),
+                        (vec![2, 2], 0.9),
+                    ],
+                ]
+            })
+        };
+        let s = RecommendSettings {
+            candidates: 5,
+            min_bucket: 6,
+            recent_buckets: 1,
+            recent_beam: 1,
+            ..RecommendSettings::default()
+        };
+        let recent = [(47u32, 1.0)];
+        let got = candidates(&beam, &near, &t, &recent, &none(), &|_| false, &s);
+        // 5 of the user's bucket, then 47's bucket (5 < 6) and its nearest sibling: 10 of
+        // [2]'s 20
+        let want = [t.under(&[0, 0]), t.under(&[2, 1]), t.under(&[2, 3])].concat();
+        assert_eq!(got, want);
+        // the nearest buckets count by their sizes: what the user's beam took is no reason to
+        // reach further
+        let user_took = beam_of(&[&[2, 1]]);
+        let got = candidates(&user_took, &near, &t, &recent, &none(), &|_| false, &s);
+        assert_eq!(got, [t.under(&[2, 1]), t.under(&[2, 3])].concat());
+        // its own bucket comes first even where the beam over its quantized z starts elsewhere
+        let elsewhere = |i: u32| {
+            (i == 47).then(|| {
+                vec![
+                    vec![(vec![2], 0.0)],
+                    vec![(vec![2, 0], 0.1), (vec![2, 1], 0.2)],
+                ]
+            })
+        };
+        let got = candidates(&beam, &elsewhere, &t, &recent, &none(), &|_| false, &s);
+        assert_eq!(
+            got,
+            [t.under(&[0, 0]), t.under(&[2, 1]), t.under(&[2, 0])].concat()
+        );
+        // an item without a beam keeps the whole prefix; recent_beam 0 never asks for one
+        let far = [(70u32, 1.0)];
+        let got = candidates(&beam, &near, &t, &far, &none(), &|_| false, &s);
+        assert_eq!(got, [t.under(&[0, 0]), t.under(&[3])].concat());
+        let whole = RecommendSettings {
+            recent_beam: 0,
+            ..s
+        };
+        let got = candidates(
+            &beam,
+            &|_| panic!("not asked"),
+            &t,
+            &recent,
+            &none(),
+            &|_| false,
+            &whole,
+        );
+        assert_eq!(got, [t.under(&[0, 0]), t.under(&[2])].concat());
     }
 
     #[test]
@@ -867,7 +1019,7 @@ mod tests {
         assert_eq!(votes.len(), 2);
         assert!((votes[&60] - 1.75 / 4.0).abs() < 1e-6);
         assert!((votes[&79] - 1.5 / 4.0).abs() < 1e-6);
-        let cands = candidates(&beam, &t, &recent, &votes, &|_| false, &s);
+        let cands = candidates(&beam, &|_| None, &t, &recent, &votes, &|_| false, &s);
         // the bucket [0, 0] (items 0-4), then the best-voted items, which no bucket held
         assert_eq!(cands, vec![0, 1, 2, 3, 4, 60, 79]);
         let top = rank(
@@ -883,13 +1035,13 @@ mod tests {
         );
         assert_eq!(top.iter().map(|x| x.0).collect::<Vec<_>>(), vec![60, 79]);
         // an excluded item is no candidate; cooc_candidates 0 keeps the SID candidates only
-        let cands = candidates(&beam, &t, &recent, &votes, &|i| i == 60, &s);
+        let cands = candidates(&beam, &|_| None, &t, &recent, &votes, &|i| i == 60, &s);
         assert_eq!(cands, vec![0, 1, 2, 3, 4, 79]);
         let sid_only = RecommendSettings {
             cooc_candidates: 0,
             ..s
         };
-        let cands = candidates(&beam, &t, &recent, &votes, &|_| false, &sid_only);
+        let cands = candidates(&beam, &|_| None, &t, &recent, &votes, &|_| false, &sid_only);
         assert_eq!(cands, vec![0, 1, 2, 3, 4]);
         // no weight and no candidates: no votes are gathered
         let off = RecommendSettings {

@@ -911,8 +911,19 @@ impl ExpectedRecommend {
             .route_beam(&user.z, mean, settings.beam, &|p| catalogue.count(p))
             .expect("beam");
         let votes = recommend::votes(&catalogue, &recent, &settings);
+        // a newest item's beam over its own `z`, at its own length
+        let near = |i: u32| {
+            let z = catalogue.z(i)?;
+            let len = z.iter().map(|x| x * x).sum::<f32>().sqrt();
+            let count = |p: &[u32]| catalogue.count(p);
+            self.model
+                .model
+                .route_beam(z, len, settings.recent_beam, &count)
+                .ok()
+        };
+        let skip = |_| false;
         let cands =
-            recommend::candidates(&beam, &catalogue, &recent, &votes, &|_| false, &settings);
+            recommend::candidates(&beam, &near, &catalogue, &recent, &votes, &skip, &settings);
         let buckets: HashSet<&[u32]> = cands.iter().filter_map(|&i| catalogue.codes(i)).collect();
         let top = recommend::rank(&catalogue, &view, &votes, &cands, k, &settings);
         let list = top
