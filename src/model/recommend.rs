@@ -57,7 +57,7 @@ pub struct RecommendSettings {
     /// Newest items of the user whose buckets add candidates. Default 5.
     pub recent_buckets: usize,
     /// Width of the beam over a newest item's `z` that finds its nearest buckets (0: the whole
-    /// deepest prefix of its SID holding `min_bucket` items).
+    /// deepest prefix of its SID holding `min_bucket` items). Default 0.
     pub recent_beam: usize,
     /// Weight of the cosine of the user's `z` and the item's. Default 1.
     pub w_user: f32,
