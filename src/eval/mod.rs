@@ -575,8 +575,10 @@ impl Ctx<'_> {
                 .1;
             let t0 = std::time::Instant::now();
             let mut sums = RankSums::default();
-            for (rank, _) in ranks(b, point, &self.split.valid) {
+            let mut cands = 0usize;
+            for (rank, n) in ranks(b, point, &self.split.valid) {
                 sums.add(rank);
+                cands += n;
             }
             let (r10, _, n10) = sums.means();
             let setting = serde_json::to_string(point).expect("plain settings");
@@ -586,17 +588,10 @@ impl Ctx<'_> {
                 valid_recall10: r10,
                 valid_ndcg10: n10,
                 seconds: t0.elapsed().as_secs_f64(),
+                mean_candidates: cands as f64 / self.split.valid.len().max(1) as f64,
             });
         }
-        r.chosen = r
-            .tuning
-            .iter()
-            .max_by(|a, b| {
-                (a.valid_recall10, a.valid_ndcg10)
-                    .partial_cmp(&(b.valid_recall10, b.valid_ndcg10))
-                    .expect("finite recalls")
-            })
-            .map(|t| t.setting.clone());
+        r.chosen = tuning::best_point(&r.tuning).map(|k| r.tuning[k].setting.clone());
         base.validate("recommend.")
             .map_err(ModelError::InvalidConfig)?;
         let held_out = ranks(&by_width[0].1, base, &self.split.test);

@@ -25,6 +25,25 @@ pub struct TuningPoint {
     pub valid_ndcg10: f64,
     /// Seconds to fit (when the point needed its own fit) and score it.
     pub seconds: f64,
+    /// Retrieval (a)'s mean candidates per validation pair (SID methods; 0 for a baseline,
+    /// which ranks the whole catalogue).
+    #[serde(default)]
+    pub mean_candidates: f64,
+}
+
+/// Whether `t` is strictly better than `best` by validation recall@10, then NDCG@10: a grid keeps
+/// the first of equal points, so one that lists the defaults first keeps them unless another
+/// point is better.
+fn beats(t: &TuningPoint, best: &TuningPoint) -> bool {
+    (t.valid_recall10, t.valid_ndcg10) > (best.valid_recall10, best.valid_ndcg10)
+}
+
+/// The index of the best point (see [`beats`]); `None` for no points.
+pub fn best_point(points: &[TuningPoint]) -> Option<usize> {
+    (0..points.len()).fold(None, |best, k| match best {
+        Some(b) if !beats(&points[k], &points[b]) => Some(b),
+        _ => Some(k),
+    })
 }
 
 /// The methods of this module.
@@ -131,6 +150,7 @@ impl Ctx<'_> {
                 r.method
             )));
         }
+        // only the best point's scorer is kept (an EASE fit is items x items)
         let mut best: Option<(usize, Point<'a>)> = None;
         for k in 0..n {
             let t0 = Instant::now();
@@ -142,14 +162,15 @@ impl Ctx<'_> {
                 valid_recall10: r10,
                 valid_ndcg10: n10,
                 seconds: t0.elapsed().as_secs_f64(),
+                mean_candidates: 0.0,
             });
             tracing::info!(method = %r.method, %setting, valid_recall10 = r10, "grid point");
-            let better = best.as_ref().is_none_or(|(b, _)| {
-                let t = &r.tuning[*b];
-                (r10, n10) > (t.valid_recall10, t.valid_ndcg10)
-            });
-            if better {
-                best = Some((k, (setting, score)));
+            let point = r.tuning.last().expect("pushed");
+            if best
+                .as_ref()
+                .is_none_or(|(b, _)| beats(point, &r.tuning[*b]))
+            {
+                best = Some((r.tuning.len() - 1, (setting, score)));
             }
         }
         let (_, (setting, score)) = best.expect("n > 0");
@@ -182,4 +203,42 @@ fn process_cpu_seconds() -> Option<f64> {
     let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
     // the kernel reports USER_HZ ticks, 100 per second on Linux
     Some(ticks / 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(setting: &str, r10: f64, n10: f64) -> TuningPoint {
+        TuningPoint {
+            setting: setting.into(),
+            valid_recall10: r10,
+            valid_ndcg10: n10,
+            seconds: 0.0,
+            mean_candidates: 0.0,
+        }
+    }
+
+    #[test]
+    fn the_best_point_is_the_first_of_equals_and_ndcg_breaks_recall_ties() {
+        assert_eq!(best_point(&[]), None);
+        let tied = [
+            point("defaults", 0.2, 0.1),
+            point("b", 0.2, 0.1),
+            point("c", 0.2, 0.1),
+        ];
+        assert_eq!(best_point(&tied), Some(0));
+        let by_ndcg = [
+            point("a", 0.2, 0.1),
+            point("b", 0.2, 0.15),
+            point("c", 0.1, 0.3),
+        ];
+        assert_eq!(best_point(&by_ndcg), Some(1));
+        let later = [
+            point("a", 0.1, 0.1),
+            point("b", 0.3, 0.0),
+            point("c", 0.3, 0.0),
+        ];
+        assert_eq!(best_point(&later), Some(1));
+    }
 }
