@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use sidb::index::distance::normalize;
+use sidb::index::synth::gaussian;
 
 const TOPIC_SIZE: usize = 100;
 
@@ -29,23 +31,6 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize, default: T) -> T {
         }),
         None => default,
     }
-}
-
-/// A standard normal draw (Box-Muller; the dependency-free way, enough for test data).
-fn normal(rng: &mut ChaCha8Rng) -> f32 {
-    let u1: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
-    let u2: f64 = rng.random_range(0.0..1.0);
-    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-}
-
-fn unit(v: &mut [f32]) {
-    let n = v
-        .iter()
-        .map(|x| x * x)
-        .sum::<f32>()
-        .sqrt()
-        .max(f32::MIN_POSITIVE);
-    v.iter_mut().for_each(|x| *x /= n);
 }
 
 /// Draws an index from a cumulative weight table.
@@ -74,8 +59,8 @@ fn write(dest: &Path, items: usize, users: usize, dim: usize, seed: u64) -> std:
     let topics = items.div_ceil(TOPIC_SIZE);
     let centres: Vec<Vec<f32>> = (0..topics)
         .map(|_| {
-            let mut c: Vec<f32> = (0..dim).map(|_| normal(&mut rng)).collect();
-            unit(&mut c);
+            let mut c: Vec<f32> = (0..dim).map(|_| gaussian(&mut rng)).collect();
+            normalize(&mut c);
             c
         })
         .collect();
@@ -85,9 +70,9 @@ fn write(dest: &Path, items: usize, users: usize, dim: usize, seed: u64) -> std:
     let mut row = vec![0f32; dim];
     for i in 0..items {
         for (r, c) in row.iter_mut().zip(&centres[topic_of(i)]) {
-            *r = c + noise * normal(&mut rng);
+            *r = c + noise * gaussian(&mut rng);
         }
-        unit(&mut row);
+        normalize(&mut row);
         for v in &row {
             emb.write_all(&v.to_le_bytes())?;
         }
