@@ -199,6 +199,14 @@ pub struct RetrievalConfig {
     pub index_threads: usize,
     /// Points the background indexer inserts per round. Default 1,024.
     pub index_batch: usize,
+    /// Seconds after which a collection whose graphs took inserts since its last checkpoint is
+    /// checkpointed (graphs and point ids written to `index/<collection id>/` while serving,
+    /// by the indexer), so a restart after a crash loads them and inserts only what was written
+    /// since. 0 = only at clean shutdown. Default 60.
+    pub graph_checkpoint_secs: u64,
+    /// Graph inserts after which a collection is checkpointed sooner than
+    /// `graph_checkpoint_secs` (0 = by time only). Default 200,000.
+    pub graph_checkpoint_inserts: u64,
 }
 
 impl RetrievalConfig {
@@ -226,6 +234,8 @@ impl Default for RetrievalConfig {
             recency_half_life_events: 2.0,
             index_threads: 1,
             index_batch: 1024,
+            graph_checkpoint_secs: 60,
+            graph_checkpoint_inserts: 200_000,
         }
     }
 }

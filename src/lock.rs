@@ -17,6 +17,7 @@
 //! |---|---|---|
 //! | [`Rank::Catalog`] | `Store`'s catalogue lock (create, delete, checkpoint) | syncing sled, taking writer locks |
 //! | [`Rank::Writer`] | a collection's writer lock (`Collection::writer`) | logging and applying one write |
+//! | [`Rank::IndexDump`] | a collection index's dump directory (`CollectionIndex::dump`) | freezing the graphs, writing the dump |
 //! | [`Rank::IndexState`] | a collection's retrieval state (`CollectionIndex::state`) | in-memory work only |
 //! | [`Rank::QuerySample`] | a collection's query sample | copying vectors |
 //! | [`Rank::Wal`] | the log's pending buffer | copying bytes |
@@ -34,6 +35,8 @@ pub enum Rank {
     Catalog = 10,
     /// A collection's writer lock: sequence order = log order = apply order.
     Writer = 20,
+    /// A collection index's dump directory: one checkpoint at a time, none once deleted.
+    IndexDump = 25,
     /// A collection's retrieval state (ids, tries, vectors, graphs).
     IndexState = 30,
     /// A collection's sample of searched query vectors.

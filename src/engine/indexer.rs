@@ -5,15 +5,20 @@
 //! indexer takes one batch per vector space per round, round-robin over collections, so a bulk
 //! load into one collection does not starve the others. Graph inserts run in a dedicated rayon
 //! pool of `retrieval.index_threads` threads, which leaves the other cores to serving. Rebuilds of
-//! graphs with too many tombstones run on the same thread, between batches.
+//! graphs with too many tombstones run on the same thread, between batches, and so do the
+//! graph checkpoints ([`Checkpoints`]): a collection whose graphs took inserts is dumped to its
+//! index directory every `retrieval.graph_checkpoint_secs` (sooner after
+//! `graph_checkpoint_inserts` inserts), so a restart after a crash loads that dump and inserts
+//! only what was written after it.
 //!
 //! The thread holds only a weak reference to [`Indexes`] while it waits, so dropping the engine
 //! stops it; [`Indexes::stop`] stops it and waits for the round in progress.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex as StdMutex, Weak};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::lock::{Mutex, Rank, RwLock};
 
@@ -54,6 +59,64 @@ impl Signal {
     }
 }
 
+/// When the indexer checkpoints a collection's graphs, and where.
+#[derive(Debug, Clone)]
+pub struct Checkpoints {
+    /// The data directory: a collection's dump lives in `index/<collection id>/` under it.
+    pub data_dir: PathBuf,
+    /// A collection with inserts since its last dump is dumped this long after it (zero: never
+    /// while serving).
+    pub interval: Duration,
+    /// ... or once it took this many inserts (0: by time only).
+    pub inserts: u64,
+}
+
+impl Checkpoints {
+    /// No checkpoints while serving (the dump of a clean shutdown only).
+    pub fn off(data_dir: PathBuf) -> Checkpoints {
+        Checkpoints {
+            data_dir,
+            interval: Duration::ZERO,
+            inserts: 0,
+        }
+    }
+
+    /// Where the dump of collection `coll_id` lives.
+    pub fn dir(&self, coll_id: u64) -> PathBuf {
+        super::index_dir(&self.data_dir, coll_id)
+    }
+
+    /// Dumps `coll` when it is due: inserts since its last dump, and `interval` passed since
+    /// `last` (or `inserts` reached). `last` is then set to now.
+    fn run_if_due(&self, coll: &CollectionIndex, last: &mut Instant) {
+        let n = coll.inserted_since_dump();
+        let by_time = !self.interval.is_zero() && last.elapsed() >= self.interval;
+        let by_count = !self.interval.is_zero() && self.inserts > 0 && n >= self.inserts;
+        if n == 0 || !(by_time || by_count) {
+            return;
+        }
+        let t = Instant::now();
+        match coll.dump(&self.dir(coll.coll_id)) {
+            Ok(Some(seq)) => {
+                coll.dumped(n);
+                tracing::info!(
+                    collection = coll.coll_id,
+                    seq,
+                    inserts = n,
+                    ms = t.elapsed().as_millis() as u64,
+                    "graph checkpoint written"
+                );
+            }
+            // deleted meanwhile
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(collection = coll.coll_id, error = %e, "graph checkpoint failed; the previous one stays, and a restart inserts more")
+            }
+        }
+        *last = Instant::now();
+    }
+}
+
 /// Every collection's [`CollectionIndex`], by collection id, and their indexer.
 pub struct Indexes {
     map: RwLock<HashMap<u64, Arc<CollectionIndex>>>,
@@ -63,12 +126,14 @@ pub struct Indexes {
 
 impl Indexes {
     /// Starts the indexer over `initial` with `threads` insert threads and `batch` points per
-    /// round; once idle it calibrates each graph's default `ef` to `target_recall` (0 = off).
+    /// round; once idle it calibrates each graph's default `ef` to `target_recall` (0 = off). It
+    /// checkpoints the graphs as `checkpoints` says.
     pub fn start(
         initial: HashMap<u64, Arc<CollectionIndex>>,
         threads: usize,
         batch: usize,
         target_recall: f64,
+        checkpoints: Checkpoints,
     ) -> Result<Arc<Indexes>> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
@@ -84,7 +149,16 @@ impl Indexes {
         let signal = Arc::clone(&indexes.signal);
         let handle = std::thread::Builder::new()
             .name("sidb-indexer".into())
-            .spawn(move || run(weak, signal, pool, batch.max(1), target_recall))
+            .spawn(move || {
+                run(
+                    weak,
+                    signal,
+                    pool,
+                    batch.max(1),
+                    target_recall,
+                    checkpoints,
+                )
+            })
             .map_err(|e| Error::io("starting the indexer thread", e))?;
         *indexes.worker.lock() = Some(handle);
         // Points restored as pending (no usable dump) are waiting already.
@@ -159,7 +233,10 @@ fn run(
     pool: rayon::ThreadPool,
     batch: usize,
     target_recall: f64,
+    checkpoints: Checkpoints,
 ) {
+    // when each collection was last dumped (or first seen)
+    let mut last: HashMap<u64, Instant> = HashMap::new();
     loop {
         if signal.wait() {
             return;
@@ -188,6 +265,8 @@ fn run(
                         }
                     }
                 }
+                let seen = last.entry(coll.coll_id).or_insert_with(Instant::now);
+                checkpoints.run_if_due(&coll, seen);
             }
             if !progress {
                 // caught up: (re)calibrate the graphs that are due, then wait for work
@@ -203,6 +282,11 @@ fn run(
                             tracing::error!(collection = coll.coll_id, ?space, error = %e, "ef calibration failed; the configured ef stays");
                         }
                     }
+                    let seen = last.entry(coll.coll_id).or_insert_with(Instant::now);
+                    checkpoints.run_if_due(&coll, seen);
+                }
+                if let Some(x) = indexes.upgrade() {
+                    last.retain(|id, _| x.get(*id).is_ok());
                 }
                 break;
             }
@@ -219,7 +303,8 @@ mod tests {
     /// DeleteCollection).
     #[test]
     fn the_index_of_a_deleted_collection_is_not_found() {
-        let indexes = Indexes::start(HashMap::new(), 1, 16, 0.0).expect("start");
+        let off = Checkpoints::off(std::env::temp_dir());
+        let indexes = Indexes::start(HashMap::new(), 1, 16, 0.0, off).expect("start");
         match indexes.get(7) {
             Err(Error::NotFound(m)) => assert!(m.contains("not found"), "{m}"),
             Err(e) => panic!("{e:?}"),

@@ -20,7 +20,7 @@ mod retrieval_tests;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::{Config, Limits, RetrievalConfig, TrainingConfig};
 use crate::error::{Error, Result};
@@ -33,7 +33,7 @@ use crate::types::{
     UserRecord, WriteResult,
 };
 use index::CollectionIndex;
-use indexer::Indexes;
+use indexer::{Checkpoints, Indexes};
 pub use retrieval::{
     PrefixStats, Query, RecommendInput, ScanPage, SearchHit, SearchInput, SidLookup,
 };
@@ -81,7 +81,18 @@ impl Engine {
         for (coll, index) in colls.iter().zip(loaded) {
             map.insert(coll.entry.id, Arc::new(index?));
         }
-        let indexes = Indexes::start(map, r.index_threads, r.index_batch, r.hnsw_target_recall)?;
+        let checkpoints = Checkpoints {
+            data_dir: store.dir().to_path_buf(),
+            interval: Duration::from_secs(r.graph_checkpoint_secs),
+            inserts: r.graph_checkpoint_inserts,
+        };
+        let indexes = Indexes::start(
+            map,
+            r.index_threads,
+            r.index_batch,
+            r.hnsw_target_recall,
+            checkpoints,
+        )?;
         let retrieval = Arc::new(r);
         let training = Arc::new(config.training.clone());
         let trainers = Trainers::start(TrainCtx {
@@ -168,12 +179,17 @@ impl Engine {
             let id = e.store.collection(&name)?.entry.id;
             e.trainers.remove(id);
             e.store.delete_collection(&name)?;
+            let index = e.indexes.get(id).ok();
             e.indexes.remove(id);
             crate::fsutil::remove_dir_if_present(&served::collection_models_dir(
                 e.store.dir(),
                 id,
             ))?;
-            crate::fsutil::remove_dir_if_present(&index_dir(e.store.dir(), id))
+            // after a checkpoint in progress, and none after
+            match index {
+                Some(index) => index.retire(&index_dir(e.store.dir(), id)),
+                None => crate::fsutil::remove_dir_if_present(&index_dir(e.store.dir(), id)),
+            }
         })
         .await
     }
@@ -376,7 +392,7 @@ impl Engine {
             let dir = index_dir(self.store.dir(), index.coll_id);
             // A failed dump only costs a rebuild at the next start.
             match index.dump(&dir) {
-                Ok(()) => tracing::info!(
+                Ok(_) => tracing::info!(
                     collection = index.coll_id,
                     ms = t.elapsed().as_millis() as u64,
                     "index dumped"

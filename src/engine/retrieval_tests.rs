@@ -585,3 +585,117 @@ async fn point_reads_never_pair_a_record_with_another_writes_sid() {
         "{reads} reads, {writes} writes"
     );
 }
+
+/// The index of collection "c" opened from the store and its dump directory as a restart
+/// would (no indexer): its pending points by entity id, and its graph's live points.
+fn reopened(e: &Engine) -> (BTreeMap<String, ()>, usize) {
+    let coll = e.store.collection("c").unwrap();
+    let dir = index_dir(e.store.dir(), coll.entry.id);
+    let params = hnsw_params(&e.retrieval);
+    let index = CollectionIndex::open(&e.store, &coll, params, &dir, 0.95).unwrap();
+    let st = index.state.read();
+    let sp = &st.item_spaces[0];
+    let pending = (sp.pending.keys())
+        .map(|p| (st.items.id(*p).unwrap().to_string(), ()))
+        .collect();
+    (pending, sp.hnsw.len())
+}
+
+/// A graph checkpoint written while serving is what a restart after a crash starts from: the
+/// items written after it (new and rewritten) are pending, those deleted after it are gone from
+/// the graph, and nothing else is inserted again. A damaged checkpoint is rebuilt, never served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_while_serving_is_used_after_a_crash_and_only_the_tail_is_inserted() {
+    let dir = tempfile::tempdir().unwrap();
+    let dim = 16usize;
+    let data = clustered(700, dim, 10, 0.3, 9);
+    let rows: Vec<&[f32]> = data.chunks(dim).collect();
+    // a checkpoint once 600 inserts are in, none by time
+    let e = engine(dir.path(), |c| {
+        c.retrieval.graph_checkpoint_secs = 3600;
+        c.retrieval.graph_checkpoint_inserts = 600;
+    });
+    e.create_collection("c".into(), collection_config(dim as u32, Metric::Cosine))
+        .await
+        .unwrap();
+    let first = (0..600).map(|i| item(&format!("i{i}"), rows[i])).collect();
+    e.upsert_items("c", first, Durability::Durable)
+        .await
+        .unwrap();
+    let points = dir.path().join("index/1/points");
+    let start = std::time::Instant::now();
+    while !points.exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "no checkpoint");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // the tail: 100 new items, 30 rewritten, 20 deleted
+    let tail = (600..700).map(|i| item(&format!("i{i}"), rows[i])).collect();
+    e.upsert_items("c", tail, Durability::Durable)
+        .await
+        .unwrap();
+    let moved = (0..30).map(|i| item(&format!("i{i}"), rows[699 - i])).collect();
+    e.upsert_items("c", moved, Durability::Durable)
+        .await
+        .unwrap();
+    let deleted: Vec<String> = (100..120).map(|i| format!("i{i}")).collect();
+    e.delete_items("c", deleted.clone(), Durability::Durable)
+        .await
+        .unwrap();
+    assert!(e.wait_indexed(Duration::from_secs(60)));
+
+    let (pending, graph) = reopened(&e);
+    let want: BTreeMap<String, ()> = (0..30)
+        .chain(600..700)
+        .map(|i| (format!("i{i}"), ()))
+        .collect();
+    assert_eq!(pending, want, "exactly the items written after the checkpoint");
+    assert_eq!(graph, 580, "the deleted items' points are removed");
+
+    // the same after a crash: no clean shutdown, the store recovered from its log
+    drop(e);
+    let e = engine(dir.path(), |c| c.retrieval.graph_checkpoint_secs = 0);
+    assert_eq!(reopened(&e).0, want);
+    let mut live: BTreeMap<String, Vec<f32>> = (0..700)
+        .map(|i| (format!("i{i}"), rows[i].to_vec()))
+        .collect();
+    for i in 0..30 {
+        live.insert(format!("i{i}"), rows[699 - i].to_vec());
+    }
+    deleted.iter().for_each(|id| drop(live.remove(id)));
+    assert!(e.wait_indexed(Duration::from_secs(60)));
+    for q in rows.iter().step_by(70) {
+        let hits = e.search("c", query(q, 10, 0)).await.unwrap();
+        let got: Vec<String> = hits.iter().map(|h| h.id.to_string()).collect();
+        assert!(got.iter().all(|id| live.contains_key(id)), "{got:?}");
+        let want = oracle(&live, Metric::Cosine, q, 10);
+        let found = got.iter().filter(|id| want.contains(id)).count();
+        assert!(found >= 9, "{found} of 10 after the restart");
+    }
+    drop(e);
+
+    // a damaged checkpoint: every point is inserted again
+    let graph_file = dir.path().join("index/1/item-0/graph.bin");
+    let mut bytes = std::fs::read(&graph_file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    std::fs::write(&graph_file, bytes).unwrap();
+    let e = engine(dir.path(), |c| c.retrieval.graph_checkpoint_secs = 0);
+    let (pending, graph) = reopened(&e);
+    assert_eq!((pending.len(), graph), (680, 0), "a damaged graph is never served");
+}
+
+/// Deleting a collection retires its index: a dump after that writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_collection_is_never_dumped_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path(), |_| {});
+    let data = clustered(50, 8, 2, 0.3, 3);
+    let (index, _) = load_indexed(&e, &data, 8).await;
+    let at = dir.path().join("index/1");
+    assert!(index.dump(&at).unwrap().is_some());
+    assert!(at.join("points").exists());
+    e.delete_collection("c".into()).await.unwrap();
+    assert!(!at.exists(), "the dump goes with its collection");
+    assert_eq!(index.dump(&at).unwrap(), None);
+    assert!(!at.exists(), "a retired index writes no dump");
+}

@@ -20,14 +20,18 @@
 //!
 //! # Start-up and the dump
 //! [`CollectionIndex::open`] rebuilds ids, trie and flat vectors from a scan of the store. The
-//! graphs come from the dump written at clean shutdown ([`CollectionIndex::dump`]) when it matches
-//! the store exactly: same last write sequence, same entity set, same metric and dimensions, intact
-//! checksums. Otherwise (no dump, a crash since, corruption) every point starts pending and the
-//! indexer rebuilds the graphs in the background while searches are answered exactly: a stale
-//! graph is never served.
+//! graphs come from the last dump ([`CollectionIndex::dump`]: a checkpoint the indexer writes
+//! while serving, or the dump of a clean shutdown) when its checksums and stamps (metric,
+//! dimensions, one write sequence for all its files) hold, reconciled with the scan: graph
+//! points of entities deleted since are removed, and every stored vector the graph does not
+//! hold exactly (written since, or pending at the dump) starts pending. Without a usable dump
+//! (none, or a damaged one) every point starts pending. Either way the indexer inserts the
+//! pending points in the background while searches are answered exactly for them: a stale
+//! graph entry is never served.
 //!
-//! Lock order: the store's writer lock, then [`CollectionIndex::state`]. Nothing here does
-//! network I/O; disk I/O only in [`CollectionIndex::open`] and [`CollectionIndex::dump`].
+//! Lock order: the store's writer lock, then [`CollectionIndex::state`]; a dump takes its own
+//! lock (rank `IndexDump`) before the state. Nothing here does network I/O; disk I/O only in
+//! [`CollectionIndex::open`], [`CollectionIndex::dump`] and [`CollectionIndex::retire`].
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -54,7 +58,7 @@ use crate::error::{Error, Result};
 use crate::fsutil::{remove_dir_if_present, replace_dir, sibling, write_synced};
 use crate::index::calibrate::{calibrate, Calibration, QuerySample, EF_LADDER};
 use crate::index::flat::FlatIndex;
-use crate::index::hnsw::{DumpStamp, HnswIndex, HnswParams};
+use crate::index::hnsw::{DumpStamp, FrozenGraph, HnswIndex, HnswParams};
 use crate::index::{Hit, PointId, PointMap};
 use crate::storage::codec::{Dec, Enc, RECORD_VERSION};
 use crate::storage::models::ModelSid;
@@ -464,6 +468,11 @@ pub struct CollectionIndex {
     /// once it holds [`CALIBRATE_QUERIES`]. Outside `state` so that searches (which hold only
     /// the read lock) can add to it; a search finding it busy skips it.
     queries: Mutex<HashMap<SpaceId, QuerySample>>,
+    /// Taken by [`CollectionIndex::dump`] for the whole dump; `true` once the collection is
+    /// deleted ([`CollectionIndex::retire`]), after which nothing is dumped.
+    dump_guard: Mutex<bool>,
+    /// Graph inserts since the last dump (the indexer's checkpoint policy).
+    inserted_since_dump: std::sync::atomic::AtomicU64,
 }
 
 impl CollectionIndex {
@@ -498,6 +507,8 @@ impl CollectionIndex {
             ),
             model: ArcSwapOption::empty(),
             queries: Mutex::new(Rank::QuerySample, "query sample", HashMap::new()),
+            dump_guard: Mutex::new(Rank::IndexDump, "index dump", false),
+            inserted_since_dump: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -581,6 +592,8 @@ impl CollectionIndex {
         let refs: Vec<(PointId, &[f32])> =
             work.iter().map(|(p, _, v)| (*p, v.as_slice())).collect();
         graph.upsert_batch(&refs)?;
+        self.inserted_since_dump
+            .fetch_add(work.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let mut st = self.state.write();
         let Some(sp) = st.space_mut(space) else {
             return Ok(0);
@@ -621,8 +634,23 @@ impl CollectionIndex {
         // Writers touch the graph only under the state lock (deletes), so holding it here keeps
         // every write either in the replayed journal or after the swap.
         old.finish_rebuild(&fresh)?;
+        // a new graph: the last dump holds none of its links
+        self.inserted_since_dump
+            .fetch_add(fresh.len().max(1) as u64, std::sync::atomic::Ordering::Relaxed);
         sp.hnsw = Arc::new(fresh);
         Ok(true)
+    }
+
+    /// Graph inserts since the last dump.
+    pub fn inserted_since_dump(&self) -> u64 {
+        self.inserted_since_dump
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records a dump that covered `n` of the inserts counted so far.
+    pub fn dumped(&self, n: u64) {
+        self.inserted_since_dump
+            .fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The top `k` entities of a space for a query vector (already validated), best first.

@@ -44,13 +44,12 @@ impl CollectionIndex {
                 h.join()
                     .unwrap_or_else(|_| Err(Error::Internal("reading the graphs panicked".into())))
             });
-            let (seq, fresh_points) = scanned?;
+            let seq = scanned?;
             index.finish_open(
                 store,
                 coll,
                 &mut st,
                 seq,
-                fresh_points,
                 dump.as_ref(),
                 graphs,
                 target_recall,
@@ -61,15 +60,14 @@ impl CollectionIndex {
     }
 
     /// Binds every stored entity (its point id from the dump when there is one), its SID and its
-    /// vectors; returns the store's write sequence and how many entities the dump did not know.
+    /// vectors; returns the store's write sequence.
     pub(super) fn scan(
         &self,
         store: &Store,
         coll: &Collection,
         st: &mut IndexState,
         dump: Option<&PointsFile>,
-    ) -> Result<(u64, u64)> {
-        let mut fresh_points = 0u64;
+    ) -> Result<u64> {
         let (mut next_item, mut next_user) = (0usize, 0usize);
         let seq = store.scan_entities(coll, |entity| {
             let (kind, id, sid) = match &entity {
@@ -82,10 +80,7 @@ impl CollectionIndex {
             };
             let p = match dump.and_then(|d| d.point(kind, id, next)) {
                 Some(p) => p,
-                None => {
-                    fresh_points += 1;
-                    st.take_point()
-                }
+                None => st.take_point(),
             };
             let st = &mut *st;
             let ents = match kind {
@@ -108,12 +103,12 @@ impl CollectionIndex {
             }
             Ok(())
         })?;
-        Ok((seq, fresh_points))
+        Ok(seq)
     }
 
     /// The rest of [`CollectionIndex::open`] after the scan: the active version's SIDs, then the
-    /// graphs read from the dump if they match the scan exactly, else empty graphs with every
-    /// point pending.
+    /// graphs read from the dump reconciled with the scan, else (no dump, or a damaged one)
+    /// empty graphs with every point pending.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn finish_open(
         &self,
@@ -121,7 +116,6 @@ impl CollectionIndex {
         coll: &Collection,
         st: &mut IndexState,
         seq: u64,
-        fresh_points: u64,
         dump: Option<&PointsFile>,
         graphs: Option<Result<ReadGraphs>>,
         target_recall: f64,
@@ -135,33 +129,46 @@ impl CollectionIndex {
             st.sid_version = active;
         }
         let loaded = match (dump, graphs) {
-            (Some(d), Some(graphs)) if fresh_points == 0 => {
+            (Some(d), Some(graphs)) => {
                 graphs.and_then(|g| self.install_graphs(st, d, g, seq, target_recall))
             }
-            (Some(_), _) => Err(Error::FailedPrecondition(format!(
-                "{fresh_points} entities are not in the dump"
-            ))),
-            (None, _) => Err(Error::NotFound("no dump".into())),
+            _ => Err(Error::NotFound("no dump".into())),
         };
-        if let Err(e) = loaded {
-            if dump.is_some() {
-                tracing::warn!(collection = %coll.entry.name, reason = %e, "index dump is stale; rebuilding the graphs in the background");
-            }
-            for space in st.item_spaces.iter_mut().chain(st.user_space.as_mut()) {
-                space.hnsw = Arc::new(HnswIndex::new(
-                    self.config.metric,
-                    space.flat.dim(),
-                    self.params,
-                    space.flat.len(),
-                ));
-                space.pending = space.flat.iter().map(|(p, _)| (p, seq)).collect();
+        match loaded {
+            Ok(r) => tracing::info!(
+                collection = %coll.entry.name,
+                dump_seq = dump.map_or(0, |d| d.generation),
+                store_seq = seq,
+                from_dump = r.current,
+                pending = r.pending,
+                removed = r.removed,
+                "index dump loaded; the points written since it are pending"
+            ),
+            Err(e) => {
+                if dump.is_some() {
+                    tracing::warn!(collection = %coll.entry.name, reason = %e, "index dump unusable; rebuilding the graphs in the background");
+                }
+                for space in st.item_spaces.iter_mut().chain(st.user_space.as_mut()) {
+                    space.hnsw = Arc::new(HnswIndex::new(
+                        self.config.metric,
+                        space.flat.dim(),
+                        self.params,
+                        space.flat.len(),
+                    ));
+                    space.pending = space.flat.iter().map(|(p, _)| (p, seq)).collect();
+                    (space.calibrated_len, space.calibration) = (0, None);
+                }
             }
         }
         Ok(())
     }
 
-    /// Installs the graphs read from the dump after checking them against the scanned state,
-    /// each with its calibration when that aimed at `target_recall`.
+    /// Installs the graphs read from a dump (a checkpoint, or the dump of a clean shutdown),
+    /// reconciled with the scanned state: the graph points of entities deleted since are
+    /// removed, and every stored vector the graph does not hold exactly (written since the dump,
+    /// or pending at it) is pending. So a dump of any write sequence serves, and only what
+    /// changed after it is inserted again. Each graph keeps its calibration when that aimed at
+    /// `target_recall`.
     pub(super) fn install_graphs(
         &self,
         st: &mut IndexState,
@@ -169,22 +176,7 @@ impl CollectionIndex {
         read: ReadGraphs,
         seq: u64,
         target_recall: f64,
-    ) -> Result<()> {
-        if dump.generation != seq {
-            return Err(Error::FailedPrecondition(format!(
-                "dump is of write sequence {}, the store is at {seq}",
-                dump.generation
-            )));
-        }
-        if dump.items.len() != st.items.len() || dump.users.len() != st.users.len() {
-            return Err(Error::FailedPrecondition(format!(
-                "dump has {} items and {} users, the store {} and {}",
-                dump.items.len(),
-                dump.users.len(),
-                st.items.len(),
-                st.users.len()
-            )));
-        }
+    ) -> Result<Reconciled> {
         let mut read: HashMap<SpaceId, Option<HnswIndex>> = read.into_iter().collect();
         let mut graphs = Vec::new();
         for (id, space) in st.spaces() {
@@ -199,54 +191,87 @@ impl CollectionIndex {
                 ),
                 None => return Err(Error::Internal(format!("graph {id:?} not read"))),
             };
-            let pending = dump.pending.get(&id).cloned().unwrap_or_default();
-            // Every live vector is either in the graph or pending; nothing else is.
-            let covered = space
-                .flat
-                .iter()
-                .all(|(p, _)| g.contains(p) || pending.contains(&p));
-            if !covered || g.len() > space.flat.len() {
-                return Err(Error::FailedPrecondition(format!(
-                    "graph {} does not cover the stored vectors",
-                    id.dir_name()
-                )));
-            }
-            graphs.push((id, g, pending));
+            graphs.push((id, g));
         }
-        for (id, g, pending) in graphs {
+        let mut out = Reconciled::default();
+        for (id, g) in graphs {
             let space = st.space_mut(id).expect("listed above");
+            let (current, removed) = g.reconcile(|p| space.flat.get(p));
+            space.pending = (space.flat.iter())
+                .filter(|(p, _)| !current.contains(p))
+                .map(|(p, _)| (p, seq))
+                .collect();
+            out.current += current.len();
+            out.pending += space.pending.len();
+            out.removed += removed;
             space.hnsw = Arc::new(g);
-            space.pending = pending.into_iter().map(|p| (p, seq)).collect();
             if let Some(&(len, c)) = dump.calibrations.get(&id) {
                 if c.target == target_recall {
                     (space.calibrated_len, space.calibration) = (len, Some(c));
                 }
             }
         }
-        Ok(())
+        Ok(out)
     }
 
-    /// Writes the graphs, point ids and pending sets to `dir` (replacing a previous dump), stamped
-    /// with the last applied write. Call after the store stopped taking writes and the indexer
-    /// stopped.
-    pub fn dump(&self, dir: &Path) -> Result<()> {
+    /// Writes the graphs, point ids and pending sets to `dir` (replacing a previous dump),
+    /// stamped with the last applied write: a checkpoint while serving, or the dump of a clean
+    /// shutdown. The state's read lock is held only while the point ids are copied and the
+    /// graphs frozen (inserts wait until they are written; searches and writes go on), so the
+    /// dump is the state of one write sequence. Nothing is written once the collection is
+    /// deleted ([`CollectionIndex::retire`]). Returns the dump's write sequence, or `None`
+    /// when retired.
+    pub fn dump(&self, dir: &Path) -> Result<Option<u64>> {
+        let retired = self.dump_guard.lock();
+        if *retired {
+            return Ok(None);
+        }
         let st = self.state.read();
+        let mut points = PointsFile::from_state(&st, false);
+        let graphs: Vec<(SpaceId, Arc<HnswIndex>)> = st
+            .spaces()
+            .map(|(id, s)| (id, Arc::clone(&s.hnsw)))
+            .collect();
+        let frozen: Vec<(SpaceId, FrozenGraph<'_>)> =
+            graphs.iter().map(|(id, g)| (*id, g.freeze())).collect();
+        drop(st);
+        points.sort();
         let tmp = sibling(dir, "tmp")?;
         remove_dir_if_present(&tmp)?;
         fs::create_dir_all(&tmp)
             .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
-        for (id, space) in st.spaces() {
+        for (id, g) in &frozen {
             // An empty graph has nothing to keep: no directory means "start empty" at load.
-            if space.hnsw.len() + space.hnsw.tombstones() > 0 {
-                space.hnsw.dump(&tmp.join(id.dir_name()), st.applied_seq)?;
+            if g.slots() > 0 {
+                g.write(&tmp.join(id.dir_name()), points.generation)?;
             }
         }
-        write_synced(
-            &tmp.join(POINTS_FILE),
-            &PointsFile::from_state(&st).encode(),
-        )?;
-        replace_dir(&tmp, dir)
+        drop(frozen);
+        write_synced(&tmp.join(POINTS_FILE), &points.encode())?;
+        replace_dir(&tmp, dir)?;
+        drop(retired);
+        Ok(Some(points.generation))
     }
+
+    /// Marks the collection deleted and removes its dump at `dir`: a checkpoint running now
+    /// finishes first, and none is written after.
+    pub fn retire(&self, dir: &Path) -> Result<()> {
+        let mut retired = self.dump_guard.lock();
+        *retired = true;
+        remove_dir_if_present(dir)
+    }
+}
+
+/// What [`CollectionIndex::install_graphs`] found: graph points kept, stored vectors left
+/// pending, graph points removed (their entities were deleted after the dump).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Points whose graph entry is their current vector.
+    pub current: usize,
+    /// Points the indexer inserts again.
+    pub pending: usize,
+    /// Graph points of deleted entities.
+    pub removed: usize,
 }
 
 /// Graphs read from a dump, per space (`None`: the space's graph was empty).
@@ -318,12 +343,16 @@ pub(super) const POINTS_MAGIC: &[u8; 8] = b"SIDBPTS1";
 pub(super) const POINTS_FILE: &str = "points";
 
 impl PointsFile {
-    pub(super) fn from_state(st: &IndexState) -> PointsFile {
+    /// The points file of `st`; its lists are in id order when `sorted`, else call
+    /// [`PointsFile::sort`] before encoding (outside the state's lock).
+    pub(super) fn from_state(st: &IndexState, sorted: bool) -> PointsFile {
         let ids = |e: &Entities| {
             let mut v: Vec<(String, PointId)> = (e.by_id.iter())
                 .map(|(id, p)| (id.to_string(), *p))
                 .collect();
-            v.sort_unstable();
+            if sorted {
+                v.sort_unstable();
+            }
             v
         };
         PointsFile {
@@ -340,6 +369,12 @@ impl PointsFile {
                 .filter_map(|(id, s)| Some((id, (s.calibrated_len, s.calibration?))))
                 .collect(),
         }
+    }
+
+    /// Puts the entity lists in id order.
+    pub(super) fn sort(&mut self) {
+        self.items.sort_unstable();
+        self.users.sort_unstable();
     }
 
     /// The point of entity `id`. `next` is where the previous lookup of this kind ended: the

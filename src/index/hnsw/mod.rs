@@ -82,7 +82,7 @@ mod persist;
 #[cfg(test)]
 mod tests;
 
-pub use persist::DumpStamp;
+pub use persist::{DumpStamp, FrozenGraph};
 
 /// Nodes reserved up front at most, whatever capacity the caller hints (the arrays grow).
 const MAX_RESERVE: usize = 1 << 20;
@@ -184,6 +184,9 @@ pub struct HnswIndex {
     book: RwLock<Book>,
     /// Serialises writers: slot order must follow write order.
     writer: Mutex<()>,
+    /// Held while nodes are appended and linked, and while a [`FrozenGraph`] reads the graph
+    /// for a dump, so a dump never sees half-linked nodes. Taken before `writer`.
+    linking: Mutex<()>,
 }
 
 impl std::fmt::Debug for HnswIndex {
@@ -207,6 +210,7 @@ impl HnswIndex {
             graph: Graph::new(shape_for(metric, dim, &params), capacity.min(MAX_RESERVE)),
             book: RwLock::new(Book::default()),
             writer: Mutex::new(()),
+            linking: Mutex::new(()),
         }
     }
 
@@ -266,6 +270,7 @@ impl HnswIndex {
             .iter()
             .map(|(id, v)| Ok((*id, prepare(self.metric, self.dim, v)?)))
             .collect::<Result<Vec<_>>>()?;
+        let _l = self.linking.lock();
         let _w = self.writer.lock();
         if self.book.read().slots.len() + prepared.len() >= u32::MAX as usize {
             return Err(Error::ResourceExhausted(
@@ -296,17 +301,61 @@ impl HnswIndex {
         let phi = b.phi;
         let mut out = Vec::with_capacity(points.len());
         for (i, (_, v)) in points.iter().enumerate() {
-            let norm = distance::dot(v, v).sqrt();
-            if norm > phi {
-                // Above the bound: stored at its direction on the sphere's rim (as if its norm
-                // were phi); the true norm is kept aside so the score stays exact.
-                b.over_phi.insert(first + i, norm / phi);
-                out.push(encode_dot(v, norm));
-            } else {
-                out.push(encode_dot(v, phi));
+            let (g, over) = encode_dot_bounded(v, phi);
+            if let Some(r) = over {
+                b.over_phi.insert(first + i, r);
             }
+            out.push(g);
         }
         out
+    }
+
+    /// Checks the graph against the vectors it should hold (a dump loaded at start): `current`
+    /// gives each point's stored (prepared) vector, `None` for a point that no longer exists.
+    /// Live points of the graph that no longer exist are removed; the others whose graph vector
+    /// is not what an insert of their current vector would store (up to the rounding of a
+    /// renormalization, [`same_vector`]) are left for the caller to re-insert. Returns the points whose graph entry is current, and how many were
+    /// removed.
+    pub fn reconcile<'a>(
+        &self,
+        current: impl Fn(PointId) -> Option<&'a [f32]>,
+    ) -> (std::collections::HashSet<PointId>, usize) {
+        let (live, phi) = {
+            let b = self.book.read();
+            let mut live: Vec<(usize, PointId)> = b.live.iter().map(|(p, s)| (*s, *p)).collect();
+            live.sort_unstable();
+            (live, b.phi)
+        };
+        let mut gone = Vec::new();
+        let mut current_slots = std::collections::HashSet::with_capacity(live.len());
+        let mut next = live.iter().peekable();
+        self.graph.for_each_vector(|slot, stored| {
+            while let Some(&&(s, p)) = next.peek() {
+                if s > slot as usize {
+                    break;
+                }
+                next.next();
+                if s < slot as usize {
+                    continue;
+                }
+                let Some(v) = current(p) else {
+                    gone.push(p);
+                    continue;
+                };
+                let expect = match prepare(self.metric, self.dim, v) {
+                    Ok(v) if self.metric == Metric::Dot => encode_dot_bounded(&v, phi).0,
+                    Ok(v) => v,
+                    Err(_) => continue,
+                };
+                if same_vector(&expect, stored) {
+                    current_slots.insert(p);
+                }
+            }
+        });
+        for p in &gone {
+            self.remove(*p);
+        }
+        (current_slots, gone.len())
     }
 
     /// The graph form of a prepared query, and the factor from graph similarity to score.
@@ -565,6 +614,25 @@ fn phi_for<'a>(vs: impl Iterator<Item = &'a [f32]>) -> f32 {
         1.2 * max
     } else {
         1.0
+    }
+}
+
+/// Whether two graph-form vectors are the same up to float rounding: every coordinate within
+/// `1e-6 x (1 + |a|)`. Normalizing a unit vector again, or a rebuild's round trip through the
+/// `Dot` encoding, moves coordinates by a few units in the last place; a rewrite that moves none
+/// by more is the same vector to every search.
+fn same_vector(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-6 * (1.0 + x.abs()))
+}
+
+/// The `Dot` graph form of a prepared vector under the bound `phi`, and for a vector above it
+/// the ratio `norm / phi` kept aside: stored at its direction on the sphere's rim (as if its
+/// norm were phi), so the score stays exact.
+fn encode_dot_bounded(v: &[f32], phi: f32) -> (Vec<f32>, Option<f32>) {
+    let norm = distance::dot(v, v).sqrt();
+    match norm > phi {
+        true => (encode_dot(v, norm), Some(norm / phi)),
+        false => (encode_dot(v, phi), None),
     }
 }
 

@@ -50,18 +50,61 @@ pub struct DumpStamp {
     pub generation: u64,
 }
 
-impl HnswIndex {
-    /// Writes the index to `dir` (replacing a previous dump there), stamped with `generation`.
-    /// Blocks writers while it runs; meant for clean shutdown.
-    pub fn dump(&self, dir: &Path, generation: u64) -> Result<()> {
-        let _w = self.writer.lock();
+/// A graph frozen for a dump ([`HnswIndex::freeze`]): its live set as of the freeze, and no
+/// insert until it is dropped.
+pub struct FrozenGraph<'a> {
+    index: &'a HnswIndex,
+    book: Book,
+    _linking: parking_lot::MutexGuard<'a, ()>,
+}
+
+impl FrozenGraph<'_> {
+    /// Writes the frozen graph to `dir` (replacing a previous dump there), stamped with
+    /// `generation`: into a temporary sibling, fsynced, renamed into place.
+    pub fn write(&self, dir: &Path, generation: u64) -> Result<()> {
         let tmp = sibling(dir, "tmp")?;
         remove_dir_if_present(&tmp)?;
         fs::create_dir_all(&tmp).map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
-        let file = write_graph(&self.graph, &tmp.join(GRAPH))?;
-        let meta = self.encode_meta(file, generation);
+        let file = write_graph(&self.index.graph, &tmp.join(GRAPH))?;
+        let meta = self.index.encode_meta(&self.book, file, generation);
         write_synced(&tmp.join(META), &meta)?;
         replace_dir(&tmp, dir)
+    }
+
+    /// Live points and tombstones as of the freeze.
+    pub fn slots(&self) -> usize {
+        self.book.slots.len()
+    }
+}
+
+impl HnswIndex {
+    /// Writes the index to `dir` (replacing a previous dump there), stamped with `generation`.
+    pub fn dump(&self, dir: &Path, generation: u64) -> Result<()> {
+        self.freeze().write(dir, generation)
+    }
+
+    /// Freezes the graph for a dump: inserts wait until the [`FrozenGraph`] is dropped, while
+    /// searches and deletes go on (a delete touches the live set only, and the frozen graph
+    /// keeps the live set of this moment). So a dump can be written while serving, and a caller
+    /// that freezes while it holds its own state still (e.g. under a read lock) gets a dump
+    /// consistent with that state.
+    pub fn freeze(&self) -> FrozenGraph<'_> {
+        let linking = self.linking.lock();
+        let _w = self.writer.lock();
+        let b = self.book.read();
+        let book = Book {
+            slots: b.slots.clone(),
+            live: b.live.clone(),
+            alive: b.alive.clone(),
+            journal: None,
+            phi: b.phi,
+            over_phi: b.over_phi.clone(),
+        };
+        FrozenGraph {
+            index: self,
+            book,
+            _linking: linking,
+        }
     }
 
     /// Loads the dump in `dir`, checking it against `expect`. See the module docs for the errors.
@@ -93,11 +136,11 @@ impl HnswIndex {
             graph,
             book: RwLock::new(meta.book),
             writer: Mutex::new(()),
+            linking: Mutex::new(()),
         })
     }
 
-    fn encode_meta(&self, file: (u64, u32), generation: u64) -> Vec<u8> {
-        let b = self.book.read();
+    fn encode_meta(&self, b: &Book, file: (u64, u32), generation: u64) -> Vec<u8> {
         let mut w = Vec::with_capacity(64 + 8 * (b.slots.len() + 2 * b.live.len()));
         w.extend_from_slice(MAGIC);
         w.extend_from_slice(&VERSION.to_le_bytes());

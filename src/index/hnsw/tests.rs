@@ -512,3 +512,60 @@ fn dumps_of_the_hnsw_rs_format_are_refused_not_misread() {
         Err(Error::DataLoss(_))
     ));
 }
+
+/// A reloaded dump checked against the vectors it should hold: under every metric an unchanged
+/// point is current (the graph form of its stored vector is recomputed bit for bit, the `Dot`
+/// rim points included), a rewritten one is not, and a point that no longer exists is removed.
+#[test]
+fn reconcile_keeps_current_points_flags_rewritten_ones_and_removes_the_gone() {
+    for metric in [Metric::Cosine, Metric::Dot, Metric::L2] {
+        let (hnsw, mut flat) = build(metric, 21);
+        // under Dot, points beyond the norm bound fixed by the first batch (rim points)
+        let big: Vec<f32> = (0..DIM).map(|i| 10.0 + i as f32).collect();
+        hnsw.upsert(N as PointId, &big).expect("valid");
+        flat.upsert(N as PointId, &big).expect("valid");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("idx");
+        hnsw.freeze().write(&path, 7).expect("dump");
+        let stamp = DumpStamp {
+            metric,
+            dim: DIM,
+            generation: 7,
+        };
+        let back = HnswIndex::load(&path, stamp).expect("load");
+        // after the dump: point 3 rewritten, point 5 deleted
+        let moved: Vec<f32> = (0..DIM).map(|i| (i % 3) as f32 - 1.0).collect();
+        flat.upsert(3, &moved).expect("valid");
+        flat.remove(5);
+        let (current, removed) = back.reconcile(|p| flat.get(p));
+        assert_eq!(removed, 1, "{metric:?}");
+        assert!(!back.contains(5), "{metric:?}: a deleted point stays live");
+        assert!(!current.contains(&3), "{metric:?}: a rewritten point is current");
+        assert_eq!(current.len(), N - 1, "{metric:?}: unchanged points are current");
+        assert!(current.contains(&(N as PointId)), "{metric:?}: the rim point");
+    }
+}
+
+/// Freezing a graph for a dump leaves searches and deletes running; the dump is the graph as
+/// of the freeze (a delete after it is not in the dump, and is live-set only).
+#[test]
+fn a_frozen_graph_dumps_the_live_set_of_its_freeze() {
+    let (hnsw, _) = build(Metric::Cosine, 22);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("idx");
+    let frozen = hnsw.freeze();
+    assert!(hnsw.remove(9), "a delete runs while frozen");
+    let q = queries(3).remove(0);
+    assert_eq!(hnsw.search(&q, K, EF).expect("ok").len(), K);
+    frozen.write(&path, 1).expect("dump");
+    drop(frozen);
+    let stamp = DumpStamp {
+        metric: Metric::Cosine,
+        dim: DIM,
+        generation: 1,
+    };
+    let back = HnswIndex::load(&path, stamp).expect("load");
+    assert!(back.contains(9), "the dump is of the moment of the freeze");
+    assert_eq!(back.len(), N);
+    hnsw.upsert(9, &q).expect("inserts go on after the freeze");
+}
