@@ -235,6 +235,8 @@ fn run(
     target_recall: f64,
     checkpoints: Checkpoints,
 ) {
+    // the crash tests look at what a restart loaded before the indexer touches it
+    super::models::pause_point("indexer");
     // when each collection was last dumped (or first seen)
     let mut last: HashMap<u64, Instant> = HashMap::new();
     loop {

@@ -63,6 +63,9 @@ fn settings(c: &mut Config) {
     c.training.check_interval_ms = 2;
     c.storage.checkpoint_interval_secs = 1;
     c.storage.wal_segment_bytes = 1 << 16;
+    // graph checkpoints after every few inserts, racing deletes of their collections
+    c.retrieval.graph_checkpoint_secs = 1;
+    c.retrieval.graph_checkpoint_inserts = 16;
 }
 
 /// Regression: DeleteCollection took the collection's writer lock and then the collections
