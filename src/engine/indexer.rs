@@ -149,16 +149,7 @@ impl Indexes {
         let signal = Arc::clone(&indexes.signal);
         let handle = std::thread::Builder::new()
             .name("sidb-indexer".into())
-            .spawn(move || {
-                run(
-                    weak,
-                    signal,
-                    pool,
-                    batch.max(1),
-                    target_recall,
-                    checkpoints,
-                )
-            })
+            .spawn(move || run(weak, signal, pool, batch.max(1), target_recall, checkpoints))
             .map_err(|e| Error::io("starting the indexer thread", e))?;
         *indexes.worker.lock() = Some(handle);
         // Points restored as pending (no usable dump) are waiting already.
@@ -239,6 +230,8 @@ fn run(
     super::models::pause_point("indexer");
     // when each collection was last dumped (or first seen)
     let mut last: HashMap<u64, Instant> = HashMap::new();
+    // collections that took inserts since they were last caught up
+    let mut busy: std::collections::HashSet<u64> = std::collections::HashSet::new();
     loop {
         if signal.wait() {
             return;
@@ -261,7 +254,12 @@ fn run(
                         }
                     }
                     match pool.install(|| coll.index_pending(space, batch)) {
-                        Ok(n) => progress |= n > 0,
+                        Ok(n) => {
+                            if n > 0 {
+                                progress = true;
+                                busy.insert(coll.coll_id);
+                            }
+                        }
                         Err(e) => {
                             tracing::error!(collection = coll.coll_id, ?space, error = %e, "indexing failed; the points stay pending (searched exactly)")
                         }
@@ -271,6 +269,9 @@ fn run(
                 checkpoints.run_if_due(&coll, seen);
             }
             if !progress {
+                for id in busy.drain() {
+                    tracing::info!(collection = id, "graphs caught up: every point indexed");
+                }
                 // caught up: (re)calibrate the graphs that are due, then wait for work
                 for coll in indexes.upgrade().map(|x| x.all()).unwrap_or_default() {
                     for space in coll.space_ids() {

@@ -629,11 +629,15 @@ async fn a_checkpoint_while_serving_is_used_after_a_crash_and_only_the_tail_is_i
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // the tail: 100 new items, 30 rewritten, 20 deleted
-    let tail = (600..700).map(|i| item(&format!("i{i}"), rows[i])).collect();
+    let tail = (600..700)
+        .map(|i| item(&format!("i{i}"), rows[i]))
+        .collect();
     e.upsert_items("c", tail, Durability::Durable)
         .await
         .unwrap();
-    let moved = (0..30).map(|i| item(&format!("i{i}"), rows[699 - i])).collect();
+    let moved = (0..30)
+        .map(|i| item(&format!("i{i}"), rows[699 - i]))
+        .collect();
     e.upsert_items("c", moved, Durability::Durable)
         .await
         .unwrap();
@@ -648,7 +652,10 @@ async fn a_checkpoint_while_serving_is_used_after_a_crash_and_only_the_tail_is_i
         .chain(600..700)
         .map(|i| (format!("i{i}"), ()))
         .collect();
-    assert_eq!(pending, want, "exactly the items written after the checkpoint");
+    assert_eq!(
+        pending, want,
+        "exactly the items written after the checkpoint"
+    );
     assert_eq!(graph, 580, "the deleted items' points are removed");
 
     // the same after a crash: no clean shutdown, the store recovered from its log
@@ -681,7 +688,11 @@ async fn a_checkpoint_while_serving_is_used_after_a_crash_and_only_the_tail_is_i
     std::fs::write(&graph_file, bytes).unwrap();
     let e = engine(dir.path(), |c| c.retrieval.graph_checkpoint_secs = 0);
     let (pending, graph) = reopened(&e);
-    assert_eq!((pending.len(), graph), (680, 0), "a damaged graph is never served");
+    assert_eq!(
+        (pending.len(), graph),
+        (680, 0),
+        "a damaged graph is never served"
+    );
 }
 
 /// Deleting a collection retires its index: a dump after that writes nothing.

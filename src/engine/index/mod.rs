@@ -635,8 +635,10 @@ impl CollectionIndex {
         // every write either in the replayed journal or after the swap.
         old.finish_rebuild(&fresh)?;
         // a new graph: the last dump holds none of its links
-        self.inserted_since_dump
-            .fetch_add(fresh.len().max(1) as u64, std::sync::atomic::Ordering::Relaxed);
+        self.inserted_since_dump.fetch_add(
+            fresh.len().max(1) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         sp.hnsw = Arc::new(fresh);
         Ok(true)
     }

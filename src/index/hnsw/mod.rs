@@ -622,7 +622,10 @@ fn phi_for<'a>(vs: impl Iterator<Item = &'a [f32]>) -> f32 {
 /// `Dot` encoding, moves coordinates by a few units in the last place; a rewrite that moves none
 /// by more is the same vector to every search.
 fn same_vector(a: &[f32], b: &[f32]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-6 * (1.0 + x.abs()))
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| (x - y).abs() <= 1e-6 * (1.0 + x.abs()))
 }
 
 /// The `Dot` graph form of a prepared vector under the bound `phi`, and for a vector above it

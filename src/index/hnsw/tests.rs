@@ -540,9 +540,19 @@ fn reconcile_keeps_current_points_flags_rewritten_ones_and_removes_the_gone() {
         let (current, removed) = back.reconcile(|p| flat.get(p));
         assert_eq!(removed, 1, "{metric:?}");
         assert!(!back.contains(5), "{metric:?}: a deleted point stays live");
-        assert!(!current.contains(&3), "{metric:?}: a rewritten point is current");
-        assert_eq!(current.len(), N - 1, "{metric:?}: unchanged points are current");
-        assert!(current.contains(&(N as PointId)), "{metric:?}: the rim point");
+        assert!(
+            !current.contains(&3),
+            "{metric:?}: a rewritten point is current"
+        );
+        assert_eq!(
+            current.len(),
+            N - 1,
+            "{metric:?}: unchanged points are current"
+        );
+        assert!(
+            current.contains(&(N as PointId)),
+            "{metric:?}: the rim point"
+        );
     }
 }
 
