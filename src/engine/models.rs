@@ -648,7 +648,8 @@ pub fn prune_versions(
 
 /// Test hook of the crash tests: with `SIDB_PAUSE_AT=<point>` the publication logs
 /// `pause point reached` and stops there for good, so a test can `kill -9` the process at an
-/// exact step. Points: `after-bulk` (SIDs written and synced, not activated), `after-activate`.
+/// exact step. Points: `after-bulk` (SIDs written and synced, not activated), `after-activate`,
+/// `indexer` (the background indexer at its start, before it touches a loaded index).
 /// Only in builds with the `testing` feature (every `cargo test`); a no-op otherwise.
 pub fn pause_point(point: &str) {
     #[cfg(not(feature = "testing"))]
