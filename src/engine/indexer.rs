@@ -87,12 +87,16 @@ impl Checkpoints {
     }
 
     /// Dumps `coll` when it is due: inserts since its last dump, and `interval` passed since
-    /// `last` (or `inserts` reached). `last` is then set to now.
+    /// `last` (or `inserts` reached); or, at once, a calibration measured since its last dump.
+    /// `last` is then set to now.
     fn run_if_due(&self, coll: &CollectionIndex, last: &mut Instant) {
+        if self.interval.is_zero() {
+            return;
+        }
         let n = coll.inserted_since_dump();
-        let by_time = !self.interval.is_zero() && last.elapsed() >= self.interval;
-        let by_count = !self.interval.is_zero() && self.inserts > 0 && n >= self.inserts;
-        if n == 0 || !(by_time || by_count) {
+        let by_time = last.elapsed() >= self.interval;
+        let by_count = self.inserts > 0 && n >= self.inserts;
+        if !(n > 0 && (by_time || by_count)) && !coll.calibrated_since_dump() {
             return;
         }
         let t = Instant::now();

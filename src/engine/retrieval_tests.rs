@@ -710,3 +710,35 @@ async fn a_deleted_collection_is_never_dumped_again() {
     assert_eq!(index.dump(&at).unwrap(), None);
     assert!(!at.exists(), "a retired index writes no dump");
 }
+
+/// A calibration measured after the last checkpoint is checkpointed at once, so a restart after
+/// a crash serves it instead of measuring again (the checkpoint by count came before it here,
+/// and no insert follows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_calibration_is_checkpointed_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let dim = 16usize;
+    let e = engine(dir.path(), |c| {
+        c.retrieval.graph_checkpoint_secs = 3600;
+        c.retrieval.graph_checkpoint_inserts = 2500;
+    });
+    let (index, space) = load_indexed(&e, &clustered(2500, dim, 10, 0.3, 4), dim).await;
+    let coll = e.store.collection("c").unwrap();
+    let at = index_dir(e.store.dir(), coll.entry.id);
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(cal) = index.calibration(space) {
+            let params = hnsw_params(&e.retrieval);
+            let target = e.retrieval.hnsw_target_recall;
+            let back = CollectionIndex::open(&e.store, &coll, params, &at, target).unwrap();
+            if back.calibration(space) == Some(cal) {
+                break;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the calibration never reached a checkpoint"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

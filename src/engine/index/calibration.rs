@@ -117,6 +117,8 @@ impl CollectionIndex {
                 "search breadth calibrated"
             );
             sp.calibration = Some(c);
+            self.calibrated_since_dump
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(true)
     }

@@ -473,6 +473,9 @@ pub struct CollectionIndex {
     dump_guard: Mutex<bool>,
     /// Graph inserts since the last dump (the indexer's checkpoint policy).
     inserted_since_dump: std::sync::atomic::AtomicU64,
+    /// A calibration was measured since the last dump: worth a checkpoint at once (it costs
+    /// `CALIBRATE_QUERIES` exact scans to measure again after a crash).
+    calibrated_since_dump: std::sync::atomic::AtomicBool,
 }
 
 impl CollectionIndex {
@@ -509,6 +512,7 @@ impl CollectionIndex {
             queries: Mutex::new(Rank::QuerySample, "query sample", HashMap::new()),
             dump_guard: Mutex::new(Rank::IndexDump, "index dump", false),
             inserted_since_dump: std::sync::atomic::AtomicU64::new(0),
+            calibrated_since_dump: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -649,10 +653,19 @@ impl CollectionIndex {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Records a dump that covered `n` of the inserts counted so far.
+    /// True when a calibration was measured since the last dump.
+    pub fn calibrated_since_dump(&self) -> bool {
+        self.calibrated_since_dump
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records a dump that covered `n` of the inserts counted so far, and every calibration
+    /// (the indexer, which measures them, is the thread that dumps).
     pub fn dumped(&self, n: u64) {
         self.inserted_since_dump
             .fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+        self.calibrated_since_dump
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The top `k` entities of a space for a query vector (already validated), best first.
