@@ -227,7 +227,7 @@ impl CollectionIndex {
             return Ok(None);
         }
         let st = self.state.read();
-        let mut points = PointsFile::from_state(&st, false);
+        let mut points = PointsFile::from_state(&st);
         let graphs: Vec<(SpaceId, Arc<HnswIndex>)> = st
             .spaces()
             .map(|(id, s)| (id, Arc::clone(&s.hnsw)))
@@ -343,17 +343,13 @@ pub(super) const POINTS_MAGIC: &[u8; 8] = b"SIDBPTS1";
 pub(super) const POINTS_FILE: &str = "points";
 
 impl PointsFile {
-    /// The points file of `st`; its lists are in id order when `sorted`, else call
-    /// [`PointsFile::sort`] before encoding (outside the state's lock).
-    pub(super) fn from_state(st: &IndexState, sorted: bool) -> PointsFile {
+    /// The points file of `st`, its lists not yet in id order: call [`PointsFile::sort`]
+    /// before encoding (outside the state's lock).
+    pub(super) fn from_state(st: &IndexState) -> PointsFile {
         let ids = |e: &Entities| {
-            let mut v: Vec<(String, PointId)> = (e.by_id.iter())
+            (e.by_id.iter())
                 .map(|(id, p)| (id.to_string(), *p))
-                .collect();
-            if sorted {
-                v.sort_unstable();
-            }
-            v
+                .collect::<Vec<(String, PointId)>>()
         };
         PointsFile {
             generation: st.applied_seq,

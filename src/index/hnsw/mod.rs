@@ -185,7 +185,7 @@ pub struct HnswIndex {
     /// Serialises writers: slot order must follow write order.
     writer: Mutex<()>,
     /// Held while nodes are appended and linked, and while a [`FrozenGraph`] reads the graph
-    /// for a dump, so a dump never sees half-linked nodes. Taken before `writer`.
+    /// for a dump, so a dump never sees half-linked nodes. An insert takes it before `writer`.
     linking: Mutex<()>,
 }
 
@@ -314,48 +314,40 @@ impl HnswIndex {
     /// gives each point's stored (prepared) vector, `None` for a point that no longer exists.
     /// Live points of the graph that no longer exist are removed; the others whose graph vector
     /// is not what an insert of their current vector would store (up to the rounding of a
-    /// renormalization, [`same_vector`]) are left for the caller to re-insert. Returns the points whose graph entry is current, and how many were
-    /// removed.
+    /// renormalization, [`same_vector`]) are left for the caller to re-insert. Returns the
+    /// points whose graph entry is current, and how many were removed.
     pub fn reconcile<'a>(
         &self,
         current: impl Fn(PointId) -> Option<&'a [f32]>,
     ) -> (std::collections::HashSet<PointId>, usize) {
-        let (live, phi) = {
-            let b = self.book.read();
-            let mut live: Vec<(usize, PointId)> = b.live.iter().map(|(p, s)| (*s, *p)).collect();
-            live.sort_unstable();
-            (live, b.phi)
-        };
         let mut gone = Vec::new();
-        let mut current_slots = std::collections::HashSet::with_capacity(live.len());
-        let mut next = live.iter().peekable();
-        self.graph.for_each_vector(|slot, stored| {
-            while let Some(&&(s, p)) = next.peek() {
-                if s > slot as usize {
-                    break;
+        let mut current_points = std::collections::HashSet::new();
+        {
+            let b = self.book.read();
+            self.graph.for_each_vector(|slot, stored| {
+                let slot = slot as usize;
+                if !b.is_live(slot) {
+                    return;
                 }
-                next.next();
-                if s < slot as usize {
-                    continue;
-                }
+                let p = b.slots[slot];
                 let Some(v) = current(p) else {
                     gone.push(p);
-                    continue;
+                    return;
                 };
                 let expect = match prepare(self.metric, self.dim, v) {
-                    Ok(v) if self.metric == Metric::Dot => encode_dot_bounded(&v, phi).0,
+                    Ok(v) if self.metric == Metric::Dot => encode_dot_bounded(&v, b.phi).0,
                     Ok(v) => v,
-                    Err(_) => continue,
+                    Err(_) => return,
                 };
                 if same_vector(&expect, stored) {
-                    current_slots.insert(p);
+                    current_points.insert(p);
                 }
-            }
-        });
+            });
+        }
         for p in &gone {
             self.remove(*p);
         }
-        (current_slots, gone.len())
+        (current_points, gone.len())
     }
 
     /// The graph form of a prepared query, and the factor from graph similarity to score.

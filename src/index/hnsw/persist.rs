@@ -89,8 +89,9 @@ impl HnswIndex {
     /// that freezes while it holds its own state still (e.g. under a read lock) gets a dump
     /// consistent with that state.
     pub fn freeze(&self) -> FrozenGraph<'_> {
+        // inserts (the only writers of slots and links) wait; a delete changes the live set
+        // under the book's lock, so the copy below is of one moment
         let linking = self.linking.lock();
-        let _w = self.writer.lock();
         let b = self.book.read();
         let book = Book {
             slots: b.slots.clone(),
