@@ -15,14 +15,7 @@ export SIDB__RETRIEVAL__INDEX_THREADS=${INDEX_THREADS:-2}
 # a checkpoint CHECKPOINT_SECS (default 10) after the graphs took inserts (0: none while serving)
 export SIDB__RETRIEVAL__GRAPH_CHECKPOINT_SECS=$([ "${CHECKPOINTS:-1}" = 1 ] && echo "${CHECKPOINT_SECS:-10}" || echo 0)
 
-now() { date +%s.%N; }
-start() { # $1 = log file; sets PID, T0 and READY (seconds until the server reported ready)
-  T0=$(now)
-  "$B" serve --data-dir "$D" --listen $A > "$1" 2>&1 &
-  PID=$!
-  until grep -q 'sidb::server: ready' "$1"; do sleep 0.05; done
-  READY=$(echo "$(now) - $T0" | bc)
-}
+source benches/scripts/lib.sh
 
 start "$D.load.log"
 "$B" bench search --addr http://$A --items "$ITEMS" --dim "$DIM" --clients 2 --queries 2000 --recall-sample 50 | tee "$D.search.txt"
@@ -44,4 +37,4 @@ grep -E 'index dump|indexes loaded' "$D.crash.log" | sed 's/^.*Z //'
 until grep -q 'graphs caught up' "$D.crash.log"; do sleep 0.2; done
 echo "graphs caught up $(echo "$(now) - $T0" | bc) s after the start"
 kill -9 $PID; wait $PID 2>/dev/null || true
-rm -rf "$D" "$D".*.log
+rm -rf "$D" "$D".*

@@ -10,13 +10,7 @@ cargo build --release --quiet
 B=$CARGO_TARGET_DIR/release/sidb; D=$(mktemp -d /tmp/sidb-r2r.XXXX); A=127.0.0.1:7821
 export SIDB__RETRIEVAL__INDEX_THREADS=${INDEX_THREADS:-2}
 
-start() { # $1 = log file; sets PID and READY (seconds until the server reported ready)
-  local t0; t0=$(date +%s.%N)
-  "$B" serve --data-dir "$D" --listen $A > "$1" 2>&1 &
-  PID=$!
-  until grep -q 'sidb::server: ready' "$1"; do sleep 0.05; done
-  READY=$(echo "$(date +%s.%N) - $t0" | bc)
-}
+source benches/scripts/lib.sh
 
 start "$D.load.log"
 "$B" bench search --addr http://$A --items "$ITEMS" --dim "$DIM" --clients 2 --queries 4000 --recall-sample 50
@@ -38,4 +32,4 @@ rm -rf "$D/index"   # as after a crash: no usable dump
 start "$D.crash.log"; echo "crash restart: ready after $READY s (graphs rebuild in the background)"
 grep -E 'storage recovered|indexes loaded|engine ready' "$D.crash.log"
 kill -9 $PID; wait $PID 2>/dev/null || true
-rm -rf "$D" "$D".*.log
+rm -rf "$D" "$D".*

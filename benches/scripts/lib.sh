@@ -1,0 +1,14 @@
+# Shared by the restart scripts in this directory (sourced; needs B = the sidb binary, D = the data
+# directory, A = the listen address).
+
+now() { date +%s.%N; }
+
+# start LOG: runs `sidb serve` into LOG; sets PID, T0 (its start) and READY (seconds until it
+# reported ready)
+start() {
+  T0=$(now)
+  "$B" serve --data-dir "$D" --listen $A > "$1" 2>&1 &
+  PID=$!
+  until grep -q 'sidb::server: ready' "$1"; do sleep 0.05; done
+  READY=$(echo "$(now) - $T0" | bc)
+}
