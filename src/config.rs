@@ -47,6 +47,47 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// Seconds in-flight requests get to finish on shutdown. Default 30.
     pub shutdown_grace_secs: u64,
+    /// TLS on the gRPC port.
+    pub tls: TlsConfig,
+}
+
+/// `[server.tls]`: TLS on the gRPC port (rustls). Off while `cert_file` is empty; then the port
+/// speaks plaintext HTTP/2, which is fine on loopback only.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file with the server's certificate chain (leaf first). Setting it turns TLS on and
+    /// plaintext clients are refused. Default empty (off).
+    pub cert_file: PathBuf,
+    /// PEM file with the private key of `cert_file` (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM file with the CA certificates that client certificates must chain to. Setting it makes
+    /// a client certificate mandatory (mutual TLS). Default empty (no client certificates).
+    pub client_ca_file: PathBuf,
+}
+
+impl TlsConfig {
+    /// Whether TLS is on.
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.as_os_str().is_empty()
+    }
+
+    /// Checks that the files come in the pairs they need.
+    pub fn validate(&self) -> Result<(), String> {
+        let key = !self.key_file.as_os_str().is_empty();
+        let client_ca = !self.client_ca_file.as_os_str().is_empty();
+        if self.enabled() != key {
+            return Err("server.tls.cert_file and server.tls.key_file: set both or neither".into());
+        }
+        if client_ca && !self.enabled() {
+            return Err(
+                "server.tls.client_ca_file: needs server.tls.cert_file and key_file (client \
+                 certificates are checked only over TLS)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Default for ServerConfig {
@@ -55,6 +96,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:7707".into(),
             max_message_bytes: 64 << 20,
             shutdown_grace_secs: 30,
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -414,6 +456,7 @@ impl Config {
             )));
         }
         self.auth.validate().map_err(ConfigError::Invalid)?;
+        self.server.tls.validate().map_err(ConfigError::Invalid)?;
         let r = &self.retrieval;
         r.recommend
             .validate("retrieval.recommend.")

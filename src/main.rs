@@ -107,9 +107,8 @@ enum BenchCommand {
 
 #[derive(Args)]
 struct RecommendArgs {
-    /// Server URL.
-    #[arg(long, default_value = "http://127.0.0.1:7707")]
-    addr: String,
+    #[command(flatten)]
+    target: cli::target::Target,
     /// A collection with an active model (its users are listed by their SIDs).
     #[arg(long)]
     collection: String,
@@ -135,9 +134,8 @@ struct RecommendArgs {
 
 #[derive(Args)]
 struct SearchArgs {
-    /// Server URL.
-    #[arg(long, default_value = "http://127.0.0.1:7707")]
-    addr: String,
+    #[command(flatten)]
+    target: cli::target::Target,
     /// Items loaded first.
     #[arg(long, default_value_t = 100_000)]
     items: usize,
@@ -177,9 +175,8 @@ enum DurabilityArg {
 
 #[derive(Args)]
 struct IngestArgs {
-    /// Server URL.
-    #[arg(long, default_value = "http://127.0.0.1:7707")]
-    addr: String,
+    #[command(flatten)]
+    target: cli::target::Target,
     /// Concurrent clients (one connection each).
     #[arg(long, default_value_t = 4)]
     clients: usize,
@@ -270,10 +267,10 @@ fn main() -> anyhow::Result<()> {
 async fn bench_search(a: SearchArgs) -> anyhow::Result<()> {
     println!(
         "search: {} items x {}-d (clustered), k {}, ef {}, {} clients, {} queries, server {}",
-        a.items, a.dim, a.k, a.ef, a.clients, a.queries, a.addr
+        a.items, a.dim, a.k, a.ef, a.clients, a.queries, a.target.addr
     );
     let opts = loadgen::SearchOptions {
-        addr: a.addr,
+        target: a.target,
         items: a.items,
         dim: a.dim,
         clients: a.clients,
@@ -292,11 +289,11 @@ async fn bench_recommend(a: RecommendArgs) -> anyhow::Result<()> {
     if !a.json {
         println!(
             "recommend: collection {}, k {}, exclude_seen {}, {} clients, {} requests of each kind, server {}",
-            a.collection, a.k, a.exclude_seen, a.clients, a.queries, a.addr
+            a.collection, a.k, a.exclude_seen, a.clients, a.queries, a.target.addr
         );
     }
     let opts = loadgen::RecommendOptions {
-        addr: a.addr,
+        target: a.target,
         collection: a.collection,
         clients: a.clients,
         queries: a.queries,
@@ -320,11 +317,11 @@ async fn bench_ingest(a: IngestArgs) -> anyhow::Result<()> {
     };
     println!(
         "ingest: {} items x {}-d, {} clients, {} items/request, server {}",
-        a.items, a.dim, a.clients, a.batch, a.addr
+        a.items, a.dim, a.clients, a.batch, a.target.addr
     );
     for durability in modes {
         let opts = IngestOptions {
-            addr: a.addr.clone(),
+            target: a.target.clone(),
             clients: a.clients,
             items: a.items,
             dim: a.dim,

@@ -8,15 +8,16 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use http::HeaderValue;
 use tokio::net::TcpListener;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
-use crate::config::Config;
+use crate::config::{Config, TlsConfig};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::proto as pb;
@@ -86,7 +87,16 @@ pub async fn serve(
     let api = Api::new(slot.clone());
     let rewrite: fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> =
         rewrite_too_large;
-    let router = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = tls_config(&config.server.tls)? {
+        builder = builder.tls_config(tls).map_err(|e| {
+            Error::invalid(format!(
+                "server.tls: the certificate or key is not usable: {}",
+                error_chain(&e)
+            ))
+        })?;
+    }
+    let router = builder
         .trace_fn(|req| tracing::info_span!("rpc", path = %req.uri().path()))
         .layer(tower::util::MapResponseLayer::new(rewrite))
         .layer(crate::auth::AuthLayer::new(config.auth.clone()))
@@ -115,7 +125,13 @@ pub async fn serve(
             let _ = stop_rx.await;
         },
     ));
-    tracing::info!(%addr, data_dir = %config.storage.data_dir.display(), "listening; recovering storage");
+    tracing::info!(
+        %addr,
+        tls = config.server.tls.enabled(),
+        mutual_tls = !config.server.tls.client_ca_file.as_os_str().is_empty(),
+        data_dir = %config.storage.data_dir.display(),
+        "listening; recovering storage"
+    );
 
     let open_config = config.clone();
     let opened = tokio::task::spawn_blocking(move || Engine::open(&open_config))
@@ -154,6 +170,37 @@ pub async fn serve(
         .map_err(|e| Error::Internal(format!("closing the store panicked: {e}")))??;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// The rustls settings of `[server.tls]`, or None while TLS is off. The files are read here, so
+/// a missing or unreadable one stops the start with its setting's name.
+fn tls_config(tls: &TlsConfig) -> Result<Option<ServerTlsConfig>> {
+    if !tls.enabled() {
+        return Ok(None);
+    }
+    let read = |setting: &str, path: &Path| {
+        std::fs::read(path).map_err(|e| Error::io(format!("{setting} {}", path.display()), e))
+    };
+    let cert = read("server.tls.cert_file", &tls.cert_file)?;
+    let key = read("server.tls.key_file", &tls.key_file)?;
+    let mut out = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+    if !tls.client_ca_file.as_os_str().is_empty() {
+        let ca = read("server.tls.client_ca_file", &tls.client_ca_file)?;
+        out = out.client_ca_root(Certificate::from_pem(ca));
+    }
+    Ok(Some(out))
+}
+
+/// An error and its sources on one line (tonic's transport errors keep the cause in `source`).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
 }
 
 /// Binds `config.server.listen`.

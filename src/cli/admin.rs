@@ -10,13 +10,13 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use sidb::model::data::load_dataset;
 use sidb::proto as pb;
-use tonic::transport::Channel;
+
+use super::target::{Conn, Target};
 
 #[derive(Args)]
 pub struct ImportArgs {
-    /// Server URL.
-    #[arg(long, default_value = "http://127.0.0.1:7707")]
-    addr: String,
+    #[command(flatten)]
+    target: Target,
     /// Dataset directory in the layout of docs/dataset-format.md (items.tsv, interactions.tsv,
     /// item_emb.f32, item_emb.json).
     #[arg(long)]
@@ -48,9 +48,8 @@ pub enum TrainingCommand {
 
 #[derive(Args)]
 pub struct CollArgs {
-    /// Server URL.
-    #[arg(long, default_value = "http://127.0.0.1:7707")]
-    addr: String,
+    #[command(flatten)]
+    target: Target,
     /// Collection.
     #[arg(long)]
     collection: String,
@@ -63,13 +62,6 @@ pub struct ActivateArgs {
     /// Version to activate.
     #[arg(long)]
     version: u64,
-}
-
-async fn connect(addr: &str) -> anyhow::Result<Channel> {
-    Channel::from_shared(addr.to_string())?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {addr}"))
 }
 
 /// A one-line progress bar on stderr.
@@ -123,7 +115,7 @@ fn draw(what: &str, frac: f64, text: &str) {
 pub async fn import(a: ImportArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let ds = load_dataset(&a.data).with_context(|| format!("loading {}", a.data.display()))?;
-    let channel = connect(&a.addr).await?;
+    let channel = a.target.connect().await?;
     let mut colls = pb::collections_client::CollectionsClient::new(channel.clone());
     colls
         .create_collection(pb::CreateCollectionRequest {
@@ -291,14 +283,14 @@ fn print_version(v: &pb::ModelVersion) {
 
 /// `sidb training ...`.
 pub async fn training(cmd: TrainingCommand) -> anyhow::Result<()> {
-    let addr = match &cmd {
+    let target = match &cmd {
         TrainingCommand::Trigger(c)
         | TrainingCommand::Status(c)
         | TrainingCommand::Watch(c)
-        | TrainingCommand::Versions(c) => c.addr.clone(),
-        TrainingCommand::Activate(a) => a.coll.addr.clone(),
+        | TrainingCommand::Versions(c) => &c.target,
+        TrainingCommand::Activate(a) => &a.coll.target,
     };
-    let mut client = pb::training_client::TrainingClient::new(connect(&addr).await?);
+    let mut client = pb::training_client::TrainingClient::new(target.connect().await?);
     match cmd {
         TrainingCommand::Trigger(c) => {
             let s = client
@@ -344,7 +336,7 @@ pub async fn training(cmd: TrainingCommand) -> anyhow::Result<()> {
 
 /// Follows `WatchTraining` with a bar until a training that was seen running ends.
 async fn watch(
-    client: &mut pb::training_client::TrainingClient<Channel>,
+    client: &mut pb::training_client::TrainingClient<Conn>,
     collection: String,
 ) -> anyhow::Result<()> {
     let mut stream = client

@@ -11,17 +11,18 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use tonic::transport::{Channel, Endpoint};
 
 use sidb::error::{Error, Result};
 use sidb::proto as pb;
 use sidb::types::Durability;
 
+use super::target::{Conn, Target};
+
 /// What to load.
 #[derive(Debug, Clone)]
 pub struct IngestOptions {
-    /// Server URL, e.g. `http://127.0.0.1:7707`.
-    pub addr: String,
+    /// The server.
+    pub target: Target,
     /// Concurrent clients, one connection each.
     pub clients: usize,
     /// Items in total.
@@ -74,16 +75,15 @@ fn transport(e: impl std::fmt::Display) -> Error {
     Error::Unavailable(format!("load client: {e}"))
 }
 
-async fn connect(addr: &str) -> Result<Channel> {
-    Endpoint::from_shared(addr.to_string())
-        .map_err(transport)?
+async fn connect(target: &Target) -> Result<Conn> {
+    target
         .connect()
         .await
-        .map_err(transport)
+        .map_err(|e| transport(format!("{e:#}")))
 }
 
 /// Creates a fresh collection `<prefix>_<seed>_<now>` with one modality "emb" of `dim`.
-async fn create_collection(channel: &Channel, prefix: &str, seed: u64, dim: u32) -> Result<String> {
+async fn create_collection(channel: &Conn, prefix: &str, seed: u64, dim: u32) -> Result<String> {
     let name = format!("{prefix}_{seed}_{}", sidb::types::now_ms());
     pb::collections_client::CollectionsClient::new(channel.clone())
         .create_collection(pb::CreateCollectionRequest {
@@ -251,7 +251,7 @@ pub async fn ingest(opts: &IngestOptions) -> Result<IngestReport> {
             "clients and batch must be >= 1 and items >= clients",
         ));
     }
-    let channel = connect(&opts.addr).await?;
+    let channel = connect(&opts.target).await?;
     let (collection, modality, dim) = match &opts.collection {
         Some(name) => {
             let c = pb::collections_client::CollectionsClient::new(channel.clone())
@@ -273,7 +273,7 @@ pub async fn ingest(opts: &IngestOptions) -> Result<IngestReport> {
     };
     let mut work = Vec::with_capacity(opts.clients);
     for c in 0..opts.clients {
-        let client = pb::items_client::ItemsClient::new(connect(&opts.addr).await?)
+        let client = pb::items_client::ItemsClient::new(connect(&opts.target).await?)
             .max_encoding_message_size(usize::MAX);
         work.push((client, requests(opts, (&collection, &modality, dim), c)));
     }
@@ -291,8 +291,8 @@ pub async fn ingest(opts: &IngestOptions) -> Result<IngestReport> {
 /// What `sidb bench search` runs.
 #[derive(Debug, Clone)]
 pub struct SearchOptions {
-    /// Server URL.
-    pub addr: String,
+    /// The server.
+    pub target: Target,
     /// Items loaded before searching.
     pub items: usize,
     /// Vector dimension.
@@ -362,7 +362,7 @@ pub async fn search(opts: &SearchOptions) -> Result<SearchReport> {
     let mut data =
         sidb::index::synth::clustered(opts.items + opts.queries, dim, 100, 0.25, opts.seed);
     let queries = data.split_off(opts.items * dim);
-    let channel = connect(&opts.addr).await?;
+    let channel = connect(&opts.target).await?;
     let (collection, load) = match &opts.reuse {
         Some(name) => (name.clone(), false),
         None => (
@@ -456,7 +456,7 @@ pub async fn search(opts: &SearchOptions) -> Result<SearchReport> {
                 .collect()
         })
         .collect();
-    let clients = retrieval_clients(&opts.addr, opts.clients).await?;
+    let clients = retrieval_clients(&opts.target, opts.clients).await?;
     let run = timed(paired(&clients, per_client), search_call).await?;
     Ok(SearchReport {
         collection: collection.clone(),
@@ -467,13 +467,13 @@ pub async fn search(opts: &SearchOptions) -> Result<SearchReport> {
     })
 }
 
-type RetrievalClient = pb::retrieval_client::RetrievalClient<Channel>;
+type RetrievalClient = pb::retrieval_client::RetrievalClient<Conn>;
 
 /// `n` clients, one connection each.
-async fn retrieval_clients(addr: &str, n: usize) -> Result<Vec<RetrievalClient>> {
+async fn retrieval_clients(target: &Target, n: usize) -> Result<Vec<RetrievalClient>> {
     let mut clients = Vec::with_capacity(n);
     for _ in 0..n {
-        clients.push(RetrievalClient::new(connect(addr).await?));
+        clients.push(RetrievalClient::new(connect(target).await?));
     }
     Ok(clients)
 }
@@ -501,8 +501,8 @@ async fn recommend_call(mut client: RetrievalClient, req: pb::RecommendRequest) 
 /// What `sidb bench recommend` runs.
 #[derive(Debug, Clone)]
 pub struct RecommendOptions {
-    /// Server URL.
-    pub addr: String,
+    /// The server.
+    pub target: Target,
     /// An existing collection whose users have SIDs (an active model): they are listed with
     /// `PrefixScan`.
     pub collection: String,
@@ -571,7 +571,7 @@ pub async fn recommend(opts: &RecommendOptions) -> Result<RecommendReport> {
             "clients and k must be >= 1 and queries >= clients",
         ));
     }
-    let clients = retrieval_clients(&opts.addr, opts.clients).await?;
+    let clients = retrieval_clients(&opts.target, opts.clients).await?;
     let mut scan = clients[0].clone();
     let mut users = Vec::new();
     let mut page_token = String::new();

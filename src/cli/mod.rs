@@ -5,8 +5,10 @@
 //! - [`model`]: `sidb train` and `sidb eval` on a dataset directory, no server.
 //! - [`loadgen`]: `sidb bench ingest`, `sidb bench search` and `sidb bench recommend`.
 //! - [`chaos`]: `sidb chaos`, the crash tester.
+//! - [`target`]: the server flags every client command shares (URL, TLS, API key).
 
 pub mod admin;
 pub mod chaos;
 pub mod loadgen;
 pub mod model;
+pub mod target;

@@ -108,12 +108,14 @@ impl TestServer {
 
 /// Polls the health service until the server reports SERVING (recovery finished).
 pub async fn wait_serving(url: &str) {
+    wait_serving_on(Channel::from_shared(url.to_string()).expect("url")).await
+}
+
+/// Waits until the server behind `endpoint` (e.g. one with TLS settings) reports SERVING.
+pub async fn wait_serving_on(endpoint: tonic::transport::Endpoint) {
+    let url = endpoint.uri().clone();
     for _ in 0..400 {
-        if let Ok(ch) = Channel::from_shared(url.to_string())
-            .expect("url")
-            .connect()
-            .await
-        {
+        if let Ok(ch) = endpoint.connect().await {
             let req = HealthCheckRequest {
                 service: String::new(),
             };
@@ -228,6 +230,14 @@ pub struct SidbProcess {
 
 /// Starts the `sidb` binary on `dir` with the extra environment `env` and waits until SERVING.
 pub async fn spawn_sidb(dir: &Path, env: &[(&str, &str)]) -> SidbProcess {
+    let process = launch_sidb(dir, env);
+    wait_serving(&process.url).await;
+    process
+}
+
+/// Starts the `sidb` binary on `dir` with the extra environment `env` and returns at once (its
+/// `url` is the plaintext one).
+pub fn launch_sidb(dir: &Path, env: &[(&str, &str)]) -> SidbProcess {
     use std::io::BufRead;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -262,7 +272,6 @@ pub async fn spawn_sidb(dir: &Path, env: &[(&str, &str)]) -> SidbProcess {
         }
     });
     let url = format!("http://127.0.0.1:{port}");
-    wait_serving(&url).await;
     SidbProcess { child, url, log }
 }
 

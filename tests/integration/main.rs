@@ -16,6 +16,7 @@ mod items;
 mod lifecycle;
 mod memory;
 mod retrieval;
+mod tls;
 mod training;
 mod training_crash;
 mod users;
