@@ -49,6 +49,9 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
     /// TLS on the gRPC port.
     pub tls: TlsConfig,
+    /// Address of the HTTP port: `/metrics` (Prometheus), `/healthz`, `/readyz`. Default
+    /// `127.0.0.1:7708` (loopback only); empty turns it off, and with it the request metrics.
+    pub http_listen: String,
 }
 
 /// `[server.tls]`: TLS on the gRPC port (rustls). Off while `cert_file` is empty; then the port
@@ -97,6 +100,7 @@ impl Default for ServerConfig {
             max_message_bytes: 64 << 20,
             shutdown_grace_secs: 30,
             tls: TlsConfig::default(),
+            http_listen: "127.0.0.1:7708".into(),
         }
     }
 }

@@ -8,7 +8,8 @@
 //! - [`engine`]: the core facade: validation, then storage, off the async workers; it keeps each
 //!   collection's trie and indexes in step with its writes and answers the retrieval queries.
 //! - [`service`]: thin tonic handlers, proto <-> domain conversion, the one status mapping.
-//! - [`server`], [`auth`]: listener, API keys, health, reflection, startup and graceful shutdown.
+//! - [`server`], [`auth`]: listener, TLS, API keys, health, reflection, startup and graceful
+//!   shutdown; [`http`], [`metrics`]: the HTTP port with the Prometheus page and the probes.
 //! - [`model`], [`eval`]: the DAS semantic-ID quantizer (candle) and its offline evaluation;
 //!   plain in-memory data in, no storage or tokio.
 //! - [`lock`]: the ranked locks: the one lock order, checked in debug builds.
@@ -23,8 +24,10 @@ pub mod eval;
 pub(crate) mod fsutil;
 #[cfg(any(test, feature = "fuzz"))]
 pub mod fuzz;
+pub mod http;
 pub mod index;
 pub mod lock;
+pub mod metrics;
 pub mod model;
 pub(crate) mod profile;
 pub mod proto;

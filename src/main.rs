@@ -59,6 +59,10 @@ struct ServeArgs {
     /// Listen address HOST:PORT (server.listen).
     #[arg(long)]
     listen: Option<String>,
+    /// HTTP port for /metrics, /healthz and /readyz, HOST:PORT; "" turns it off
+    /// (server.http_listen).
+    #[arg(long)]
+    http_listen: Option<String>,
     /// Log format (log.format).
     #[arg(long, value_parser = ["text", "json"])]
     log_format: Option<String>,
@@ -80,6 +84,9 @@ impl ServeArgs {
         }
         if let Some(l) = &self.listen {
             c.server.listen = l.clone();
+        }
+        if let Some(h) = &self.http_listen {
+            c.server.http_listen = h.clone();
         }
         if let Some(f) = &self.log_format {
             c.log.format = f.clone();

@@ -4,7 +4,9 @@
 //! answering UNAVAILABLE, while the store recovers on a blocking thread; then the engine is
 //! published and health turns SERVING. Shutdown is the mirror image: health NOT_SERVING, stop
 //! accepting, let in-flight requests finish (up to `server.shutdown_grace_secs`), then close the
-//! store (WAL synced, checkpoint taken).
+//! store (WAL synced, checkpoint taken). The HTTP port (`server.http_listen`, see [`crate::http`])
+//! is bound before the gRPC one serves and stops after the drain, so `/readyz` tells a load
+//! balancer the truth throughout.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -96,8 +98,13 @@ pub async fn serve(
             ))
         })?;
     }
+    let http = match config.server.http_listen.as_str() {
+        "" => None,
+        a => Some(crate::http::bind(a).await?),
+    };
     let router = builder
         .trace_fn(|req| tracing::info_span!("rpc", path = %req.uri().path()))
+        .layer(crate::metrics::RequestMetricsLayer::new(http.is_some()))
         .layer(tower::util::MapResponseLayer::new(rewrite))
         .layer(crate::auth::AuthLayer::new(config.auth.clone()))
         .add_service(health)
@@ -125,8 +132,22 @@ pub async fn serve(
             let _ = stop_rx.await;
         },
     ));
+    let http_addr = match &http {
+        Some(l) => Some(
+            l.local_addr()
+                .map_err(|e| Error::io("reading the HTTP listen address", e))?,
+        ),
+        None => None,
+    };
+    let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let http_task = http.map(|listener| {
+        tokio::spawn(crate::http::serve(listener, slot.clone(), async {
+            let _ = http_stop_rx.await;
+        }))
+    });
     tracing::info!(
         %addr,
+        http = %http_addr.map_or("off".to_string(), |a| a.to_string()),
         tls = config.server.tls.enabled(),
         mutual_tls = !config.server.tls.client_ca_file.as_os_str().is_empty(),
         data_dir = %config.storage.data_dir.display(),
@@ -164,6 +185,17 @@ pub async fn serve(
             ?grace,
             "in-flight requests did not finish within the grace period"
         ),
+    }
+    // The HTTP port answers /readyz with 503 through the drain above, then stops; a scraper
+    // that keeps a request open does not hold the shutdown up for more than a few seconds.
+    let _ = http_stop_tx.send(());
+    if let Some(task) = http_task {
+        match tokio::time::timeout(Duration::from_secs(5), task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the HTTP port stopped with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP task failed"),
+            Err(_) => tracing::warn!("the HTTP port's requests did not finish within 5 s"),
+        }
     }
     tokio::task::spawn_blocking(move || engine.close())
         .await

@@ -9,6 +9,7 @@
 pub mod index;
 pub mod indexer;
 pub mod models;
+pub mod observe;
 pub mod retrieval;
 pub mod served;
 pub mod training;

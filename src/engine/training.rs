@@ -765,7 +765,7 @@ impl super::Engine {
     }
 }
 
-fn parse_report(json: &str, version: u64) -> Result<ModelReport> {
+pub(super) fn parse_report(json: &str, version: u64) -> Result<ModelReport> {
     serde_json::from_str(json)
         .map_err(|e| Error::DataLoss(format!("report of model version {version}: {e}")))
 }

@@ -31,6 +31,11 @@ impl EngineSlot {
         self.0.store(Some(Arc::new(engine)));
     }
 
+    /// The engine while it serves (for the HTTP port; not counted as a request).
+    pub fn engine(&self) -> Option<Arc<Engine>> {
+        self.0.load_full()
+    }
+
     /// Withdraws the engine (shutdown started); in-flight requests keep their reference.
     pub fn clear(&self) -> Option<Arc<Engine>> {
         self.0.swap(None)
@@ -174,6 +179,7 @@ impl pb::collections_server::Collections for Api {
         &self,
         req: Request<pb::CreateCollectionRequest>,
     ) -> Res<pb::Collection> {
+        crate::metrics::label_collection(&req.get_ref().name);
         let engine = self.slot.get()?;
         let pb::CreateCollectionRequest { name, config } = req.into_inner();
         let config = config.ok_or_else(|| Status::invalid_argument("config: required"))?;
@@ -182,6 +188,7 @@ impl pb::collections_server::Collections for Api {
     }
 
     async fn get_collection(&self, req: Request<pb::GetCollectionRequest>) -> Res<pb::Collection> {
+        crate::metrics::label_collection(&req.get_ref().name);
         let engine = self.slot.get()?;
         let pb::GetCollectionRequest { name } = req.into_inner();
         let info = engine.get_collection(&name)?;
@@ -206,6 +213,7 @@ impl pb::collections_server::Collections for Api {
         &self,
         req: Request<pb::DeleteCollectionRequest>,
     ) -> Res<pb::DeleteCollectionResponse> {
+        crate::metrics::label_collection(&req.get_ref().name);
         let engine = self.slot.get()?;
         let pb::DeleteCollectionRequest { name } = req.into_inner();
         engine.delete_collection(name).await?;
@@ -216,6 +224,7 @@ impl pb::collections_server::Collections for Api {
 #[tonic::async_trait]
 impl pb::items_server::Items for Api {
     async fn upsert_items(&self, req: Request<pb::UpsertItemsRequest>) -> Res<pb::WriteResponse> {
+        crate::metrics::label_collection(&req.get_ref().collection);
         let engine = self.slot.get()?;
         Ok(Response::new(
             upsert_items(&engine, req.into_inner()).await?,
@@ -236,6 +245,7 @@ impl pb::items_server::Items for Api {
     }
 
     async fn get_items(&self, req: Request<pb::GetItemsRequest>) -> Res<pb::GetItemsResponse> {
+        crate::metrics::label_collection(&req.get_ref().collection);
         let engine = self.slot.get()?;
         let pb::GetItemsRequest {
             collection,
@@ -263,6 +273,7 @@ impl pb::items_server::Items for Api {
     }
 
     async fn delete_items(&self, req: Request<pb::DeleteItemsRequest>) -> Res<pb::WriteResponse> {
+        crate::metrics::label_collection(&req.get_ref().collection);
         let engine = self.slot.get()?;
         let pb::DeleteItemsRequest {
             collection,
@@ -337,6 +348,7 @@ where
 #[tonic::async_trait]
 impl pb::users_server::Users for Api {
     async fn upsert_users(&self, req: Request<pb::UpsertUsersRequest>) -> Res<pb::WriteResponse> {
+        crate::metrics::label_collection(&req.get_ref().collection);
         let engine = self.slot.get()?;
         let pb::UpsertUsersRequest {
             collection,
@@ -350,6 +362,7 @@ impl pb::users_server::Users for Api {
     }
 
     async fn get_users(&self, req: Request<pb::GetUsersRequest>) -> Res<pb::GetUsersResponse> {
+        crate::metrics::label_collection(&req.get_ref().collection);
         let engine = self.slot.get()?;
         let pb::GetUsersRequest {
             collection,
@@ -373,6 +386,7 @@ impl pb::users_server::Users for Api {
     }
 
     async fn delete_users(&self, req: Request<pb::DeleteUsersRequest>) -> Res<pb::WriteResponse> {
+        crate::metrics::label_collection(&req.get_ref().collection);
         let engine = self.slot.get()?;
         let pb::DeleteUsersRequest {
             collection,
@@ -391,6 +405,7 @@ impl pb::interactions_server::Interactions for Api {
         &self,
         req: Request<pb::WriteInteractionsRequest>,
     ) -> Res<pb::WriteResponse> {
+        crate::metrics::label_collection(&req.get_ref().collection);
         let engine = self.slot.get()?;
         Ok(Response::new(
             write_interactions(&engine, req.into_inner()).await?,
@@ -414,6 +429,7 @@ impl pb::interactions_server::Interactions for Api {
         &self,
         req: Request<pb::GetUserHistoryRequest>,
     ) -> Res<pb::GetUserHistoryResponse> {
+        crate::metrics::label_collection(&req.get_ref().collection);
         let engine = self.slot.get()?;
         let pb::GetUserHistoryRequest {
             collection,

@@ -10,6 +10,7 @@ use crate::proto as pb;
 #[tonic::async_trait]
 impl pb::retrieval_server::Retrieval for Api {
     async fn search(&self, req: Request<pb::SearchRequest>) -> Res<pb::SearchResponse> {
+        crate::metrics::label_collection(&req.get_ref().collection);
         let engine = self.slot.get()?;
         let (collection, input) = search_in(req.into_inner())?;
         let hits = engine.search(&collection, input).await?;
@@ -20,6 +21,7 @@ impl pb::retrieval_server::Retrieval for Api {
         &self,
         req: Request<pb::PrefixScanRequest>,
     ) -> Res<pb::PrefixScanResponse> {
+        crate::metrics::label_collection(&req.get_ref().collection);
         let engine = self.slot.get()?;
         let pb::PrefixScanRequest {
             collection,
@@ -48,6 +50,7 @@ impl pb::retrieval_server::Retrieval for Api {
         &self,
         req: Request<pb::PrefixStatsRequest>,
     ) -> Res<pb::PrefixStatsResponse> {
+        crate::metrics::label_collection(&req.get_ref().collection);
         let engine = self.slot.get()?;
         let pb::PrefixStatsRequest {
             collection,
@@ -65,6 +68,7 @@ impl pb::retrieval_server::Retrieval for Api {
         &self,
         req: Request<pb::GetSemanticIdsRequest>,
     ) -> Res<pb::GetSemanticIdsResponse> {
+        crate::metrics::label_collection(&req.get_ref().collection);
         let engine = self.slot.get()?;
         let pb::GetSemanticIdsRequest {
             collection,
@@ -85,6 +89,7 @@ impl pb::retrieval_server::Retrieval for Api {
     }
 
     async fn recommend(&self, req: Request<pb::RecommendRequest>) -> Res<pb::SearchResponse> {
+        crate::metrics::label_collection(&req.get_ref().collection);
         let engine = self.slot.get()?;
         let pb::RecommendRequest {
             collection,

@@ -76,6 +76,7 @@ impl pb::training_server::Training for Api {
         &self,
         req: Request<pb::TriggerTrainingRequest>,
     ) -> Res<pb::TrainingStatus> {
+        crate::metrics::label_collection(&req.get_ref().collection);
         let engine = self.slot.control()?;
         let pb::TriggerTrainingRequest { collection } = req.into_inner();
         let s = engine.trigger_training(&collection)?;
@@ -86,6 +87,7 @@ impl pb::training_server::Training for Api {
         &self,
         req: Request<pb::GetTrainingStatusRequest>,
     ) -> Res<pb::TrainingStatus> {
+        crate::metrics::label_collection(&req.get_ref().collection);
         let engine = self.slot.control()?;
         let pb::GetTrainingStatusRequest { collection } = req.into_inner();
         let s = engine.training_status(&collection)?;
@@ -93,6 +95,7 @@ impl pb::training_server::Training for Api {
     }
 
     async fn watch_training(&self, req: Request<pb::WatchTrainingRequest>) -> Res<StatusStream> {
+        crate::metrics::label_collection(&req.get_ref().collection);
         let engine = self.slot.control()?;
         let pb::WatchTrainingRequest { collection } = req.into_inner();
         let rx = engine.watch_training(&collection)?;
@@ -106,6 +109,7 @@ impl pb::training_server::Training for Api {
         &self,
         req: Request<pb::ListModelVersionsRequest>,
     ) -> Res<pb::ListModelVersionsResponse> {
+        crate::metrics::label_collection(&req.get_ref().collection);
         let engine = self.slot.control()?;
         let pb::ListModelVersionsRequest { collection } = req.into_inner();
         let mut versions = engine.model_versions(&collection).await?;
@@ -119,6 +123,7 @@ impl pb::training_server::Training for Api {
         &self,
         req: Request<pb::ActivateModelVersionRequest>,
     ) -> Res<pb::ModelVersion> {
+        crate::metrics::label_collection(&req.get_ref().collection);
         let engine = self.slot.control()?;
         let pb::ActivateModelVersionRequest {
             collection,
@@ -132,6 +137,7 @@ impl pb::training_server::Training for Api {
         &self,
         req: Request<pb::GetModelReportRequest>,
     ) -> Res<pb::ModelReport> {
+        crate::metrics::label_collection(&req.get_ref().collection);
         let engine = self.slot.control()?;
         let pb::GetModelReportRequest {
             collection,

@@ -457,6 +457,11 @@ impl Store {
         read()
     }
 
+    /// Bytes appended to the log and not yet synced.
+    pub fn wal_pending_bytes(&self) -> usize {
+        self.inner.wal.pending_bytes()
+    }
+
     /// Waits until the WAL is on disk up to `lsn`.
     pub async fn wait_durable(&self, lsn: u64) -> Result<()> {
         self.inner.wal.wait_durable(lsn).await

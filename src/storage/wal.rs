@@ -74,6 +74,8 @@ struct DurableState {
 
 struct Pending {
     buf: Vec<u8>,
+    /// Entries in `buf` (the group commit's size, for the metrics).
+    entries: u64,
     next_lsn: u64,
     urgent: bool,
     closing: bool,
@@ -313,6 +315,7 @@ impl Wal {
                 Pending {
                     buf: Vec::with_capacity(1 << 20),
                     next_lsn: 0,
+                    entries: 0,
                     urgent: false,
                     closing: false,
                     failed: None,
@@ -374,11 +377,17 @@ impl Wal {
             .extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
         p.buf.extend_from_slice(payload);
         p.next_lsn += (FRAME_HEADER + payload.len()) as u64;
+        p.entries += 1;
         p.urgent |= urgent;
         if urgent || was_empty {
             self.shared.wake.notify_one();
         }
         Ok(p.next_lsn)
+    }
+
+    /// Bytes appended and not yet handed to the sync thread.
+    pub fn pending_bytes(&self) -> usize {
+        self.shared.pending.lock().buf.len()
     }
 
     /// Waits until everything up to `lsn` is on disk.
@@ -530,16 +539,26 @@ impl SyncThread {
         }
         p.urgent = false;
         std::mem::swap(&mut p.buf, out);
-        Some(p.next_lsn)
+        let (entries, lsn) = (std::mem::take(&mut p.entries), p.next_lsn);
+        drop(p);
+        crate::metrics::events()
+            .wal_sync_entries
+            .observe(entries as f64);
+        Some(lsn)
     }
 
     fn write_and_sync(&mut self, data: &[u8]) -> std::io::Result<()> {
+        let started = std::time::Instant::now();
         for chunk in batches(data, MAX_BATCH) {
             self.file.write_all(&batch_header(chunk))?;
             self.file.write_all(chunk)?;
             self.size += (BATCH_HEADER + chunk.len()) as u64;
         }
-        self.file.sync_data()
+        self.file.sync_data()?;
+        let m = crate::metrics::events();
+        m.wal_sync_seconds.observe(started.elapsed().as_secs_f64());
+        m.wal_synced_bytes.inc_by(data.len() as u64);
+        Ok(())
     }
 
     fn rotate(&mut self) -> std::io::Result<()> {

@@ -50,6 +50,7 @@ impl TestServer {
         config.storage.data_dir = dir.to_path_buf();
         config.server.listen = "127.0.0.1:0".into();
         config.storage.cache_bytes = 16 << 20;
+        config.server.http_listen = String::new(); // tests in parallel: no fixed port
         tweak(&mut config);
         let listener = sidb::server::bind(&config).await.expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
@@ -255,6 +256,7 @@ pub fn launch_sidb(dir: &Path, env: &[(&str, &str)]) -> SidbProcess {
         ])
         .arg(dir)
         .env_remove("SIDB_PAUSE_AT")
+        .env("SIDB__SERVER__HTTP_LISTEN", "") // tests in parallel: no fixed port
         .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

@@ -16,6 +16,8 @@ fn refused_start(dir: &Path) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sidb"))
         .args([
             "serve",
+            "--http-listen",
+            "",
             "--listen",
             "127.0.0.1:0",
             "--log-level",
@@ -143,6 +145,8 @@ async fn a_deleted_database_is_refused_until_the_operator_accepts_the_loss() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sidb"))
         .args([
             "serve",
+            "--http-listen",
+            "",
             "--accept-data-loss",
             "--log-level",
             "error",

@@ -15,6 +15,7 @@ mod interactions;
 mod items;
 mod lifecycle;
 mod memory;
+mod metrics;
 mod retrieval;
 mod tls;
 mod training;

@@ -267,7 +267,14 @@ async fn a_missing_or_broken_certificate_stops_the_start_with_its_setting_named(
     let server = pki(tmp.path(), "server");
     let start = |env: &[(&str, &str)]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidb"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "",
+                "--data-dir",
+            ])
             .arg(tmp.path().join("data"))
             .envs(env.iter().copied())
             .output()

@@ -77,7 +77,8 @@ impl Launch {
     pub async fn start(&self, start: u64) -> Result<(Proc, Duration), String> {
         let t0 = Instant::now();
         let mut child = Command::new(&self.exe)
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", ""])
+            .args(["--log-format", "json"])
             .args(["--log-level", "warn,sidb::server=info", "--data-dir"])
             .arg(&self.dir)
             .env_remove("SIDB_PAUSE_AT")

@@ -569,6 +569,16 @@ impl CollectionIndex {
         n
     }
 
+    /// Per space: live graph points, tombstones and pending points (for the metrics page).
+    pub fn space_stats(&self) -> Vec<(SpaceId, usize, usize, usize)> {
+        let st = self.state.read();
+        let stats = st
+            .spaces()
+            .map(|(id, s)| (id, s.hnsw.len(), s.hnsw.tombstones(), s.pending.len()))
+            .collect();
+        stats
+    }
+
     /// The spaces of this collection.
     pub fn space_ids(&self) -> Vec<SpaceId> {
         self.state.read().spaces().map(|(id, _)| id).collect()
