@@ -29,8 +29,16 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
     (code, body.to_string())
 }
 
+/// [`http_get`] off the test's runtime thread: for a server running in the test's own runtime,
+/// which a blocking read there would starve.
+pub async fn http_get_async(port: u16, path: &'static str) -> (u16, String) {
+    tokio::task::spawn_blocking(move || http_get(port, path))
+        .await
+        .unwrap()
+}
+
 /// A sample: metric name and its labels.
-type Key = (String, BTreeMap<String, String>);
+pub type Key = (String, BTreeMap<String, String>);
 
 /// Parses the text exposition format: `name{k="v",...} value` lines; `# HELP` / `# TYPE` lines
 /// must name a metric that has samples or is a histogram's family.
@@ -72,7 +80,8 @@ pub fn parse(page: &str) -> BTreeMap<Key, f64> {
     out
 }
 
-fn get(m: &BTreeMap<Key, f64>, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+/// The value of `name` with exactly `labels`.
+pub fn get(m: &BTreeMap<Key, f64>, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let labels = labels
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -80,6 +89,7 @@ fn get(m: &BTreeMap<Key, f64>, name: &str, labels: &[(&str, &str)]) -> Option<f6
     m.get(&(name.to_string(), labels)).copied()
 }
 
+/// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

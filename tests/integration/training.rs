@@ -625,9 +625,11 @@ async fn trigger_needs_enough_items_and_sid_queries_wait_for_a_model() {
 
 #[tokio::test]
 async fn watch_training_streams_progress_to_the_end() {
+    let http = crate::metrics::free_port();
     let s = TestServer::start_with(|c| {
         quick_training(c);
         c.training.auto = false;
+        c.server.http_listen = format!("127.0.0.1:{http}");
     })
     .await;
     let ch = s.channel().await;
@@ -687,6 +689,36 @@ async fn watch_training_streams_progress_to_the_end() {
     }
     assert!(phases.iter().any(|p| p == "TRAINING"), "phases {phases:?}");
     assert_eq!(phases.last().map(String::as_str), Some("IDLE"));
+
+    // The metrics page shows the published version and its report.
+    let (code, page) = crate::metrics::http_get_async(http, "/metrics").await;
+    assert_eq!(code, 200);
+    let m = crate::metrics::parse(&page);
+    let w = |name: &str, extra: &[(&str, &str)]| {
+        let mut labels = vec![("collection", "w")];
+        labels.extend_from_slice(extra);
+        crate::metrics::get(&m, name, &labels)
+    };
+    assert_eq!(w("sidb_model_active_version", &[]), Some(1.0));
+    assert_eq!(w("sidb_training_phase", &[("phase", "idle")]), Some(1.0));
+    assert!(w("sidb_model_train_seconds", &[]).unwrap() > 0.0);
+    assert!(w("sidb_model_train_steps_per_second", &[]).unwrap() > 0.0);
+    for quantizer in ["item", "user"] {
+        for level in ["1", "2", "3"] {
+            let labels = [("level", level), ("quantizer", quantizer)];
+            let used = w("sidb_model_code_use_ratio", &labels).unwrap();
+            assert!(
+                used > 0.0 && used <= 1.0,
+                "{quantizer} level {level}: {used}"
+            );
+            assert!(w("sidb_model_code_perplexity", &labels).unwrap() >= 1.0);
+        }
+    }
+    assert!(w("sidb_model_collision_ratio", &[]).is_some());
+    let triggers = [("code", "OK"), ("rpc", "TriggerTraining")];
+    assert_eq!(w("sidb_requests_total", &triggers), Some(1.0));
+    let refused = [("code", "FAILED_PRECONDITION"), ("rpc", "TriggerTraining")];
+    assert_eq!(w("sidb_requests_total", &refused), Some(1.0));
 }
 
 #[tokio::test]
