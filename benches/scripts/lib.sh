@@ -3,6 +3,10 @@
 
 now() { date +%s.%N; }
 
+# The benchmark servers keep the HTTP port off unless a script sets it, so that two scripts can run
+# side by side.
+export SIDB__SERVER__HTTP_LISTEN=${SIDB__SERVER__HTTP_LISTEN-}
+
 # start LOG: runs `sidb serve` into LOG; sets PID, T0 (its start) and READY (seconds until it
 # reported ready)
 start() {
