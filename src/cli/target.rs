@@ -3,11 +3,12 @@
 //! flags (and the same `SIDB_*` environment variables).
 
 use std::path::{Path, PathBuf};
-use std::task::{Context, Poll};
 
 use anyhow::Context as _;
 use clap::Args;
-use http::HeaderValue;
+use tonic::codegen::InterceptedService;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// Where the server is and how to reach it.
@@ -67,9 +68,7 @@ impl Target {
     /// One connection to the server.
     pub async fn connect(&self) -> anyhow::Result<Conn> {
         let key = match &self.api_key {
-            Some(k) => {
-                Some(HeaderValue::from_str(k).context("--api-key: not a valid header value")?)
-            }
+            Some(k) => Some(k.parse().context("--api-key: not a valid header value")?),
             None => None,
         };
         let channel = self
@@ -77,31 +76,23 @@ impl Target {
             .connect()
             .await
             .with_context(|| format!("connecting to {}", self.addr))?;
-        Ok(Conn { channel, key })
+        Ok(InterceptedService::new(channel, ApiKey(key)))
     }
 }
 
 /// A connection that adds the API key to each request; the generated clients take it like a
 /// `Channel`.
+pub type Conn = InterceptedService<Channel, ApiKey>;
+
+/// The interceptor that sends `x-api-key` (when there is one).
 #[derive(Debug, Clone)]
-pub struct Conn {
-    channel: Channel,
-    key: Option<HeaderValue>,
-}
+pub struct ApiKey(Option<MetadataValue<Ascii>>);
 
-impl tower::Service<http::Request<tonic::body::Body>> for Conn {
-    type Response = <Channel as tower::Service<http::Request<tonic::body::Body>>>::Response;
-    type Error = <Channel as tower::Service<http::Request<tonic::body::Body>>>::Error;
-    type Future = <Channel as tower::Service<http::Request<tonic::body::Body>>>::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.channel.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
-        if let Some(key) = &self.key {
-            req.headers_mut().insert("x-api-key", key.clone());
+impl Interceptor for ApiKey {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(key) = &self.0 {
+            req.metadata_mut().insert("x-api-key", key.clone());
         }
-        self.channel.call(req)
+        Ok(req)
     }
 }
