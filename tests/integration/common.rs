@@ -285,6 +285,28 @@ impl SidbProcess {
     }
 }
 
+/// Runs the `sidb` binary with `args` and the extra environment `env` to its end, without the
+/// client variables (`SIDB_ADDR`, `SIDB_API_KEY`, `SIDB_TLS_*`) of the test's own environment;
+/// returns whether it succeeded and what it printed on stderr.
+pub fn run_sidb(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sidb"));
+    cmd.args(args);
+    for var in [
+        "SIDB_ADDR",
+        "SIDB_API_KEY",
+        "SIDB_TLS_CA",
+        "SIDB_TLS_CERT",
+        "SIDB_TLS_KEY",
+    ] {
+        cmd.env_remove(var);
+    }
+    let out = cmd.envs(env.iter().copied()).output().expect("run sidb");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A channel to `url`.
 pub async fn connect(url: &str) -> tonic::transport::Channel {
     tonic::transport::Channel::from_shared(url.to_string())

@@ -243,20 +243,18 @@ fn a_taken_or_malformed_http_port_stops_the_start_with_its_setting_named() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = taken.local_addr().unwrap().to_string();
     for value in [taken.as_str(), "localhost"] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidb"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                value,
-                "--data-dir",
-            ])
-            .arg(tmp.path())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success());
+        let dir = tmp.path().to_str().unwrap();
+        let serve = [
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            value,
+            "--data-dir",
+            dir,
+        ];
+        let (ok, stderr) = run_sidb(&serve, &[]);
+        assert!(!ok);
         assert!(stderr.contains("server.http_listen"), "{stderr}");
     }
 }
